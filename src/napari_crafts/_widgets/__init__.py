@@ -1,0 +1,1 @@
+"""Thin napari dock widgets over the Qt-free core (one widget per file)."""

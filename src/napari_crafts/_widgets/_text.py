@@ -1,0 +1,29 @@
+"""User-facing labels and tooltips of the widgets, in one place."""
+
+TOOLTIPS = {
+    "labels": "Nuclear segmentation (instance or semantic labels, 0 = background).",
+    "model": "Diffusers folder or hub id of a CRAFTS / SD1.5 + ControlNet model. "
+    "'tiny-demo' is a tiny random model for trying the plugin offline: its output is noise-like.",
+    "controlnet": "Optional ControlNet folder or hub id; empty = the model folder's own controlnet/.",
+    "prompt": "Text prompt (CLIP reads at most 77 tokens; longer prompts are cut and you are told).",
+    "negative_prompt": "What to steer away from (used with guidance > 1).",
+    "seed": "Same inputs + same seed = same pixels. Each tile's noise derives from the seed and its slide position.",
+    "steps": "Denoising steps (the paper uses 50).",
+    "guidance_scale": "Classifier-free guidance (the paper uses 7.5).",
+    "tile_size": "Tile side in the model's pixels (the paper's models use 512).",
+    "overlap": "Overlap between neighbouring tiles in the model's pixels; blended to hide seams.",
+    "batch_size": "Tiles per model call; lowered automatically when the GPU runs out of memory.",
+    "scheduler": "'default' is the model's own scheduler (exact); others are for fewer steps (approximate).",
+    "region": "Which part of the labels to render.",
+    "shapes": "Shapes layer whose last rectangle bounds the region.",
+    "mpp": "Pixel size of the labels in µm/px (0 = unknown: the model's own pixel size is assumed).",
+    "device": "Where the model runs: auto picks cuda, then mps, then cpu.",
+}
+
+REGION_WHOLE, REGION_VIEW, REGION_SHAPES = "whole layer", "current view", "rectangle (Shapes layer)"
+NO_LABELS = "Choose a Labels layer first: load nuclei or paint them with the Labels tools."
+WIDGET_REGION_LIMIT = 8192 * 8192
+TOO_LARGE = (
+    "The region is {h}×{w} px: too large for the viewer. Pick a smaller region, or run "
+    "`napari-crafts generate` for whole slides (it writes an OME-Zarr you can open here)."
+)

@@ -1,0 +1,391 @@
+"""The diffusion engine: loads SD1.5-family weights + ControlNets (diffusers folders), generates tiles.
+
+Qt-free, and torch/diffusers are imported only when an Engine is built, so opening napari or a slide does not
+pay for them. ``Engine.generate`` is a generator that yields once per denoising step (so a caller can report
+progress or stop within a step) and returns the decoded images. Its loop is the one of diffusers'
+``StableDiffusionControlNetPipeline.__call__`` (same scheduler, CFG and ControlNet math), written as
+numbered steps so that we control the starting noise, batching and the text-embedding cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .model_card import ModelCard
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+#: Components of a diffusers folder whose weights we load (and hash).
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "controlnet")
+SCHEDULERS = ("default", "ddim", "unipc", "dpm++")
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message names the path and what to do."""
+
+
+class PickleRefused(ModelLoadError):
+    """Weights only in pickle format, which can run code on load; loading them needs an explicit opt-in."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """Progress of one ``Engine.generate`` call: ``step`` of ``steps`` denoising steps done."""
+
+    step: int
+    steps: int
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None) -> Any:
+    import torch
+
+    if dtype:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def resolve_model(ref: str | Path, *, allow_pickle: bool = False) -> Path:
+    """A local diffusers folder for ``ref`` (a path, or a hub id fetched into the local cache)."""
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if str(ref).count("/") != 1 or str(ref).startswith((".", "/", "~")):
+            raise ModelLoadError(f"Model '{ref}' not found: give a local diffusers folder or a hub id like 'org/name'.")
+        path = _download(str(ref), allow_pickle)
+    if path.is_file():
+        raise ModelLoadError(
+            f"Model '{ref}' is a single file; napari-crafts loads diffusers folders (model_index.json or "
+            "config.json beside the weights). Convert single-file checkpoints with diffusers first."
+        )
+    if not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"Model '{ref}' is not a diffusers folder: it has no model_index.json or config.json.")
+    check_weights_format(path, allow_pickle=allow_pickle)
+    return path
+
+
+def _download(repo_id: str, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"] + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # network, auth, missing repo: one message for all
+        raise ModelLoadError(
+            f"Could not fetch '{repo_id}' from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            "Check the id and your connection, or download the model and give its folder."
+        ) from None
+
+
+def _weight_folders(path: Path) -> list[Path]:
+    subs = [path / c for c in WEIGHT_COMPONENTS if (path / c).is_dir()]
+    return subs or [path]
+
+
+def check_weights_format(path: Path, *, allow_pickle: bool) -> None:
+    """Refuse folders whose weights exist only as pickle files, unless ``allow_pickle``."""
+    for folder in _weight_folders(path):
+        files = [f for f in folder.iterdir() if f.is_file()]
+        if any(f.suffix == ".safetensors" for f in files):
+            continue
+        pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickles and not allow_pickle:
+            raise PickleRefused(
+                f"{folder} holds only pickle weights ({', '.join(sorted(pickles))}); pickle files can run code "
+                "when loaded. Convert them to safetensors, or opt in with --allow-pickle "
+                "(allow_pickle=True) if you trust their source."
+            )
+        if not pickles and folder.name in WEIGHT_COMPONENTS:
+            raise ModelLoadError(f"{folder} has no weights (no .safetensors file).")
+
+
+_HASHES: dict[tuple[str, int, float], str] = {}
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 over the weight files of a diffusers folder (names and contents), cached per file state."""
+    digest = hashlib.sha256()
+    for folder in _weight_folders(path):
+        for f in sorted(folder.iterdir()):
+            if f.suffix not in (".safetensors", *PICKLE_SUFFIXES) or not f.is_file():
+                continue
+            st = f.stat()
+            key = (str(f.resolve()), st.st_size, st.st_mtime)
+            if key not in _HASHES:
+                h = hashlib.sha256()
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 22), b""):
+                        h.update(block)
+                _HASHES[key] = h.hexdigest()
+            digest.update(f"{f.relative_to(path)}:{_HASHES[key]}\n".encode())
+    return digest.hexdigest()
+
+
+class Engine:
+    """SD1.5-family base model (UNet, VAE, CLIP text encoder, tokenizer, scheduler) plus ControlNets by path.
+
+    The base loads once; each ControlNet loads on first use and stays cached, so the labels and the
+    fluorescence ControlNet share one base model. Weights load from safetensors unless ``allow_pickle``.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.utils import logging as diffusers_logging
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        diffusers_logging.disable_progress_bar()
+        self.model_ref = str(model)
+        self.path = resolve_model(model, allow_pickle=allow_pickle)
+        self.allow_pickle = allow_pickle
+        self.card = ModelCard.read(self.path)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        kw = dict(torch_dtype=self.dtype, use_safetensors=None if allow_pickle else True)
+        try:
+            self.unet = UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", **kw)
+            self.vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", **kw)
+            self.tokenizer = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
+            self.scheduler_config = _read_scheduler_config(self.path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"Could not load the base model from {self.path}: {exc}") from None
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(self.device).eval().requires_grad_(False)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._controlnets: dict[Path, Any] = {}
+        self._prompt_cache: dict[tuple[str, str], Any] = {}
+        self._torch = torch
+
+    # -- models ---------------------------------------------------------------------------------------------
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (VAE factor × UNet downsamplings)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def mpp(self) -> float:
+        return self.card.mpp
+
+    def default_controlnet(self) -> Path | None:
+        sub = self.path / "controlnet"
+        return sub if sub.is_dir() else None
+
+    def controlnet(self, ref: str | Path | None = None) -> Any:
+        """The ControlNet at ``ref`` (default: the folder's own ``controlnet/``), loaded once."""
+        from diffusers import ControlNetModel
+
+        path = Path(ref) if ref else self.default_controlnet()
+        if path is None:
+            raise ModelLoadError(f"{self.path} has no controlnet/ folder; give a ControlNet with --controlnet.")
+        if not path.exists():
+            path = resolve_model(str(ref), allow_pickle=self.allow_pickle)
+        path = path.resolve()
+        if path not in self._controlnets:
+            check_weights_format(path, allow_pickle=self.allow_pickle)
+            try:
+                net = ControlNetModel.from_pretrained(
+                    path, torch_dtype=self.dtype, use_safetensors=None if self.allow_pickle else True
+                )
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"Could not load the ControlNet from {path}: {exc}") from None
+            self._controlnets[path] = net.to(self.device).eval().requires_grad_(False)
+        return self._controlnets[path]
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        return weights_sha256(self.path)
+
+    def describe(self, controlnet: str | Path | None = None) -> dict[str, Any]:
+        """Provenance of the weights in use."""
+        out: dict[str, Any] = {
+            "id": self.model_ref,
+            "name": self.card.name,
+            "weights_sha256": self.weights_sha256,
+            "mpp": self.card.mpp,
+            "mpp_declared": self.card.mpp_declared,
+            "tiny_random_model": self.card.tiny,
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        cn = Path(controlnet) if controlnet else self.default_controlnet()
+        if cn is not None and cn.resolve() != (self.path / "controlnet").resolve():
+            out["controlnet"] = str(controlnet)
+            out["controlnet_sha256"] = weights_sha256(cn)
+        return out
+
+    def make_scheduler(self, name: str = "default") -> Any:
+        """A fresh scheduler (schedulers keep state between steps, so one per call)."""
+        import diffusers
+
+        cfg = self.scheduler_config
+        cls_name = {
+            "default": cfg["_class_name"],
+            "ddim": "DDIMScheduler",
+            "unipc": "UniPCMultistepScheduler",
+            "dpm++": "DPMSolverMultistepScheduler",
+        }.get(name)
+        if cls_name is None:
+            raise ValueError(f"Unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}.")
+        return getattr(diffusers, cls_name).from_config(cfg)
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[Any, Any]:
+        """(prompt, negative) CLIP embeddings, cached: reused by every tile of a region."""
+        key = (prompt, negative_prompt)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = (self._encode(prompt), self._encode(negative_prompt))
+        return self._prompt_cache[key]
+
+    def truncated_tokens(self, prompt: str) -> list[str]:
+        """The words CLIP's 77-token window cuts off ``prompt`` (empty when it fits)."""
+        ids = self.tokenizer(prompt, truncation=False, verbose=False).input_ids
+        limit = self.tokenizer.model_max_length
+        if len(ids) <= limit:
+            return []
+        return self.tokenizer.decode(ids[limit - 1 : -1]).split()
+
+    def _encode(self, text: str) -> Any:
+        tok = self.tokenizer(
+            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        with self._torch.inference_mode():
+            return self.text_encoder(tok.input_ids.to(self.device))[0]
+
+    def generate(
+        self,
+        noise: np.ndarray,
+        control: np.ndarray | None = None,
+        *,
+        prompt: str,
+        negative_prompt: str = "",
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        controlnet: str | Path | None = None,
+        controlnet_scale: float = 1.0,
+        scheduler: str = "default",
+    ) -> Generator[Step, None, np.ndarray]:
+        """Denoise a batch; yields a Step after each step; returns RGB uint8 images (B, H, W, 3).
+
+        ``noise`` (B, 4, H/f, W/f) is the starting noise (see ``tiling.noise_field``); ``control`` (B, H, W, 3)
+        uint8 is the control image, or None for prompt-only generation (no ControlNet).
+        """
+        torch = self._torch
+        # 1. Check inputs.
+        b, _, lh, lw = noise.shape
+        h, w = lh * self.vae_scale_factor, lw * self.vae_scale_factor
+        if control is not None and control.shape != (b, h, w, 3):
+            raise ValueError(f"Control batch {control.shape} does not match noise {noise.shape} (expected {(b, h, w, 3)}).")
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"Tile {h}×{w} px is not a multiple of {self.size_multiple} px.")
+        cfg = guidance_scale > 1.0
+        # 2. Encode the prompt (cached across tiles).
+        cond, uncond = self.encode_prompt(prompt, negative_prompt)
+        embeds = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if cfg else cond.expand(b, -1, -1)
+        # 3. Prepare the control image, as the pipeline's control image processor does: float in [0, 1].
+        net = self.controlnet(controlnet) if control is not None else None
+        cond_image = None
+        if control is not None:
+            cond_image = torch.from_numpy(np.ascontiguousarray(control)).permute(0, 3, 1, 2)
+            cond_image = cond_image.to(self.device, self.dtype) / 255.0
+            if cfg:
+                cond_image = torch.cat([cond_image, cond_image])
+        # 4. Prepare the latents.
+        sched = self.make_scheduler(scheduler)
+        sched.set_timesteps(steps, device=self.device)
+        latents = torch.from_numpy(noise).to(self.device, self.dtype) * sched.init_noise_sigma
+        # 5. Denoise, one yield per step.
+        for i, t in enumerate(sched.timesteps):
+            latents = self._step(sched, t, latents, embeds, net, cond_image, controlnet_scale, guidance_scale, cfg)
+            yield Step(i + 1, len(sched.timesteps))
+        # 6. Decode.
+        return self._decode(latents)
+
+    def _step(self, sched, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg):  # type: ignore[no-untyped-def]
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.cat([latents, latents]) if cfg else latents
+            x = sched.scale_model_input(x, t)
+            down = mid = None
+            if net is not None:
+                down, mid = net(
+                    x, t, encoder_hidden_states=embeds, controlnet_cond=cond_image,
+                    conditioning_scale=cn_scale, return_dict=False,
+                )
+            eps = self.unet(
+                x, t, encoder_hidden_states=embeds,
+                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            )[0]
+            if cfg:
+                eps_uncond, eps_text = eps.chunk(2)
+                eps = eps_uncond + guidance * (eps_text - eps_uncond)
+            return sched.step(eps, t, latents, return_dict=False)[0]
+
+    def _decode(self, latents: Any) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            images = [self.vae.decode(lat[None] / self.vae.config.scaling_factor, return_dict=False)[0] for lat in latents]
+            image = (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+            image = image.permute(0, 2, 3, 1).float().cpu().numpy()
+        return (image * 255).round().astype(np.uint8)
+
+
+def _read_scheduler_config(path: Path) -> dict[str, Any]:
+    import json
+
+    f = path / "scheduler" / "scheduler_config.json"
+    if not f.is_file():
+        raise ModelLoadError(f"{path} has no scheduler/scheduler_config.json.")
+    return json.loads(f.read_text())
+
+
+_ENGINES: dict[tuple, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(
+    model: str | Path, *, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False
+) -> Engine:
+    """The cached Engine for these arguments (one base model in memory per model/device/dtype).
+
+    ``model`` may be ``"tiny-demo"``: the tiny random model, built on first use.
+    """
+    from .tiny_model import TINY_MODEL_ID, ensure_tiny_model
+
+    if str(model) == TINY_MODEL_ID:
+        model = ensure_tiny_model()
+    key = (str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else str(model), device, dtype, allow_pickle)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = Engine(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        return _ENGINES[key]

@@ -1,0 +1,277 @@
+"""Generate synthetic H&E over a region: the one code path behind the napari widgets and the CLI.
+
+``generate_region`` is a Qt-free generator: it yields ``Progress`` after every denoising step and
+``TileDone`` after every tile (with the freshly blended pixels), and returns a ``RegionResult``. Stopping
+the generator (napari's worker.quit, Ctrl-C) stops within one step; tiles already yielded stay valid.
+
+Coordinates: a Region is in the source's level-0 pixels. The model works at its own pixel size
+(``Engine.mpp``); each tile is read at the source's scale, resampled to the model's, generated, and
+resampled back, so the output has exactly the source's pixel grid and overlays it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .model_card import CRAFTS_MASK_PROMPT
+from .provenance import make_provenance
+from .sources import ControlSource, resize
+from .tiling import Stitcher, Tile, TileGrid, noise_field, tile_seed
+
+#: RGB given to tiles with no nuclei at all (glass), which are not sent to the model.
+BACKGROUND_RGB = (240, 240, 240)
+
+
+class GenerationError(RuntimeError):
+    """Generation could not go on; the message says why and what to try."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str = CRAFTS_MASK_PROMPT
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 50
+    guidance_scale: float = 7.5
+    controlnet_scale: float = 1.0
+    scheduler: str = "default"
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 1
+    skip_empty: bool = True
+    controlnet: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box in the source's level-0 pixels."""
+
+    y: int
+    x: int
+    height: int
+    width: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.y, self.x, self.y + self.height, self.x + self.width
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a region maps onto model tiles: scale factor, tile grid in source pixels, model tile size."""
+
+    region: Region
+    factor: float  # model px per source px
+    model_tile: int  # px the model sees per tile
+    grid: TileGrid  # in source px, relative to region origin
+    vae_scale_factor: int
+    notes: tuple[str, ...] = ()
+
+    def latent_origin(self, tile: Tile) -> tuple[int, int]:
+        """The tile's origin on the slide-wide latent grid (where its noise is cut from)."""
+        f, v = self.factor, self.vae_scale_factor
+        return round((self.region.y + tile.y) * f / v), round((self.region.x + tile.x) * f / v)
+
+    def seed(self, settings: GenerationSettings, tile: Tile) -> int:
+        """The tile's own seed, derived from the global seed and its slide coordinates (recorded, for reference)."""
+        return tile_seed(settings.seed, self.region.y + tile.y, self.region.x + tile.x)
+
+
+def plan_region(source: ControlSource | None, region: Region, engine: Any, settings: GenerationSettings,
+                *, source_mpp: float | None = None) -> Plan:
+    """Check the region against the source and work out the tiling at the model's pixel size."""
+    notes: list[str] = []
+    if source is not None:
+        H, W = source.shape
+        y0, x0, y1, x1 = region.box
+        if region.height <= 0 or region.width <= 0:
+            raise GenerationError(f"The region is empty ({region.height}×{region.width} px).")
+        if y0 < 0 or x0 < 0 or y1 > H or x1 > W:
+            raise GenerationError(
+                f"The region [{y0}:{y1}, {x0}:{x1}] lies outside '{source.name}' ({H}×{W} px); "
+                "draw the rectangle over the layer or choose 'whole layer'."
+            )
+        source_mpp = source.mpp
+    mult = engine.size_multiple
+    tile = max(mult, settings.tile_size // mult * mult)
+    if source_mpp is None:
+        factor = 1.0
+        if source is not None:
+            notes.append(f"'{source.name}' has no pixel size: assumed the model's {engine.mpp} µm/px.")
+    else:
+        factor = source_mpp / engine.mpp
+    longest = max(region.height, region.width) * factor
+    if longest < tile:  # a small region: one tile just big enough
+        tile = max(mult, -(-int(np.ceil(longest)) // mult) * mult)
+    src_tile = max(1, round(tile / factor))
+    overlap = min(round(settings.overlap / factor), src_tile // 2)
+    grid = TileGrid(region.height, region.width, src_tile, overlap)
+    return Plan(region, factor, tile, grid, engine.vae_scale_factor, tuple(notes))
+
+
+@dataclass(frozen=True)
+class Progress:
+    tiles_done: int
+    tiles: int
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class TileDone:
+    """A tile finished: ``box`` (y0, x0, y1, x1) in region pixels now reads ``rgb`` (blended so far)."""
+
+    tiles_done: int
+    tiles: int
+    box: tuple[int, int, int, int]
+    rgb: np.ndarray
+    skipped: bool = False
+
+
+@dataclass
+class RegionResult:
+    rgb: np.ndarray
+    provenance: dict[str, Any]
+    tiles_generated: int = 0
+    tiles_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: list[Tile],
+                 settings: GenerationSettings) -> Generator[Any, None, list[np.ndarray]]:
+    """Generate ``tiles`` as one batch; yields engine Steps; returns each tile at source scale (S, S, 3)."""
+    latent = plan.model_tile // plan.vae_scale_factor
+    noise = np.stack([noise_field(settings.seed, *plan.latent_origin(t), latent, latent) for t in tiles])
+    control = None
+    if source is not None:
+        control = np.stack([
+            source.control(plan.region.y + t.y, plan.region.x + t.x, t.size, plan.model_tile) for t in tiles
+        ])
+    images = yield from engine.generate(
+        noise, control, prompt=settings.prompt, negative_prompt=settings.negative_prompt, steps=settings.steps,
+        guidance_scale=settings.guidance_scale, controlnet=settings.controlnet,
+        controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
+    )
+    return [resize(img, plan.grid.tile) for img in images]
+
+
+def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan, tiles: list[Tile],
+                          settings: GenerationSettings, on_step: Any) -> Generator[Any, None, list[np.ndarray]]:
+    """``render_tiles`` in batches of ``settings.batch_size``, halving the batch on out-of-memory.
+
+    Yields ``on_step(step)`` for every engine step.
+    """
+    from .engine import is_out_of_memory
+
+    out: list[np.ndarray] = []
+    batch = max(1, settings.batch_size)
+    while len(out) < len(tiles):
+        chunk = tiles[len(out) : len(out) + batch]
+        try:
+            images = yield from _mapped(render_tiles(engine, source, plan, chunk, settings), on_step)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _empty_cache()
+            if batch == 1:
+                raise GenerationError(
+                    f"Out of GPU memory at batch size 1 with {plan.model_tile}-px tiles. Use a smaller tile size, "
+                    "fp16, fewer other programs on the GPU, or the CPU."
+                ) from None
+            batch //= 2
+            continue
+        out.extend(images)
+    return out
+
+
+def _mapped(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:
+    """Yield ``fn(event)`` for each event of ``gen``; return what ``gen`` returns."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(event)
+
+
+def _empty_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def generate_region(engine: Any, source: ControlSource | None, region: Region,
+                    settings: GenerationSettings = GenerationSettings(),
+                    *, source_mpp: float | None = None) -> Generator[Progress | TileDone, None, RegionResult]:
+    """Generate synthetic H&E for ``region`` of ``source`` (None: prompt only), tile by tile."""
+    plan = plan_region(source, region, engine, settings, source_mpp=source_mpp)
+    grid = plan.grid
+    empty = {
+        t for t in grid.tiles
+        if source is not None and settings.skip_empty and source.is_empty(region.y + t.y, region.x + t.x, t.size)
+    }
+    if source is not None and len(empty) == len(grid):
+        raise GenerationError(f"Labels layer '{source.name}' is empty in this region: paint or load nuclei first.")
+    notes = list(plan.notes)
+    cut = engine.truncated_tokens(settings.prompt)
+    if cut:
+        notes.append(f"The prompt is longer than CLIP's 77 tokens; cut: '{' '.join(cut)}'.")
+    stitcher = Stitcher(region.height, region.width)
+    todo: list[Tile] = []
+    done = skipped = 0
+    n = len(grid)
+    for tile in grid.tiles:
+        if tile in empty:
+            fill = np.broadcast_to(np.array(BACKGROUND_RGB, np.uint8), (tile.size, tile.size, 3))
+            box = stitcher.add(tile.y, tile.x, fill, grid.weights(tile))
+            done += 1
+            skipped += 1
+            yield TileDone(done, n, box, stitcher.read(*box), skipped=True)
+        else:
+            todo.append(tile)
+
+    def progress(step: Any) -> Progress:
+        return Progress(done, n, step.step, step.steps)
+
+    batch = max(1, settings.batch_size)
+    for i in range(0, len(todo), batch):
+        chunk = todo[i : i + batch]
+        images = yield from render_tiles_adaptive(engine, source, plan, chunk, settings, progress)
+        for tile, image in zip(chunk, images):
+            box = stitcher.add(tile.y, tile.x, image, grid.weights(tile))
+            done += 1
+            yield TileDone(done, n, box, stitcher.read(*box))
+    prov = make_provenance(
+        mode=source.mode if source is not None else "prompt",
+        model=engine.describe(settings.controlnet if source is not None else None),
+        settings={**settings.record(), "tile_size_source_px": grid.tile, "overlap_source_px": grid.overlap,
+                  "model_tile_px": plan.model_tile, "scale_factor": plan.factor,
+                  "tiles": n, "tiles_skipped_empty": skipped, "background_rgb": list(BACKGROUND_RGB)},
+        source=source.describe() if source is not None else {},
+        region={"y": region.y, "x": region.x, "height": region.height, "width": region.width},
+        notes=notes,
+    )
+    return RegionResult(stitcher.read(0, 0, region.height, region.width), prov, n - skipped, skipped, notes)
+
+
+def run(gen: Generator[Any, None, Any], on_event: Any = None) -> Any:
+    """Drive a generator to the end (for scripts, tests, the CLI); returns its return value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)

@@ -1,0 +1,46 @@
+"""What a model folder says about itself: its pixel size, its prompt, which ControlNet serves which mode."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Optional JSON file at a model folder's root. Every key is optional.
+MODEL_CARD_FILE = "napari_crafts.json"
+
+#: The CRAFTS paper's mask → H&E prompt (arXiv 2512.13164).
+CRAFTS_MASK_PROMPT = (
+    "translate the given nuclear segmentation mask into a realistic H&E-stained histology image, "
+    "generating hematoxylin-stained nuclei and eosin-stained cytoplasm/background with accurate tissue "
+    "texture and color distribution"
+)
+
+#: Pixel size assumed when a model folder does not declare one: the 40x patches (CoNSeP, GLySAC) of the paper.
+DEFAULT_MODEL_MPP = 0.25
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str = ""
+    mpp: float = DEFAULT_MODEL_MPP
+    mpp_declared: bool = False
+    prompt: str = CRAFTS_MASK_PROMPT
+    tiny: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ModelCard:
+        f = Path(folder) / MODEL_CARD_FILE
+        if not f.is_file():
+            return cls(name=Path(folder).name)
+        data = json.loads(f.read_text())
+        known = {"name", "mpp", "prompt", "tiny"}
+        return cls(
+            name=str(data.get("name", Path(folder).name)),
+            mpp=float(data.get("mpp", DEFAULT_MODEL_MPP)),
+            mpp_declared="mpp" in data,
+            prompt=str(data.get("prompt", CRAFTS_MASK_PROMPT)),
+            tiny=bool(data.get("tiny", False)),
+            extra={k: v for k, v in data.items() if k not in known},
+        )

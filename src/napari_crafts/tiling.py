@@ -1,0 +1,150 @@
+"""Tile grids over a region, blending weights, per-tile seeds and the coordinate-seeded noise field.
+
+Seams are fought twice. (1) The starting noise of every tile is cut from one *noise field* defined on the
+whole slide's latent grid, seeded by the global seed and the block's slide coordinates: two overlapping tiles
+start from identical noise where they overlap, and a tile re-run alone gets the same noise. (2) Overlaps are
+blended with complementary linear ramps, so the weights of neighbours sum to one everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+#: Side of the noise field's seeding blocks, in latent pixels.
+NOISE_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: grid position (row, col) and pixel box (y, x, size) in region coordinates."""
+
+    row: int
+    col: int
+    y: int
+    x: int
+    size: int
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.y, self.x, self.y + self.size, self.x + self.size
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Square tiles of ``tile`` px overlapping by ``overlap`` px, anchored at (0, 0) of a height×width region.
+
+    The last row/column may reach past the region; that part is padded by the reader and cropped on writing.
+    """
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"Region is empty ({self.height}×{self.width} px).")
+        if self.tile <= 0:
+            raise ValueError(f"Tile size must be positive, got {self.tile}.")
+        if not 0 <= self.overlap <= self.tile // 2:
+            raise ValueError(f"Overlap must be between 0 and half the tile ({self.tile // 2} px), got {self.overlap}.")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def rows(self) -> int:
+        return _count(self.height, self.tile, self.stride)
+
+    @property
+    def cols(self) -> int:
+        return _count(self.width, self.tile, self.stride)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    @cached_property
+    def tiles(self) -> tuple[Tile, ...]:
+        return tuple(
+            Tile(r, c, r * self.stride, c * self.stride, self.tile)
+            for r in range(self.rows)
+            for c in range(self.cols)
+        )
+
+    def weights(self, tile: Tile) -> np.ndarray:
+        """Blending weights (size, size) float32: ramps only on sides that have a neighbour."""
+        wy = _ramp(self.tile, self.overlap, tile.row > 0, tile.row < self.rows - 1)
+        wx = _ramp(self.tile, self.overlap, tile.col > 0, tile.col < self.cols - 1)
+        return np.outer(wy, wx)
+
+    def tiles_touching(self, y0: int, x0: int, y1: int, x1: int) -> list[Tile]:
+        """Tiles whose box intersects [y0, y1) × [x0, x1), in grid order."""
+        return [t for t in self.tiles if t.y < y1 and t.y + t.size > y0 and t.x < x1 and t.x + t.size > x0]
+
+
+def _count(length: int, tile: int, stride: int) -> int:
+    return 1 if length <= tile else 1 + -(-(length - tile) // stride)
+
+
+def _ramp(size: int, overlap: int, before: bool, after: bool) -> np.ndarray:
+    w = np.ones(size, dtype=np.float32)
+    if overlap:
+        up = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        if before:
+            w[:overlap] = up
+        if after:
+            w[size - overlap :] = up[::-1]
+    return w
+
+
+class Stitcher:
+    """Weighted sum of tiles over a region; any box reads as the blend of the tiles added so far."""
+
+    def __init__(self, height: int, width: int, channels: int = 3) -> None:
+        self.acc = np.zeros((height, width, channels), dtype=np.float32)
+        self.wsum = np.zeros((height, width), dtype=np.float32)
+
+    def add(self, y: int, x: int, image: np.ndarray, weights: np.ndarray) -> tuple[int, int, int, int]:
+        """Add ``image`` (h, w, C) with ``weights`` (h, w) at (y, x); returns the box written, clipped."""
+        h, w = self.wsum.shape
+        y1, x1 = min(y + image.shape[0], h), min(x + image.shape[1], w)
+        ih, iw = y1 - y, x1 - x
+        wt = weights[:ih, :iw]
+        self.acc[y:y1, x:x1] += image[:ih, :iw].astype(np.float32) * wt[..., None]
+        self.wsum[y:y1, x:x1] += wt
+        return y, x, y1, x1
+
+    def read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """The blended box as uint8; pixels no tile has reached yet are 0."""
+        wsum = self.wsum[y0:y1, x0:x1, None]
+        out = np.divide(self.acc[y0:y1, x0:x1], wsum, out=np.zeros_like(self.acc[y0:y1, x0:x1]), where=wsum > 0)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def tile_seed(seed: int, y: int, x: int) -> int:
+    """A 63-bit seed for the tile (or noise block) at slide coordinates (y, x) under the global ``seed``."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, y + 2**31, x + 2**31])
+    return int(ss.generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def noise_field(seed: int, ly: int, lx: int, height: int, width: int, channels: int = 4) -> np.ndarray:
+    """Standard-normal noise (channels, height, width) float32 at latent coordinates (ly, lx) of the slide.
+
+    Each NOISE_BLOCK² block is drawn from its own generator seeded by (seed, block coordinates), so any
+    window of the field is the same whichever tile asks for it, on any machine and device.
+    """
+    out = np.empty((channels, height, width), dtype=np.float32)
+    b = NOISE_BLOCK
+    for by in range(ly // b, -(-(ly + height) // b)):
+        for bx in range(lx // b, -(-(lx + width) // b)):
+            block = np.random.Generator(np.random.Philox(tile_seed(seed, by, bx))).standard_normal(
+                (channels, b, b), dtype=np.float32
+            )
+            y0, x0 = max(by * b, ly), max(bx * b, lx)
+            y1, x1 = min((by + 1) * b, ly + height), min((bx + 1) * b, lx + width)
+            out[:, y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block[:, y0 - by * b : y1 - by * b, x0 - bx * b : x1 - bx * b]
+    return out
