@@ -148,3 +148,28 @@ def noise_field(seed: int, ly: int, lx: int, height: int, width: int, channels: 
             y1, x1 = min((by + 1) * b, ly + height), min((bx + 1) * b, lx + width)
             out[:, y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block[:, y0 - by * b : y1 - by * b, x0 - bx * b : x1 - bx * b]
     return out
+
+
+def seam_score(rgb: np.ndarray, grid: TileGrid) -> tuple[float, float]:
+    """(border, interior): mean absolute step between adjacent rows/columns at tile edges vs inside tile cores.
+
+    A tile edge is where a tile's contribution starts or stops inside the region; a tile core is where one
+    tile alone covers both pixels (no blending). A visible seam makes ``border`` exceed ``interior`` (the
+    image's own texture); a seam-free mosaic has border/interior ≈ 1.
+    """
+    img = np.asarray(rgb, dtype=np.float32)
+    border: list[np.ndarray] = []
+    interior: list[np.ndarray] = []
+    for axis, length in ((0, grid.height), (1, grid.width)):
+        starts = sorted({t.y if axis == 0 else t.x for t in grid.tiles})
+        cover = np.zeros(length + grid.tile, dtype=int)
+        for s0 in starts:
+            cover[s0 : s0 + grid.tile] += 1
+        edges = ({s0 for s0 in starts if s0 > 0} | {s0 + grid.tile for s0 in starts}) & set(range(1, length))
+        steps = np.abs(np.diff(img, axis=axis)).mean(axis=tuple(a for a in range(img.ndim) if a != axis))
+        for i in range(1, length):  # steps[i - 1] is the step between pixel i-1 and pixel i
+            if i in edges:
+                border.append(steps[i - 1])
+            elif cover[i - 1] == 1 and cover[i] == 1:
+                interior.append(steps[i - 1])
+    return (float(np.mean(border)) if border else float("nan"), float(np.mean(interior)) if interior else float("nan"))
