@@ -1,0 +1,70 @@
+"""napari reader (npe2): slides, (OME-)TIFFs and OME-Zarr as lazy multiscale layers in µm; thin over slide.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .slide import Slide, is_supported, open_slide
+
+PathOrPaths = str | Path | Sequence[str | Path]
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+NO_MPP_WARNING = ("{name}: the file has no pixel size; opened in pixels. "
+                  "Set µm/px with Plugins › napari-crafts › Pixel size.")
+
+
+def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDataTuple]] | None:
+    """The reader for one supported path (by name; nothing is opened here), else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return read_slide if is_supported(path) else None
+
+
+def read_slide(path: PathOrPaths) -> list[LayerDataTuple]:
+    """Open ``path`` lazily and return one layer (or one per channel, via ``channel_axis``)."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    slide = open_slide(path)
+    layer = slide_layer_data(slide)
+    if slide.mpp is None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(NO_MPP_WARNING.format(name=layer[1]["name"]))
+    return [layer]
+
+
+def layer_name(path: Path) -> str:
+    """File name without its image suffixes ('a.ome.tif' → 'a', 'b.ome.zarr' → 'b')."""
+    name = path.name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def slide_layer_data(slide: Slide) -> LayerDataTuple:
+    """The LayerDataTuple of a slide: multiscale when it has levels, scaled in µm when the pixel size is known."""
+    name = layer_name(slide.path)
+    # A napari-crafts output carries its provenance record: keep it, so the layer still says it is synthetic.
+    record = slide.properties.get("napari_crafts")
+    info = {**(record if isinstance(record, dict) else {}), "path": str(slide.path), "mpp": slide.mpp,
+            "kind": slide.kind}
+    unit = "µm" if slide.mpp is not None else "pixel"
+    data = slide.levels if len(slide.levels) > 1 else slide.levels[0]
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "multiscale": len(slide.levels) > 1,
+        "scale": slide.scale,
+        "units": (unit, unit),
+        "metadata": {"napari_crafts": info},
+    }
+    if slide.kind == "labels":
+        return data, kwargs, "labels"
+    if slide.kind == "rgb":
+        return data, {**kwargs, "rgb": True}, "image"
+    n = slide.levels[0].shape[0]
+    names = slide.channel_names or [f"{name} [{i}]" for i in range(n)]
+    return data, {**kwargs, "channel_axis": 0, "name": names}, "image"
