@@ -504,3 +504,17 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
                 if m.tag.endswith("}M") and m.get("K") == PROVENANCE_KEY:
                     return json.loads(m.text or "null")
     return None
+
+
+def save_ome_zarr(path: str | os.PathLike[str], rgb: np.ndarray, *, mpp: float | None, provenance: dict[str, Any],
+                  chunk: int = 512, overwrite: bool = False) -> OmeZarrWriter:
+    """Write an in-memory RGB image (e.g. a generated region) as a complete OME-Zarr pyramid."""
+    writer = create_ome_zarr(path, rgb.shape[:2], mpp=mpp, provenance=provenance, chunk=chunk, overwrite=overwrite)
+    rows, cols = writer.grid(0)
+    for cy in range(rows):
+        for cx in range(cols):
+            y0, x0, y1, x1 = writer.chunk_box(0, cy, cx)
+            writer.write_chunk(0, cy, cx, rgb[y0:y1, x0:x1])
+    writer.build_pyramid()
+    writer.finish()
+    return writer

@@ -27,8 +27,17 @@ from .tiling import Stitcher, Tile, TileGrid, noise_field, tile_seed
 BACKGROUND_RGB = (240, 240, 240)
 
 
-class GenerationError(RuntimeError):
-    """Generation could not go on; the message says why and what to try."""
+EMPTY_MESSAGES = {
+    "labels": "Labels layer '{name}' is empty in this region: paint or load nuclei first.",
+    "fluorescence": "'{name}' has no signal above background in this region: check the channel roles and limits.",
+}
+
+
+class GenerationError(Exception):
+    """Generation could not go on; the message says why and what to try.
+
+    Not a RuntimeError: superqt's workers take a RuntimeError for a deleted Qt object and stay silent.
+    """
 
 
 @dataclass(frozen=True)
@@ -223,7 +232,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
         if source is not None and settings.skip_empty and source.is_empty(region.y + t.y, region.x + t.x, t.size)
     }
     if source is not None and len(empty) == len(grid):
-        raise GenerationError(f"Labels layer '{source.name}' is empty in this region: paint or load nuclei first.")
+        raise GenerationError(EMPTY_MESSAGES.get(source.mode, "'{name}' is empty in this region.").format(name=source.name))
     notes = list(plan.notes)
     cut = engine.truncated_tokens(settings.prompt)
     if cut:

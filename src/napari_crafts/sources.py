@@ -6,12 +6,23 @@ array over a slide, or a zarr array; it must pickle (for dask.distributed worker
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from .conditioning import ConditioningError, check_labels, labels_to_control
+from .conditioning import (
+    FLUORESCENCE_ENCODING,
+    PERCENTILES,
+    ConditioningError,
+    channel_limits,
+    check_labels,
+    check_roles,
+    fluorescence_to_control,
+    guess_roles,
+    labels_to_control,
+)
 
 
 class ControlSource(Protocol):
@@ -81,3 +92,140 @@ class LabelsSource:
     def describe(self) -> dict[str, Any]:
         return {"layer": self.name, "kind": "labels", "shape": list(self.shape), "mpp": self.mpp,
                 "encoding": "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0"}
+
+
+#: Above this many pixels per channel, normalisation limits come from a sample, never the whole channel.
+LIMITS_SAMPLE_PIXELS = 4096 * 4096
+#: Side of the windows sampled from lazy (dask, zarr) arrays for the limits.
+LIMITS_WINDOW = 512
+
+
+class _Plane:
+    """Channel ``index`` of a (C, Y, X) array-like, sliced in one read (zarr reads only the window asked)."""
+
+    def __init__(self, data: Any, index: int) -> None:
+        self.data, self.index = data, index
+        self.shape, self.dtype = tuple(data.shape[1:]), data.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        key = tuple(k for k in (key if isinstance(key, tuple) else (key,)) if k is not Ellipsis)
+        return self.data[(self.index, *key)]
+
+
+def limits_sample(plane: Any, max_pixels: int = LIMITS_SAMPLE_PIXELS) -> tuple[np.ndarray, str]:
+    """Pixels of a 2-D array-like to compute percentile limits on, and how they were taken.
+
+    Small planes are read whole. Larger numpy planes are subsampled with a stride; larger lazy planes (dask,
+    zarr: a stride would still read every chunk) by an evenly spaced grid of windows, about ``max_pixels``
+    in all.
+    """
+    H, W = plane.shape[-2:]
+    if H * W <= max_pixels:
+        return np.asarray(plane[:, :]), "whole channel"
+    if isinstance(plane, np.ndarray):
+        step = math.ceil(math.sqrt(H * W / max_pixels))
+        return plane[::step, ::step], f"a {step}-px stride in y and x"
+    win = min(LIMITS_WINDOW, H, W)
+    n = max(1, math.ceil(math.sqrt(max_pixels / win**2)))
+    ys = np.linspace(0, H - win, n).round().astype(int)
+    xs = np.linspace(0, W - win, n).round().astype(int)
+    windows = [np.asarray(plane[y : y + win, x : x + win]) for y in ys for x in xs]
+    return np.stack(windows), f"{len(windows)} windows of {win}×{win} px on a regular grid"
+
+
+@dataclass
+class FluorescenceSource:
+    """Fluorescence channels (C, Y, X) — or one channel (Y, X) — of any array-like as a control source.
+
+    ``roles`` maps channel index → 'nuclear' / 'cytoplasm' / 'membrane' / 'other' (guessed from
+    ``channel_names`` when None). ``limits`` maps each channel with a role to the (lo, hi) intensities that
+    become 0 and 255; when None they are computed once, at ``percentiles``, on a sample of the data (see
+    ``limits_sample``), so every tile shares one normalisation.
+    """
+
+    data: Any
+    roles: dict[int, str] | None = None
+    limits: dict[int, tuple[float, float]] | None = None
+    channel_names: list[str] | None = None
+    percentiles: tuple[float, float] = PERCENTILES
+    name: str = "fluorescence"
+    mpp: float | None = None
+    mode: str = "fluorescence"
+    limits_from: str = field(default="given", init=False)
+
+    def __post_init__(self) -> None:
+        ndim = len(self.data.shape)
+        if ndim not in (2, 3):
+            raise ConditioningError(
+                f"Image '{self.name}' has shape {tuple(self.data.shape)}; pass channels as (C, Y, X) "
+                "(see conditioning.as_channels_first) or one channel as (Y, X)."
+            )
+        n = self.n_channels
+        names = list(self.channel_names) if self.channel_names is not None else [f"channel {i}" for i in range(n)]
+        if len(names) != n:
+            raise ConditioningError(f"Image '{self.name}' has {n} channels but {len(names)} channel names.")
+        self.channel_names = names
+        roles = guess_roles(names) if self.roles is None else self.roles
+        self.roles = {int(i): str(r) for i, r in roles.items()}
+        check_roles(self.roles, n, self.name)
+        active = self._active
+        if self.limits is None:
+            self.limits, how = {}, set()
+            for i in active:
+                sample, how_i = limits_sample(self._plane(i))
+                self.limits[i] = channel_limits(sample, *self.percentiles, name=names[i])
+                how.add(how_i)
+            self.limits_from = f"percentiles {tuple(self.percentiles)} of " + "; ".join(sorted(how))
+        else:
+            self.limits = {int(i): (float(v[0]), float(v[1])) for i, v in self.limits.items()}
+            missing = [names[i] for i in active if i not in self.limits]
+            if missing:
+                raise ConditioningError(
+                    f"No normalisation limits for channel(s) {', '.join(missing)} of '{self.name}'; "
+                    "pass them, or leave limits unset to compute them."
+                )
+
+    @property
+    def n_channels(self) -> int:
+        return 1 if len(self.data.shape) == 2 else int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape[-2:])  # type: ignore[return-value]
+
+    @property
+    def _active(self) -> list[int]:
+        """Channels that reach the model (role other than 'other'), in order."""
+        return [i for i, r in sorted(self.roles.items()) if r != "other"]  # type: ignore[union-attr]
+
+    def _plane(self, index: int) -> Any:
+        if len(self.data.shape) == 2:
+            return self.data
+        return self.data[index] if isinstance(self.data, np.ndarray) else _Plane(self.data, index)
+
+    def _window(self, y: int, x: int, size: int) -> np.ndarray:
+        """(len(active), size, size): only the channels with a role are read."""
+        return np.stack([read_padded(self._plane(i), y, x, size, size) for i in self._active])
+
+    def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray:
+        active = self._active
+        roles = {j: self.roles[i] for j, i in enumerate(active)}  # type: ignore[index]
+        limits = {j: self.limits[i] for j, i in enumerate(active)}  # type: ignore[index]
+        ctl = fluorescence_to_control(self._window(y, x, size), roles, limits=limits, name=self.name)
+        return resize(ctl, out_size)
+
+    def is_empty(self, y: int, x: int, size: int) -> bool:
+        """No signal: every channel with a role is at or below its low limit (the control would be black)."""
+        win = self._window(y, x, size)
+        return all(not (win[j] > self.limits[i][0]).any() for j, i in enumerate(self._active))  # type: ignore[index]
+
+    def describe(self) -> dict[str, Any]:
+        names = self.channel_names or []
+        channels = [
+            {"index": i, "name": names[i], "role": self.roles.get(i, "other"),  # type: ignore[union-attr]
+             "limits": list(self.limits[i]) if i in self.limits else None}  # type: ignore[operator,index]
+            for i in range(self.n_channels)
+        ]
+        return {"layer": self.name, "kind": "fluorescence", "shape": list(self.shape), "mpp": self.mpp,
+                "channels": channels, "percentiles": list(self.percentiles), "limits_from": self.limits_from,
+                "encoding": f"conditioning.fluorescence_to_control: {FLUORESCENCE_ENCODING}"}

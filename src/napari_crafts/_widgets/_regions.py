@@ -34,8 +34,9 @@ def layer_mpp(layer: Any) -> float | None:
 
 def _to_data_box(layer: Any, viewer: Any, world_points: np.ndarray, shape: tuple[int, int]) -> Region | None:
     data_pts = np.array([layer.world_to_data(p)[-2:] for p in world_points])
-    y0, x0 = np.floor(data_pts.min(axis=0) + 0.5).astype(int)
-    y1, x1 = np.ceil(data_pts.max(axis=0) + 0.5).astype(int)
+    # pixel i is centred on data coordinate i: take the pixels whose centres lie in [min, max)
+    y0, x0 = np.ceil(data_pts.min(axis=0) - 1e-6).astype(int)
+    y1, x1 = np.ceil(data_pts.max(axis=0) - 1e-6).astype(int)
     y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, shape[0]), min(x1, shape[1])
     if y1 <= y0 or x1 <= x0:
         return None

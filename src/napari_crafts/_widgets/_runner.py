@@ -49,12 +49,15 @@ class JobRunner(Container):
         def run_job() -> Generator[Any, None, Any]:  # a generator function, so napari makes a GeneratorWorker
             return (yield from job())
 
-        worker = create_worker(run_job, _start_thread=False)
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(lambda result: self._on_returned(result, on_done))
-        worker.errored.connect(self._on_errored)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
+        worker = create_worker(run_job, _start_thread=False, _connect={
+            "yielded": self._on_yielded,
+            "returned": lambda result: self._on_returned(result, on_done),
+            "errored": self._on_errored,
+            "aborted": self._on_aborted,
+            "finished": self._on_finished,
+        })
+        # Connecting "errored" here (not after creation) keeps superqt from re-raising in the event loop:
+        # our handler tells the user in one line and keeps what was generated.
         self.worker = worker
         self._run.enabled, self._cancel.enabled = False, True
         self._progress.value = 0

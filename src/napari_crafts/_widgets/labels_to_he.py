@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import napari
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
 
 from ..engine import SCHEDULERS
@@ -71,21 +72,19 @@ def engine_job(engine_args: dict[str, Any], make_job: Any) -> Any:
 class LabelsToHE(Container):
     """Pick labels, a model and a region; tiles of synthetic H&E appear over the labels as they finish."""
 
-    def __init__(self, viewer: Any) -> None:
-        import napari
-
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels", options={"tooltip": TOOLTIPS["labels"]})
-        self._mpp = _spin("µm/px", 0.0, 0.0, 100.0, 0.001, key="mpp")
-        self._region = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
+        self._mpp_box = _spin("µm/px", 0.0, 0.0, 100.0, 0.001, key="mpp")
+        self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
                                 label="region", tooltip=TOOLTIPS["region"])
         self._shapes_layer = create_widget(annotation=napari.layers.Shapes, label="rectangle from",
                                      options={"tooltip": TOOLTIPS["shapes"]})
         self._shapes_layer.visible = False
         self.controls = GenerationControls()
         self.runner = JobRunner("Generate H&&E")
-        super().__init__(widgets=[self._labels_layer, self._mpp, self._region, self._shapes_layer, self.controls, self.runner])
-        self._region.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
+        super().__init__(widgets=[self._labels_layer, self._mpp_box, self._region_box, self._shapes_layer, self.controls, self.runner])
+        self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
         self._labels_layer.changed.connect(self._on_labels_changed)
         self.runner.run_button.changed.connect(self.generate)
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -95,7 +94,7 @@ class LabelsToHE(Container):
 
     def _on_labels_changed(self, layer: Any) -> None:
         if layer is not None:
-            self._mpp.value = layer_mpp(layer) or 0.0
+            self._mpp_box.value = layer_mpp(layer) or 0.0
 
     def generate(self) -> Any:
         """Start generation; returns the worker (None when the input was refused with a message)."""
@@ -108,12 +107,12 @@ class LabelsToHE(Container):
             plane, note = layer_plane(layer, self._viewer)
             if note:
                 show_info(note)
-            region = region_for(self._region.value, layer, self._viewer, plane.shape, self._shapes_layer.value)
+            region = region_for(self._region_box.value, layer, self._viewer, plane.shape, self._shapes_layer.value)
             if region.height * region.width > WIDGET_REGION_LIMIT:
                 raise GenerationError(TOO_LARGE.format(h=region.height, w=region.width))
             from ..sources import LabelsSource
 
-            source = LabelsSource(plane, name=layer.name, mpp=self._mpp.value or None)
+            source = LabelsSource(plane, name=layer.name, mpp=self._mpp_box.value or None)
             settings = self.controls.settings()
             engine_args = self.controls.engine_args()
         except (GenerationError, ValueError) as exc:

@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_crafts import metrics as M
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def he() -> np.ndarray:
+    """Real H&E tile (300×500 RGB uint8)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(DATA / "stardist_tcia_histo.jpg").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def noisy(he: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.clip(he + rng.normal(0, 12, he.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP (projection 16-d, 32 px images) with tokenizer and image processor, saved offline."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    from napari_crafts.tiny_model import _byte_level_vocab
+
+    path = tmp_path_factory.mktemp("clip")
+    (path / "vocab.json").write_text(json.dumps(_byte_level_vocab()))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.eos_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    out = path / "tiny-clip"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    Processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_clip: Path) -> M.ClipScorer:
+    return M.ClipScorer(tiny_clip, device="cpu", batch_size=8)
+
+
+def crops(image: np.ndarray, n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ys, xs = rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n)
+    return [image[y:y + size, x:x + size] for y, x in zip(ys, xs)]
+
+
+# --- pixel metrics -------------------------------------------------------------------------------------
+
+
+def test_identical_images(he: np.ndarray) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division-by-zero spam for PSNR
+        values = M.pixel_metrics(he, he.copy())
+    assert values["SSIM"] == pytest.approx(1.0)
+    assert values["MSE"] == 0.0
+    assert values["NCC"] == pytest.approx(1.0)
+    assert values["PSNR"] == math.inf
+
+
+@pytest.mark.parametrize("kind", ["noise", "shift"])
+def test_mse_psnr_match_numpy(he: np.ndarray, noisy: np.ndarray, kind: str) -> None:
+    gen = noisy if kind == "noise" else np.clip(he.astype(int) + 9, 0, 255).astype(np.uint8)
+    expected_mse = np.mean((gen.astype(np.float64) - he.astype(np.float64)) ** 2)
+    assert M.mse(gen, he) == pytest.approx(expected_mse, rel=1e-12)
+    assert M.psnr(gen, he) == pytest.approx(10 * np.log10(255.0**2 / expected_mse), rel=1e-12)
+    if kind == "noise":
+        assert 100 < expected_mse < 150  # ~σ² = 144, a little less from clipping
+    assert 0 < M.ssim(gen, he) < 1
+
+
+def test_ssim_equals_scikit_image_mean(he: np.ndarray, noisy: np.ndarray) -> None:
+    from skimage.metrics import structural_similarity
+
+    expected = structural_similarity(noisy, he, channel_axis=-1, data_range=255)
+    assert M.ssim(noisy, he) == pytest.approx(expected, rel=1e-10)
+    assert M.ssim(noisy, he, mask=np.ones(he.shape[:2], bool)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_ncc_affine_and_negated(he: np.ndarray) -> None:
+    x = he.astype(np.float64)
+    assert M.ncc(0.5 * x + 40, x) == pytest.approx(1.0, abs=1e-12)
+    assert M.ncc(255 - he, he) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_ncc_of_constant_image_is_nan_with_reason(he: np.ndarray) -> None:
+    with pytest.warns(UserWarning, match="generated image is constant"):
+        assert math.isnan(M.ncc(np.full_like(he, 128), he))
+
+
+def test_masked_metrics_ignore_outside(he: np.ndarray, noisy: np.ndarray) -> None:
+    from scipy import ndimage
+
+    mask = np.zeros(he.shape[:2], bool)
+    mask[40:200, 60:300] = True
+    before = M.pixel_metrics(noisy, he, mask=mask)
+    rng = np.random.default_rng(1)
+    far = ~ndimage.binary_dilation(mask, np.ones((3, 3)), iterations=M.SSIM_WIN // 2)  # outside SSIM's 7×7 reach too
+    gen2, real2 = noisy.copy(), he.copy()
+    gen2[~mask] = rng.integers(0, 256, (int((~mask).sum()), 3))
+    real2[~mask] = 255 - real2[~mask]
+    after = M.pixel_metrics(gen2, real2, mask=mask)
+    for key in ("MSE", "PSNR", "NCC"):
+        assert after[key] == pytest.approx(before[key], rel=1e-12)
+    gen3 = noisy.copy()
+    gen3[far] = 0
+    assert M.ssim(gen3, he, mask=mask) == pytest.approx(before["SSIM"], rel=1e-12)
+    assert M.mse(noisy, he, mask=mask) != pytest.approx(M.mse(noisy, he))
+
+
+def test_tissue_mask_and_empty_mask(he: np.ndarray) -> None:
+    assert M.tissue_mask(he).mean() > 0.95  # the tile is nearly all tissue
+    glass = np.full((64, 64, 3), (238, 240, 236), np.uint8)
+    assert not M.tissue_mask(glass).any()
+    with pytest.raises(ValueError, match="tissue mask is empty"):
+        M.pixel_metrics(glass, glass, mask=M.tissue_mask(glass))
+    with pytest.raises(ValueError, match="Pair 1: The tissue mask is empty"):
+        M.evaluate_pairs([he, glass], [he, glass])
+
+
+def test_shape_mismatch_names_both_shapes(he: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"\(300, 500, 3\).*\(300, 499, 3\).*differ in shape"):
+        M.pixel_metrics(he, he[:, :499])
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.tile_metrics(he, he[:, :499])
+
+
+def test_check_same_scale(he: np.ndarray) -> None:
+    assert M.check_same_scale(0.25, 0.251, resample=False, image=he) is he
+    assert M.check_same_scale(None, 0.5, resample=False, image=he) is he
+    with pytest.raises(ValueError, match=r"0\.25 µm/px vs 0\.5 µm/px.*--resample"):
+        M.check_same_scale(0.25, 0.5, resample=False, image=he)
+    half = M.check_same_scale(0.25, 0.5, resample=True, image=he)
+    assert half.shape == (150, 250, 3) and half.dtype == np.uint8
+    assert abs(float(half.mean()) - float(he.mean())) < 2
+
+
+# --- tiles ---------------------------------------------------------------------------------------------
+
+
+class ReadCounter:
+    """Array-like that records the size of every read, to prove tiles are read one at a time."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.reads = array, array.shape, []
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        out = self.array[key]
+        self.reads.append(out.shape[0] * out.shape[1])
+        return out
+
+
+def test_tiles_cover_image_once_and_aggregate(he: np.ndarray, noisy: np.ndarray) -> None:
+    import dask.array as da
+
+    gen, real = da.from_array(noisy, chunks=(100, 100, 3)), ReadCounter(he)
+    results = M.tile_metrics(gen, real, tile=128, mask=None)
+    cover = np.zeros(he.shape[:2], int)
+    for t in results:
+        cover[t.y:t.y + t.height, t.x:t.x + t.width] += 1
+    assert (cover == 1).all() and len(results) == 3 * 4
+    assert max(real.reads) <= (128 + 6) ** 2  # a tile plus SSIM's 3 px halo, never the whole image
+
+    agg = M.aggregate(results)
+    assert agg["MSE"] == pytest.approx(M.mse(noisy, he), rel=1e-10)  # pixel-weighted: exact
+    assert agg["PSNR"] == pytest.approx(M.psnr(noisy, he), rel=1e-10)
+    assert agg["SSIM"] == pytest.approx(M.ssim(noisy, he), abs=2e-3)
+    assert agg["tiles"] == 12 and agg["pixels"] == he.shape[0] * he.shape[1]
+
+    # the halo makes a tile's SSIM the whole-image SSIM map over that tile
+    box = np.zeros(he.shape[:2], bool)
+    box[128:256, 128:256] = True
+    inner = next(t for t in results if (t.y, t.x) == (128, 128))
+    assert inner.metrics["SSIM"] == pytest.approx(M.ssim(noisy, he, mask=box), rel=1e-10)
+
+
+def test_tiles_without_tissue_are_skipped(he: np.ndarray, noisy: np.ndarray) -> None:
+    real = he.copy()
+    real[:128, :128] = 242  # glass
+    results = M.tile_metrics(noisy, real, tile=128)
+    assert (0, 0) not in {(t.y, t.x) for t in results} and len(results) == 11
+    heat = M.ssim_map_tiles(noisy, real, tile=128)
+    assert heat.shape == (3, 4) and np.isnan(heat[0, 0]) and np.isfinite(heat[1:, 1:]).all()
+    with pytest.raises(ValueError, match="nothing to aggregate"):
+        M.aggregate([])
+
+
+# --- Fréchet distance ----------------------------------------------------------------------------------
+
+
+def test_frechet_distance_closed_form() -> None:
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.5, 0.0])
+    d1, d2 = np.array([1.0, 4.0, 0.25]), np.array([2.0, 1.0, 1.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(d1) - np.sqrt(d2)) ** 2)  # commuting covariances
+    assert M.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(expected, rel=1e-10)
+    # and with a full covariance rotated into both: rotation leaves the distance unchanged
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    got = M.frechet_distance(q @ mu1, q @ np.diag(d1) @ q.T, q @ mu2, q @ np.diag(d2) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-8)
+
+
+def test_plip_fid_sets() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 8)), rng.normal(0.5, 1.5, size=(200, 8))
+    assert M.plip_fid(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert M.plip_fid(a, b) > 1.0
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        M.plip_fid(a[:1], b)
+    with pytest.raises(ValueError, match=r"at least 9 samples.*unreliable.*allow_rank_deficient=True"):
+        M.plip_fid(a[:5], b)
+    assert M.plip_fid(a[:5], b[:5], allow_rank_deficient=True) > 0
+
+
+# --- CLIP embeddings and datasets ----------------------------------------------------------------------
+
+
+def test_clip_scorer_embeddings(scorer: M.ClipScorer, tiny_clip: Path, he: np.ndarray) -> None:
+    images = crops(he, 10)
+    emb = scorer.image_embeddings(images)
+    assert emb.shape == (10, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1)
+    assert scorer.name == str(tiny_clip)
+    assert M.plip_i(emb, emb) == pytest.approx(1.0)
+    others = scorer.image_embeddings(crops(he, 10, seed=1))
+    assert -1 <= M.plip_i(emb, others) <= 1
+    text = scorer.text_embeddings(["H&E stained breast tissue", "nuclei"])
+    assert text.shape == (2, 16) and np.allclose(np.linalg.norm(text, axis=1), 1)
+    assert -1 <= M.plip_t(emb, text[:1]) <= 1
+    with pytest.raises(ValueError, match="one text embedding or one per image"):
+        M.plip_t(emb, text)
+
+
+def test_long_prompt_is_truncated_with_warning(scorer: M.ClipScorer) -> None:
+    with pytest.warns(UserWarning, match=r"1 of 1 prompt\(s\) exceed the 77-token limit.*token\(s\) cut"):
+        emb = scorer.text_embeddings(["tumour " * 100])
+    assert emb.shape == (1, 16)
+
+
+def test_evaluate_pairs_table_and_files(scorer: M.ClipScorer, he: np.ndarray, noisy: np.ndarray,
+                                        tmp_path: Path) -> None:
+    real, gen = crops(he, 20), crops(noisy, 20)  # same seed: paired crops
+    result = M.evaluate_pairs(gen, real, prompt="H&E tissue", scorer=scorer)
+    assert result.n == 20 and result.model == scorer.name and result.mask == "tissue"
+    assert 0 < result.ssim < 1 and result.mse > 0 and result.ssim_std > 0
+    assert math.isfinite(result.plip_fid) and -1 <= result.plip_i <= 1 and -1 <= result.plip_t <= 1
+    assert list(result.to_row()) == ["SSIM", "PSNR", "MSE", "NCC", "PLIP-FID", "PLIP-I", "PLIP-T"]
+
+    with pytest.warns(UserWarning, match="PLIP-FID needs at least 17"):
+        small = M.evaluate_pairs(gen[:4], real[:4], scorer=scorer, mask=None)
+    assert math.isnan(small.plip_fid) and math.isnan(small.plip_t) and "PLIP-FID not computed" in small.notes[0]
+
+    rows = {"TCIA tile": result, "small": small}
+    table = M.format_table(rows)
+    assert table.splitlines()[0] == "| Dataset | SSIM↑ | PSNR↑ | MSE↓ | NCC↑ | PLIP-FID↓ | PLIP-I↑ | PLIP-T↑ |"
+    assert f"| TCIA tile | {result.ssim:.4f} | {result.psnr:.2f} |" in table and "| – |" in table
+    assert scorer.name in table
+
+    M.write_results(rows, csv_path=tmp_path / "r.csv", json_path=tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert data["small"]["plip_fid"] is None and data["TCIA tile"]["mse"] == pytest.approx(result.mse)
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].startswith("dataset,n,ssim,psnr,mse,ncc") and len(lines) == 3
+
+
+def test_tile_folders_pair_by_name(tmp_path: Path, he: np.ndarray, noisy: np.ndarray) -> None:
+    from PIL import Image
+
+    gen_dir, real_dir = tmp_path / "gen", tmp_path / "real"
+    gen_dir.mkdir(), real_dir.mkdir()
+    for name, (g, r) in {"a": (noisy[:64, :64], he[:64, :64]), "b": (noisy[64:128, :64], he[64:128, :64])}.items():
+        Image.fromarray(g).save(gen_dir / f"{name}.png")
+        Image.fromarray(r).save(real_dir / f"{name}.tif")
+    names, gen, real = M.pair_tile_folders(gen_dir, real_dir)
+    assert names == ["a", "b"] and np.array_equal(gen[0], noisy[:64, :64]) and np.array_equal(real[1], he[64:128, :64])
+    assert set(M.load_tile_folder(gen_dir)) == {"a", "b"}
+
+    Image.fromarray(he[:64, :64]).save(gen_dir / "c.png")
+    Image.fromarray(he[:64, :64]).save(real_dir / "d.jpg")
+    with pytest.raises(ValueError, match=r"Unpaired tiles.*\['c'\].*\['d'\]"):
+        M.pair_tile_folders(gen_dir, real_dir)
+
+
+def test_import_is_cheap() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, napari_crafts.metrics; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
