@@ -47,7 +47,7 @@ def test_whole_layer_lands_exactly_over_the_labels(widget, qtbot, nuclei, engine
     lab = nuclei[1][:100, :120]
     labels = viewer.add_labels(lab, name="nuclei", scale=(0.25, 0.25), translate=(5.0, -3.0))
     w._labels_layer.value = labels
-    w._mpp_box.value = 0.25
+    w.where._mpp_box.value = 0.25
     assert w.generate() is not None
     _wait(qtbot, w)
     out = viewer.layers[-1]
@@ -71,8 +71,8 @@ def test_rectangle_region_is_placed_at_its_offset(widget, qtbot, nuclei):
     y0, x0 = 10 + 40 * 0.5, 20 + 60 * 0.5
     shapes = viewer.add_shapes([[[y0, x0], [y0, x0 + 32], [y0 + 32, x0 + 32], [y0 + 32, x0]]], shape_type="rectangle",
                                name="roi")
-    w._region_box.value = "rectangle (Shapes layer)"
-    w._shapes_layer.value = shapes
+    w.where._region_box.value = "rectangle (Shapes layer)"
+    w.where._shapes_layer.value = shapes
     w.generate()
     _wait(qtbot, w)
     out = viewer.layers[-1]
@@ -132,8 +132,8 @@ def test_bad_input_gets_a_message_and_loses_nothing(widget, qtbot, nuclei, messa
         viewer.add_labels(nuclei[1][:64, :64], name="nuclei")
     if setup == "outside":
         viewer.add_shapes([[[200, 200], [200, 230], [230, 230], [230, 200]]], shape_type="rectangle", name="roi")
-        w._region_box.value = "rectangle (Shapes layer)"
-        w._shapes_layer.value = viewer.layers["roi"]
+        w.where._region_box.value = "rectangle (Shapes layer)"
+        w.where._shapes_layer.value = viewer.layers["roi"]
     if setup == "missing-model":
         w.controls._model.value = str(tmp_path / "no-such-model")
     if setup == "pickle":

@@ -197,20 +197,24 @@ class Engine:
     def mpp(self) -> float:
         return self.card.mpp
 
-    def default_controlnet(self) -> Path | None:
-        sub = self.path / "controlnet"
-        return sub if sub.is_dir() else None
+    def controlnet_path(self, ref: str | Path | None = None, mode: str = "labels") -> Path:
+        """The ControlNet folder for ``mode``: ``ref`` when given, else the model card's, else ``controlnet/``."""
+        if ref:
+            path = Path(ref).expanduser()
+            return path if path.exists() else resolve_model(str(ref), allow_pickle=self.allow_pickle)
+        sub = self.card.controlnets.get(mode, "controlnet")
+        path = self.path / sub
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{self.path} has no ControlNet for '{mode}' (no {sub}/ folder); give one with --controlnet."
+            )
+        return path
 
-    def controlnet(self, ref: str | Path | None = None) -> Any:
-        """The ControlNet at ``ref`` (default: the folder's own ``controlnet/``), loaded once."""
+    def controlnet(self, ref: str | Path | None = None, mode: str = "labels") -> Any:
+        """The ControlNet for ``mode`` (see ``controlnet_path``), loaded once and kept beside the base model."""
         from diffusers import ControlNetModel
 
-        path = Path(ref) if ref else self.default_controlnet()
-        if path is None:
-            raise ModelLoadError(f"{self.path} has no controlnet/ folder; give a ControlNet with --controlnet.")
-        if not path.exists():
-            path = resolve_model(str(ref), allow_pickle=self.allow_pickle)
-        path = path.resolve()
+        path = self.controlnet_path(ref, mode).resolve()
         if path not in self._controlnets:
             check_weights_format(path, allow_pickle=self.allow_pickle)
             try:
@@ -226,8 +230,8 @@ class Engine:
     def weights_sha256(self) -> str:
         return weights_sha256(self.path)
 
-    def describe(self, controlnet: str | Path | None = None) -> dict[str, Any]:
-        """Provenance of the weights in use."""
+    def describe(self, controlnet: str | Path | None = None, mode: str | None = "labels") -> dict[str, Any]:
+        """Provenance of the weights in use (``mode`` None: prompt only, no ControlNet)."""
         out: dict[str, Any] = {
             "id": self.model_ref,
             "name": self.card.name,
@@ -238,9 +242,9 @@ class Engine:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
-        cn = Path(controlnet) if controlnet else self.default_controlnet()
-        if cn is not None and cn.resolve() != (self.path / "controlnet").resolve():
-            out["controlnet"] = str(controlnet)
+        if mode is not None:
+            cn = self.controlnet_path(controlnet, mode)
+            out["controlnet"] = str(controlnet) if controlnet else cn.name
             out["controlnet_sha256"] = weights_sha256(cn)
         return out
 
@@ -294,11 +298,13 @@ class Engine:
         controlnet: str | Path | None = None,
         controlnet_scale: float = 1.0,
         scheduler: str = "default",
+        mode: str = "labels",
     ) -> Generator[Step, None, np.ndarray]:
         """Denoise a batch; yields a Step after each step; returns RGB uint8 images (B, H, W, 3).
 
         ``noise`` (B, 4, H/f, W/f) is the starting noise (see ``tiling.noise_field``); ``control`` (B, H, W, 3)
-        uint8 is the control image, or None for prompt-only generation (no ControlNet).
+        uint8 is the control image, or None for prompt-only generation (no ControlNet); ``mode`` picks the
+        ControlNet when ``controlnet`` is not given.
         """
         torch = self._torch
         # 1. Check inputs.
@@ -313,7 +319,7 @@ class Engine:
         cond, uncond = self.encode_prompt(prompt, negative_prompt)
         embeds = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if cfg else cond.expand(b, -1, -1)
         # 3. Prepare the control image, as the pipeline's control image processor does: float in [0, 1].
-        net = self.controlnet(controlnet) if control is not None else None
+        net = self.controlnet(controlnet, mode) if control is not None else None
         cond_image = None
         if control is not None:
             cond_image = torch.from_numpy(np.ascontiguousarray(control)).permute(0, 3, 1, 2)

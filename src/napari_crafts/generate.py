@@ -143,6 +143,7 @@ class TileDone:
     box: tuple[int, int, int, int]
     rgb: np.ndarray
     skipped: bool = False
+    plane: tuple[int, ...] = ()  # leading index in a stacked output (several images), else ()
 
 
 @dataclass
@@ -168,6 +169,7 @@ def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: l
         noise, control, prompt=settings.prompt, negative_prompt=settings.negative_prompt, steps=settings.steps,
         guidance_scale=settings.guidance_scale, controlnet=settings.controlnet,
         controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
+        mode=source.mode if source is not None else "prompt",
     )
     return [resize(img, plan.grid.tile) for img in images]
 
@@ -264,7 +266,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
             yield TileDone(done, n, box, stitcher.read(*box))
     prov = make_provenance(
         mode=source.mode if source is not None else "prompt",
-        model=engine.describe(settings.controlnet if source is not None else None),
+        model=engine.describe(settings.controlnet, source.mode if source is not None else None),
         settings={**settings.record(), "tile_size_source_px": grid.tile, "overlap_source_px": grid.overlap,
                   "model_tile_px": plan.model_tile, "scale_factor": plan.factor,
                   "tiles": n, "tiles_skipped_empty": skipped, "background_rgb": list(BACKGROUND_RGB)},

@@ -27,6 +27,8 @@ class ModelCard:
     mpp_declared: bool = False
     prompt: str = CRAFTS_MASK_PROMPT
     tiny: bool = False
+    #: ControlNet subfolder per mode ("labels", "fluorescence"); a mode not listed uses "controlnet".
+    controlnets: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -35,12 +37,13 @@ class ModelCard:
         if not f.is_file():
             return cls(name=Path(folder).name)
         data = json.loads(f.read_text())
-        known = {"name", "mpp", "prompt", "tiny"}
+        known = {"name", "mpp", "prompt", "tiny", "controlnets"}
         return cls(
             name=str(data.get("name", Path(folder).name)),
             mpp=float(data.get("mpp", DEFAULT_MODEL_MPP)),
             mpp_declared="mpp" in data,
             prompt=str(data.get("prompt", CRAFTS_MASK_PROMPT)),
             tiny=bool(data.get("tiny", False)),
+            controlnets={str(k): str(v) for k, v in dict(data.get("controlnets", {})).items()},
             extra={k: v for k, v in data.items() if k not in known},
         )

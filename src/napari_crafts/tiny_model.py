@@ -15,7 +15,7 @@ from .model_card import MODEL_CARD_FILE
 #: Model name that means "the tiny random demo model, built on first use in the user cache".
 TINY_MODEL_ID = "tiny-demo"
 #: Bump when build_tiny_model changes, so cached copies are rebuilt.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 2
 
 #: Pixel size the tiny model declares (µm/px); the paper's ControlNets are trained on 40x patches (~0.25).
 TINY_MODEL_MPP = 0.25
@@ -131,10 +131,18 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
     else:
         pipe = StableDiffusionPipeline(**parts)
     pipe.save_pretrained(path, safe_serialization=True)
+    card: dict = {"name": "napari-crafts tiny random model", "mpp": TINY_MODEL_MPP, "tiny": True}
+    if with_controlnet:
+        # A second ControlNet for fluorescence → H&E, as CRAFTS has one per mode; both share the base model.
+        if_net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+        with torch.no_grad():
+            for conv in [*if_net.controlnet_down_blocks, if_net.controlnet_mid_block]:
+                conv.weight.normal_(0.0, 0.5)
+        if_net.save_pretrained(path / "controlnet_fluorescence", safe_serialization=True)
+        card["controlnets"] = {"labels": "controlnet", "fluorescence": "controlnet_fluorescence"}
     for f in vocab_dir.iterdir():
         f.unlink()
     vocab_dir.rmdir()
-    card = {"name": "napari-crafts tiny random model", "mpp": TINY_MODEL_MPP, "tiny": True}
     (path / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
     return path
 

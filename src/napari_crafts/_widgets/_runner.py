@@ -80,7 +80,7 @@ class JobRunner(Container):
             self.status(f"tile {event.tiles_done + 1}/{event.tiles}, step {event.step}/{event.steps}")
         elif isinstance(event, TileDone):
             y0, x0, y1, x1 = event.box
-            self.output.data[y0:y1, x0:x1] = event.rgb
+            self.output.data[(*event.plane, slice(y0, y1), slice(x0, x1))] = event.rgb
             self.output.refresh()
             self._tiles = (event.tiles_done, event.tiles)
             meta = self.output.metadata["napari_crafts"]
@@ -126,9 +126,10 @@ class JobRunner(Container):
 
 
 def add_output_layer(viewer: Any, shape_yx: tuple[int, int], *, name: str, scale: Any, translate: Any,
-                     provenance: dict[str, Any]) -> Any:
-    """An empty RGB layer that will receive the synthetic H&E, placed over the source."""
+                     provenance: dict[str, Any], planes: tuple[int, ...] = ()) -> Any:
+    """An empty RGB layer (``planes`` × Y × X) that will receive the synthetic H&E, placed over the source."""
+    lead = (1.0,) * len(planes)
     return viewer.add_image(
-        np.zeros((*shape_yx, 3), dtype=np.uint8), rgb=True, name=name, scale=scale, translate=translate,
-        metadata={"napari_crafts": provenance},
+        np.zeros((*planes, *shape_yx, 3), dtype=np.uint8), rgb=True, name=name, scale=(*lead, *scale),
+        translate=((0.0,) * len(planes) + tuple(translate)), metadata={"napari_crafts": provenance},
     )

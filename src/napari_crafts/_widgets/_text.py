@@ -18,7 +18,22 @@ TOOLTIPS = {
     "shapes": "Shapes layer whose last rectangle bounds the region.",
     "mpp": "Pixel size of the labels in µm/px (0 = unknown: the model's own pixel size is assumed).",
     "device": "Where the model runs: auto picks cuda, then mps, then cpu.",
+    "channels": "Fluorescence channels: several single-channel layers, or one layer with a channel axis.",
+    "channel_axis": "Axis of the channel dimension when one layer holds all channels.",
+    "roles": "What the channel shows; 'other' channels are not given to the model. Guessed from the name.",
+    "percentiles": "Each channel is stretched between these percentiles (computed once for the whole image).",
+    "preset": "TCGA cancer types as in the paper's PathGen/TCGA captions; 'Use preset' writes the prompt.",
+    "size": "Image side in the model's pixels; larger than the tile size is generated in blended tiles.",
+    "count": "Number of images; image i uses seed + i.",
 }
+
+#: Our default prompt for fluorescence → H&E: the paper's mask prompt, adapted to fluorescence input.
+FLUORESCENCE_PROMPT = (
+    "translate the given immunofluorescence image into a realistic H&E-stained histology image, generating "
+    "hematoxylin-stained nuclei and eosin-stained cytoplasm/background with accurate tissue texture and color "
+    "distribution"
+)
+NO_CHANNELS = "Choose the fluorescence channel layer(s) first (e.g. DAPI)."
 
 REGION_WHOLE, REGION_VIEW, REGION_SHAPES = "whole layer", "current view", "rectangle (Shapes layer)"
 NO_LABELS = "Choose a Labels layer first: load nuclei or paint them with the Labels tools."

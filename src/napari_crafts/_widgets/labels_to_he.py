@@ -5,68 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import napari
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
+from magicgui.widgets import Container, create_widget
 
-from ..engine import SCHEDULERS
-from ..generate import GenerationError, GenerationSettings, Region, generate_region
-from ..model_card import CRAFTS_MASK_PROMPT
-from ..provenance import synthetic_name
-from ..tiny_model import TINY_MODEL_ID
-from ._regions import layer_mpp, layer_plane, region_for
-from ._runner import JobRunner, add_output_layer
-from ._text import NO_LABELS, REGION_SHAPES, REGION_VIEW, REGION_WHOLE, TOO_LARGE, TOOLTIPS, WIDGET_REGION_LIMIT
-
-
-def _spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: str = "") -> Any:
-    cls = FloatSpinBox if isinstance(value, float) else SpinBox
-    return cls(value=value, min=lo, max=hi, step=step, label=label, tooltip=TOOLTIPS.get(key, ""))
-
-
-class GenerationControls(Container):
-    """Model and diffusion settings shared by the generation widgets."""
-
-    def __init__(self, prompt: str = CRAFTS_MASK_PROMPT, *, tiles: bool = True) -> None:
-        self._model = LineEdit(value=TINY_MODEL_ID, label="model", tooltip=TOOLTIPS["model"])
-        self._controlnet = LineEdit(value="", label="ControlNet", tooltip=TOOLTIPS["controlnet"])
-        self._prompt = TextEdit(value=prompt, label="prompt", tooltip=TOOLTIPS["prompt"])
-        self._negative = LineEdit(value="", label="negative prompt", tooltip=TOOLTIPS["negative_prompt"])
-        self._seed = _spin("seed", 0, 0, 2**31 - 1, key="seed")
-        self._steps = _spin("steps", 50, 1, 500, key="steps")
-        self._cfg = _spin("guidance (CFG)", 7.5, 1.0, 30.0, 0.5, key="guidance_scale")
-        self._scheduler = ComboBox(choices=SCHEDULERS, value="default", label="scheduler", tooltip=TOOLTIPS["scheduler"])
-        self._tile = _spin("tile size", 512, 64, 2048, 64, key="tile_size")
-        self._overlap = _spin("overlap", 64, 0, 512, 8, key="overlap")
-        self._batch = _spin("batch", 1, 1, 64, key="batch_size")
-        self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
-                                tooltip=TOOLTIPS["device"])
-        widgets = [self._model, self._controlnet, self._prompt, self._negative, self._seed, self._steps, self._cfg,
-                   self._scheduler, self._tile, self._overlap, self._batch, self._device]
-        if not tiles:
-            widgets = [w for w in widgets if w not in (self._controlnet, self._tile, self._overlap)]
-        super().__init__(widgets=widgets, labels=True)
-
-    def settings(self) -> GenerationSettings:
-        return GenerationSettings(
-            prompt=self._prompt.value.strip(), negative_prompt=self._negative.value, seed=int(self._seed.value),
-            steps=int(self._steps.value), guidance_scale=float(self._cfg.value), scheduler=self._scheduler.value,
-            tile_size=int(self._tile.value), overlap=int(self._overlap.value), batch_size=int(self._batch.value),
-            controlnet=self._controlnet.value.strip() or None,
-        )
-
-    def engine_args(self) -> dict[str, Any]:
-        model = self._model.value.strip()
-        if not model:
-            raise GenerationError("Give a model: a diffusers folder, a hub id, or 'tiny-demo' to try the plugin.")
-        device = None if self._device.value == "auto" else self._device.value
-        return {"model": model, "device": device}
-
-
-def engine_job(engine_args: dict[str, Any], make_job: Any) -> Any:
-    """A generator that loads (or reuses) the engine inside the worker, then runs ``make_job(engine)``."""
-    from ..engine import get_engine
-
-    engine = get_engine(engine_args["model"], device=engine_args.get("device"))
-    return (yield from make_job(engine))
+from ..generate import GenerationError
+from ._controls import GenerationControls, RegionControls, start_region_job
+from ._regions import layer_plane
+from ._runner import JobRunner
+from ._text import NO_LABELS, TOOLTIPS
 
 
 class LabelsToHE(Container):
@@ -74,31 +19,24 @@ class LabelsToHE(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels", options={"tooltip": TOOLTIPS["labels"]})
-        self._mpp_box = _spin("µm/px", 0.0, 0.0, 100.0, 0.001, key="mpp")
-        self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
-                                label="region", tooltip=TOOLTIPS["region"])
-        self._shapes_layer = create_widget(annotation=napari.layers.Shapes, label="rectangle from",
-                                     options={"tooltip": TOOLTIPS["shapes"]})
-        self._shapes_layer.visible = False
+        self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels",
+                                           options={"tooltip": TOOLTIPS["labels"]})
+        self.where = RegionControls()
         self.controls = GenerationControls()
         self.runner = JobRunner("Generate H&&E")
-        super().__init__(widgets=[self._labels_layer, self._mpp_box, self._region_box, self._shapes_layer, self.controls, self.runner])
-        self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
-        self._labels_layer.changed.connect(self._on_labels_changed)
+        super().__init__(widgets=[self._labels_layer, self.where, self.controls, self.runner])
+        self._labels_layer.changed.connect(self.where.take_mpp_from)
         self.runner.run_button.changed.connect(self.generate)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
-        self._on_labels_changed(self._labels_layer.value)
-
-    def _on_labels_changed(self, layer: Any) -> None:
-        if layer is not None:
-            self._mpp_box.value = layer_mpp(layer) or 0.0
+        self.where.take_mpp_from(self._labels_layer.value)
 
     def generate(self) -> Any:
         """Start generation; returns the worker (None when the input was refused with a message)."""
         from napari.utils.notifications import show_error, show_info
+
+        from ..sources import LabelsSource
 
         try:
             layer = self._labels_layer.value
@@ -107,26 +45,10 @@ class LabelsToHE(Container):
             plane, note = layer_plane(layer, self._viewer)
             if note:
                 show_info(note)
-            region = region_for(self._region_box.value, layer, self._viewer, plane.shape, self._shapes_layer.value)
-            if region.height * region.width > WIDGET_REGION_LIMIT:
-                raise GenerationError(TOO_LARGE.format(h=region.height, w=region.width))
-            from ..sources import LabelsSource
-
-            source = LabelsSource(plane, name=layer.name, mpp=self._mpp_box.value or None)
-            settings = self.controls.settings()
-            engine_args = self.controls.engine_args()
+            region = self.where.region(layer, self._viewer, plane.shape)
+            source = LabelsSource(plane, name=layer.name, mpp=self.where.mpp)
+            settings, engine_args = self.controls.settings(), self.controls.engine_args()
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        return self.start(layer, source, region, settings, engine_args)
-
-    def start(self, layer: Any, source: Any, region: Region, settings: GenerationSettings,
-              engine_args: dict[str, Any]) -> Any:
-        scale = tuple(layer.scale[-2:])
-        translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale))
-        output = add_output_layer(
-            self._viewer, (region.height, region.width), name=synthetic_name(layer.name), scale=scale,
-            translate=translate, provenance={"synthetic": True, "status": "running", "source": layer.name},
-        )
-        job = lambda: engine_job(engine_args, lambda engine: generate_region(engine, source, region, settings))  # noqa: E731
-        return self.runner.start(job, self._viewer, output)
+        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args)

@@ -1,0 +1,313 @@
+"""Dock widget "Compare": how close is a synthetic H&E layer to the real H&E under it (the CRAFTS metrics).
+
+The two layers are compared in world coordinates: the real layer's pixels over the chosen region, and the
+synthetic layer sampled at the same places (a plain slice when the grids coincide, else resampled onto the
+real layer's grid — said in a notification). Only scale and translate are taken into account (not rotate,
+shear or affine). Scoring runs :func:`napari_crafts.evaluate.iter_evaluate_images` in a worker; the result
+is shown in the widget and as a per-tile SSIM heat map laid over the region.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FloatSlider, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
+)
+
+from .. import metrics as M
+from ..evaluate import EvalProgress, EvaluationError, ImageEvaluation, ResampledImage, iter_evaluate_images, load_scorer
+from ..generate import GenerationError, Region
+from ._regions import region_for
+from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE
+
+TOOLTIPS = {
+    "synthetic": "The generated H&E (RGB Image layer) to score.",
+    "real": "The real H&E it should match (RGB Image layer), placed over it in the viewer.",
+    "region": "Which part of the real layer to compare (only where the synthetic layer covers it).",
+    "shapes": "Shapes layer whose last rectangle bounds the region.",
+    "tile": "Side of the tiles the metrics are computed on (and of the SSIM heat-map cells), in real-layer px.",
+    "mask": "Compare only tissue pixels of the real layer (not background glass).",
+    "clip": "Optional CLIP model for PLIP-FID/-I/-T: a local folder or a hub id such as 'vinid/plip'. "
+    "Empty: pixel metrics only.",
+    "prompt": "The prompt the synthetic image was generated with (for PLIP-T).",
+    "toggle": "Show/hide the synthetic layer, to compare it with the real one underneath.",
+    "opacity": "Opacity of the synthetic layer.",
+}
+NO_LAYERS = "Choose a synthetic and a real H&E Image layer first."
+SAME_LAYER = "'{name}' is chosen as both synthetic and real H&E: pick two different layers."
+NOT_RGB = "'{name}' is not an 8-bit RGB image ({what}): the metrics compare RGB H&E on a 0–255 scale."
+NO_OVERLAP = ("'{syn}' and '{real}' do not overlap{where}: place them over each other (same scale and translate) "
+              "or pick another region.")
+RESAMPLED = "'{syn}' ({s} per px) was resampled onto the pixel grid of '{real}' ({r} per px) to compare them."
+SHIFTED = "'{syn}' is offset from '{real}' by a fraction of a pixel: it was resampled onto the grid of '{real}'."
+TOO_LARGE = ("The region is {h}×{w} px: too large to score here. Pick a smaller region, or run "
+             "`napari-crafts evaluate` on the files.")
+WIDGET_ADVICE = "give a local folder in 'CLIP model', or leave it empty for pixel metrics only"
+HEAT_NAME = "SSIM per tile · {name}"
+REGION_LIMIT = 8192 * 8192
+
+
+@functools.lru_cache(maxsize=1)
+def _scorer(model: str) -> M.ClipScorer | None:
+    """The CLIP model, loaded once (in the worker) and kept for the next Compute."""
+    return load_scorer(model, advice=WIDGET_ADVICE)
+
+
+def _rgb_plane(layer: Any, viewer: Any) -> tuple[Any, str | None]:
+    """The displayed (Y, X, 3) plane of an RGB Image layer (level 0 if multiscale) and a note for N-D data."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    if not layer.rgb or data.shape[-1] not in (3, 4):
+        raise EvaluationError(NOT_RGB.format(name=layer.name, what=f"shape {tuple(data.shape)}"))
+    if data.dtype != np.uint8:
+        raise EvaluationError(NOT_RGB.format(name=layer.name, what=f"{data.dtype} values"))
+    data, note = data[..., :3], None
+    if data.ndim > 3:
+        point = layer.world_to_data(viewer.dims.point)
+        index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-3]))
+        note = f"'{layer.name}' is {data.ndim - 1}-D: using the displayed slice {index}."
+        data = data[index]
+    return data, note
+
+
+def _grid(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(layer.scale[-2:], float), np.asarray(layer.translate[-2:], float)
+
+
+def _overlap(synthetic: Any, syn_shape: tuple[int, ...], real: Any, region: Region) -> Region:
+    """The part of ``region`` (real-layer pixels) whose pixel centres lie on the synthetic layer."""
+    (s_s, t_s), (s_r, t_r) = _grid(synthetic), _grid(real)
+    box = []
+    for axis, (start, size) in enumerate(((region.y, region.height), (region.x, region.width))):
+        lo = (t_s[axis] - 0.5 * s_s[axis] - t_r[axis]) / s_r[axis]
+        hi = (t_s[axis] + (syn_shape[axis] - 0.5) * s_s[axis] - t_r[axis]) / s_r[axis]
+        box.append((max(start, math.ceil(lo - 1e-6)), min(start + size, math.floor(hi + 1e-6) + 1)))
+    (y0, y1), (x0, x1) = box
+    if y1 <= y0 or x1 <= x0:
+        where = "" if region.y == region.x == 0 else " in the chosen region"
+        raise EvaluationError(NO_OVERLAP.format(syn=synthetic.name, real=real.name, where=where))
+    return Region(y0, x0, y1 - y0, x1 - x0)
+
+
+def _synthetic_on_grid(synthetic: Any, plane: Any, real: Any, box: Region) -> tuple[Any, str | None]:
+    """The synthetic pixels at the real layer's pixel centres of ``box``: a slice, or a resampled view."""
+    (s_s, t_s), (s_r, t_r) = _grid(synthetic), _grid(real)
+    a = s_r / s_s
+    b = (t_r + np.array([box.y, box.x]) * s_r - t_s) / s_s
+    if np.allclose(a, 1.0, rtol=0, atol=1e-6) and np.allclose(b, np.round(b), rtol=0, atol=1e-6):
+        y, x = (int(v) for v in np.round(b))
+        return plane[y:y + box.height, x:x + box.width], None
+    if np.allclose(a, 1.0, rtol=0, atol=1e-6):
+        note = SHIFTED.format(syn=synthetic.name, real=real.name)
+    else:
+        note = RESAMPLED.format(syn=synthetic.name, real=real.name, s=" × ".join(f"{v:g}" for v in s_s),
+                                r=" × ".join(f"{v:g}" for v in s_r))
+    return ResampledImage(plane, (box.height, box.width), a, b), note
+
+
+def format_metrics(result: M.EvaluationResult, *, plip: bool) -> str:
+    """The metrics as lines "SSIM↑ 0.8123" (PLIP ones too when ``plip``)."""
+    row = result.to_row()
+    keys = [k for k in M.COLUMNS if plip or k in M.PIXEL_METRICS]
+    return "\n".join(f"{M.COLUMNS[k]}  {M._fmt(row[k], k)}" for k in keys)
+
+
+class Compare(Container):
+    """Pick a synthetic and a real H&E layer and a region; Compute shows the metrics and an SSIM heat map."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self._synthetic_layer = create_widget(annotation=napari.layers.Image, label="synthetic",
+                                              options={"tooltip": TOOLTIPS["synthetic"]})
+        self._real_layer = create_widget(annotation=napari.layers.Image, label="real H&E",
+                                         options={"tooltip": TOOLTIPS["real"]})
+        self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
+                                    label="region", tooltip=TOOLTIPS["region"])
+        self._shapes_layer = create_widget(annotation=napari.layers.Shapes, label="rectangle from",
+                                           options={"tooltip": TOOLTIPS["shapes"]})
+        self._shapes_layer.visible = False
+        self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size", tooltip=TOOLTIPS["tile"])
+        self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=TOOLTIPS["mask"])
+        self._clip_box = LineEdit(value="", label="CLIP model", tooltip=TOOLTIPS["clip"])
+        self._prompt_box = LineEdit(value="", label="prompt", tooltip=TOOLTIPS["prompt"])
+        self._compute_button = PushButton(text="Compute")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self._status = Label(value="")
+        self._results = Label(value="", label="metrics")
+        self._toggle_button = PushButton(text="Toggle synthetic", tooltip=TOOLTIPS["toggle"])
+        self._opacity_slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, label="synthetic opacity",
+                                           tooltip=TOOLTIPS["opacity"])
+        super().__init__(widgets=[
+            self._synthetic_layer, self._real_layer, self._region_box, self._shapes_layer, self._tile_box,
+            self._mask_box, self._clip_box, self._prompt_box, self._compute_button, self._cancel_button,
+            self._progress, self._status, self._results, self._toggle_button, self._opacity_slider,
+        ], labels=True)
+        self.worker: Any = None
+        self.evaluation: ImageEvaluation | None = None
+        self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
+        self._synthetic_layer.changed.connect(self._on_synthetic_changed)
+        self._compute_button.changed.connect(self.compute)
+        self._cancel_button.changed.connect(self.cancel)
+        self._toggle_button.changed.connect(self.toggle_synthetic)
+        self._opacity_slider.changed.connect(self._on_opacity)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self.reset_choices()
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer lists; when both point at one layer, guess the pair (synthetic: marked or on top)."""
+        super().reset_choices()
+        if self._synthetic_layer.value is None or self._synthetic_layer.value is not self._real_layer.value:
+            return
+        rgb = [layer for layer in self._real_layer.choices if getattr(layer, "rgb", False)]
+        if len(rgb) < 2:
+            return
+        marked = [layer for layer in rgb if layer.metadata.get("napari_crafts", {}).get("synthetic")]
+        synthetic = (marked or rgb)[-1]
+        self._synthetic_layer.value = synthetic
+        self._real_layer.value = next(layer for layer in rgb if layer is not synthetic)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    # -- compute --------------------------------------------------------------------------------------------
+    def compute(self) -> Any:
+        """Start scoring; returns the worker (None when the input was refused with a message)."""
+        from napari.utils.notifications import show_error, show_info
+
+        if self.running:
+            return None
+        try:
+            inputs = self._inputs()
+        except (EvaluationError, GenerationError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        for note in inputs["notes"]:
+            show_info(note)
+        return self._start(inputs)
+
+    def _inputs(self) -> dict[str, Any]:
+        """Check the choices and cut out the two co-registered arrays (lazy) over the region."""
+        synthetic, real = self._synthetic_layer.value, self._real_layer.value
+        if synthetic is None or real is None:
+            raise EvaluationError(NO_LAYERS)
+        if synthetic is real:
+            raise EvaluationError(SAME_LAYER.format(name=real.name))
+        syn_plane, syn_note = _rgb_plane(synthetic, self._viewer)
+        real_plane, real_note = _rgb_plane(real, self._viewer)
+        region = region_for(self._region_box.value, real, self._viewer, real_plane.shape[:2], self._shapes_layer.value)
+        box = _overlap(synthetic, syn_plane.shape, real, region)
+        if box.height * box.width > REGION_LIMIT:
+            raise EvaluationError(TOO_LARGE.format(h=box.height, w=box.width))
+        generated, grid_note = _synthetic_on_grid(synthetic, syn_plane, real, box)
+        y0, x0, y1, x1 = box.box
+        return {
+            "synthetic": synthetic, "real": real, "box": box, "generated": generated,
+            "real_data": real_plane[y0:y1, x0:x1], "tile": int(self._tile_box.value),
+            "mask": "tissue" if self._mask_box.value else None, "model": self._clip_box.value.strip(),
+            "prompt": self._prompt_box.value.strip() or None,
+            "notes": [n for n in (syn_note, real_note, grid_note) if n],
+        }
+
+    def _start(self, inputs: dict[str, Any]) -> Any:
+        from napari.qt.threading import create_worker
+
+        def job() -> Any:  # a generator function: napari makes a GeneratorWorker (progress, Cancel)
+            scorer = _scorer(inputs["model"]) if inputs["model"] else None
+            return (yield from iter_evaluate_images(inputs["generated"], inputs["real_data"], tile=inputs["tile"],
+                                                    mask=inputs["mask"], scorer=scorer, prompt=inputs["prompt"]))
+
+        self.worker = create_worker(job, _start_thread=False, _connect={
+            "yielded": self._on_yielded,
+            "returned": lambda evaluation: self._on_returned(evaluation, inputs),
+            "errored": self._on_errored,  # connected here, so superqt does not re-raise in the event loop
+            "aborted": self._on_aborted,
+            "finished": self._on_finished,
+        })
+        self._compute_button.enabled, self._cancel_button.enabled = False, True
+        self._progress.value = 0
+        self._status.value = "loading the CLIP model…" if inputs["model"] else "scoring tiles…"
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    # -- handlers (main thread) -----------------------------------------------------------------------------
+    def _on_yielded(self, event: EvalProgress) -> None:
+        self._progress.max = max(1, event.total)
+        self._progress.value = event.done
+        self._status.value = f"{event.done}/{event.total} " + ("tiles scored" if event.stage == "tiles"
+                                                               else "tiles embedded (PLIP)")
+
+    def _on_returned(self, evaluation: ImageEvaluation, inputs: dict[str, Any]) -> None:
+        from napari.utils.notifications import show_warning
+
+        if evaluation is None:
+            return
+        self.evaluation = evaluation
+        result, real, box, tile = evaluation.result, inputs["real"], inputs["box"], evaluation.tile
+        pixels = sum(t.n_pixels for t in evaluation.tiles)
+        self._results.value = (format_metrics(result, plip=bool(inputs["model"])) +
+                               f"\n{result.n} tiles of {tile} px, {pixels:,} px compared"
+                               + (" (tissue)" if inputs["mask"] else ""))
+        scale, translate = _grid(real)
+        record = {
+            "metrics": result.to_row(), "result": result.to_dict(),
+            "synthetic": inputs["synthetic"].name, "real": real.name, "tile": tile, "mask": inputs["mask"],
+            "region": {"y": box.y, "x": box.x, "height": box.height, "width": box.width},
+            "notes": list(result.notes) + inputs["notes"],
+        }
+        name = HEAT_NAME.format(name=inputs["synthetic"].name)
+        if name in self._viewer.layers:
+            self._viewer.layers.remove(name)
+        self._viewer.add_image(
+            evaluation.heat_map("SSIM"), name=name, colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5,
+            scale=tile * scale, translate=translate + np.array([box.y, box.x]) * scale + (tile - 1) / 2 * scale,
+            metadata={"napari_crafts": record},
+        )
+        self._progress.value = self._progress.max
+        self._status.value = "done"
+        for note in result.notes:
+            if note.startswith(("PLIP", "Pixel size")):
+                show_warning(note)
+
+    def _on_aborted(self) -> None:
+        self._status.value = "cancelled: nothing added"
+
+    def _on_errored(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self._status.value = f"error: {exc}"
+        show_error(str(exc))
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._compute_button.enabled, self._cancel_button.enabled = True, False
+
+    # -- swipe / compare ------------------------------------------------------------------------------------
+    def toggle_synthetic(self) -> None:
+        """Show or hide the synthetic layer (compare by blinking)."""
+        layer = self._synthetic_layer.value
+        if layer is None:
+            from napari.utils.notifications import show_error
+
+            show_error(NO_LAYERS)
+            return
+        layer.visible = not layer.visible
+
+    def _on_opacity(self, value: float) -> None:
+        layer = self._synthetic_layer.value
+        if layer is not None:
+            layer.opacity = float(value)
+
+    def _on_synthetic_changed(self, layer: Any) -> None:
+        if layer is not None:
+            self._opacity_slider.value = float(layer.opacity)

@@ -1,0 +1,128 @@
+"""Dock widget "Fluorescence → H&E": fluorescence channels in, with roles and a preview of the control image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import ComboBox, Container, PushButton, create_widget
+
+from ..conditioning import PERCENTILES, ROLES, as_channels_first, guess_roles
+from ..generate import GenerationError
+from ._controls import GenerationControls, RegionControls, spin, start_region_job
+from ._regions import layer_plane
+from ._runner import JobRunner
+from ._text import FLUORESCENCE_PROMPT, NO_CHANNELS, TOOLTIPS
+
+
+class FluorescenceToHE(Container):
+    """Choose channel layers (or one layer with a channel axis), give each a role, preview, generate."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self._channel_layers = create_widget(annotation=list[napari.layers.Image], label="channels",
+                                             options={"tooltip": TOOLTIPS["channels"]})
+        self._channel_axis = spin("channel axis", 0, 0, 3, key="channel_axis")
+        self._roles = Container(labels=True, label="roles")
+        self._low = spin("low %", PERCENTILES[0], 0.0, 50.0, 0.1, key="percentiles")
+        self._high = spin("high %", PERCENTILES[1], 50.0, 100.0, 0.1, key="percentiles")
+        self._preview = PushButton(text="Preview control image")
+        self.where = RegionControls()
+        self.controls = GenerationControls(FLUORESCENCE_PROMPT)
+        self.runner = JobRunner("Generate H&&E")
+        super().__init__(widgets=[self._channel_layers, self._channel_axis, self._roles, self._low, self._high,
+                                  self.where, self._preview, self.controls, self.runner])
+        self._channel_layers.changed.connect(self._on_channels_changed)
+        self._channel_axis.changed.connect(lambda _: self._on_channels_changed(self._channel_layers.value))
+        self._preview.changed.connect(self.preview)
+        self.runner.run_button.changed.connect(self.generate)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self.reset_choices()
+
+    # -- channels and roles ---------------------------------------------------------------------------------
+    def channel_names(self) -> list[str]:
+        layers = list(self._channel_layers.value or [])
+        if len(layers) == 1 and self._is_stack(layers[0]):
+            n = layers[0].data.shape[int(self._channel_axis.value)]
+            names = layers[0].metadata.get("napari_crafts", {}).get("channel_names")
+            return list(names) if names and len(names) == n else [f"{layers[0].name} [{i}]" for i in range(n)]
+        return [layer.name for layer in layers]
+
+    @staticmethod
+    def _is_stack(layer: Any) -> bool:
+        return not layer.rgb and layer.data.ndim == 3
+
+    def _on_channels_changed(self, layers: Any) -> None:
+        self._roles.clear()
+        names = self.channel_names()
+        guessed = guess_roles(names) if names else {}
+        for i, name in enumerate(names):
+            self._roles.append(ComboBox(choices=ROLES, value=guessed.get(i, "other"), label=name[:24],
+                                        tooltip=TOOLTIPS["roles"]))
+        if layers:
+            self.where.take_mpp_from(layers[0])
+
+    def roles(self) -> dict[int, str]:
+        return {i: box.value for i, box in enumerate(self._roles)}
+
+    def source(self) -> tuple[Any, Any]:
+        """(FluorescenceSource over the displayed (C, Y, X) planes, the layer the output is placed over)."""
+        from ..sources import FluorescenceSource
+
+        layers = list(self._channel_layers.value or [])
+        if not layers:
+            raise GenerationError(NO_CHANNELS)
+        if any(layer.rgb for layer in layers):
+            raise GenerationError(
+                f"'{next(layer.name for layer in layers if layer.rgb)}' is an RGB image, not fluorescence channels."
+            )
+        if len(layers) == 1 and self._is_stack(layers[0]):
+            data = as_channels_first(layers[0].data, channel_axis=int(self._channel_axis.value), name=layers[0].name)
+        else:
+            planes = [layer_plane(layer, self._viewer)[0] for layer in layers]
+            shapes = {tuple(p.shape) for p in planes}
+            if len(shapes) > 1:
+                raise GenerationError(f"The channel layers differ in size ({', '.join(map(str, sorted(shapes)))}).")
+            data = np.stack([np.asarray(p) for p in planes])
+        source = FluorescenceSource(
+            data, roles=self.roles(), channel_names=self.channel_names(), name=layers[0].name, mpp=self.where.mpp,
+            percentiles=(float(self._low.value), float(self._high.value)),
+        )
+        return source, layers[0]
+
+    # -- actions --------------------------------------------------------------------------------------------
+    def preview(self) -> Any:
+        """Add (or refresh) a layer showing exactly the control image the model will receive, over the region."""
+        from napari.utils.notifications import show_error
+
+        try:
+            source, layer = self.source()
+            region = self.where.region(layer, self._viewer, source.shape)
+        except (GenerationError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        side = max(region.height, region.width)
+        control = source.control(region.y, region.x, side, side)[: region.height, : region.width]
+        name = f"control preview · {layer.name}"
+        scale = tuple(layer.scale[-2:])
+        translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale))
+        meta = {"napari_crafts": {"control_preview": True, "source": source.describe()}}
+        if name in self._viewer.layers:
+            out = self._viewer.layers[name]
+            out.data, out.scale, out.translate, out.metadata = control, scale, translate, meta
+            return out
+        return self._viewer.add_image(control, rgb=True, name=name, scale=scale, translate=translate, metadata=meta)
+
+    def generate(self) -> Any:
+        from napari.utils.notifications import show_error
+
+        try:
+            source, layer = self.source()
+            region = self.where.region(layer, self._viewer, source.shape)
+            settings, engine_args = self.controls.settings(), self.controls.engine_args()
+        except (GenerationError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args)
