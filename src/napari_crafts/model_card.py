@@ -16,6 +16,12 @@ CRAFTS_MASK_PROMPT = (
     "texture and color distribution"
 )
 
+#: Our default prompt for fluorescence → H&E: the paper's mask prompt, adapted to fluorescence input.
+FLUORESCENCE_PROMPT = (
+    "translate the given immunofluorescence image into a realistic H&E-stained histology image, generating "
+    "hematoxylin-stained nuclei and eosin-stained cytoplasm/background with accurate tissue texture and color "
+    "distribution"
+)
 #: Pixel size assumed when a model folder does not declare one: the 40x patches (CoNSeP, GLySAC) of the paper.
 DEFAULT_MODEL_MPP = 0.25
 

@@ -15,20 +15,51 @@ from .model_card import MODEL_CARD_FILE
 #: Model name that means "the tiny random demo model, built on first use in the user cache".
 TINY_MODEL_ID = "tiny-demo"
 #: Bump when build_tiny_model changes, so cached copies are rebuilt.
-TINY_MODEL_VERSION = 2
+TINY_MODEL_VERSION = 3
 
 #: Pixel size the tiny model declares (µm/px); the paper's ControlNets are trained on 40x patches (~0.25).
 TINY_MODEL_MPP = 0.25
 
 
-def _byte_level_vocab() -> dict[str, int]:
-    """The 256 byte-level characters of CLIP's BPE, plain and word-final, plus the two special tokens."""
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges (lowest rank first) to a word's symbols, as CLIP's tokenizer does."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2 :]]
+    return symbols
+
+
+def _word_merges(text: str) -> list[tuple[str, str]]:
+    """BPE merges that make each word of ``text`` one token (CLIP marks a word's end with ``</w>``).
+
+    Each word is first split by the merges made for earlier words; only the joins it still needs are added,
+    after them, so no later merge can break an earlier word apart.
+    """
+    import re
+
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(re.findall(r"[a-z]+", text.lower())):
+        pieces = _bpe([*word[:-1], word[-1] + "</w>"], {m: i for i, m in enumerate(merges)})
+        acc = pieces[0]
+        for piece in pieces[1:]:
+            if (acc, piece) not in merges:
+                merges.append((acc, piece))
+            acc += piece
+    return merges
+
+
+def _byte_level_vocab(merges: list[tuple[str, str]] = ()) -> dict[str, int]:  # type: ignore[assignment]
+    """The 256 byte-level characters of CLIP's BPE, plain and word-final, the tokens ``merges`` make, and the
+    two special tokens."""
     # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to code points from 256 up.
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     extra = (b for b in range(256) if b not in printable)
     chars = [chr(b) for b in printable] + [chr(256 + i) for i, _ in enumerate(extra)]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(tokens)}
+    tokens = chars + [c + "</w>" for c in chars] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
 
 
 def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool = True) -> Path:
@@ -54,8 +85,12 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
 
     vocab_dir = path / "_vocab"
     vocab_dir.mkdir(exist_ok=True)
-    (vocab_dir / "vocab.json").write_text(json.dumps(_byte_level_vocab()))
-    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
+    # Whole-word tokens for the default prompts, so they fit CLIP's 77 tokens as with a real vocabulary.
+    from .model_card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT
+
+    merges = _word_merges(CRAFTS_MASK_PROMPT + " " + FLUORESCENCE_PROMPT)
+    (vocab_dir / "vocab.json").write_text(json.dumps(_byte_level_vocab(merges)))
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     tokenizer = CLIPTokenizer(
         str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77
     )

@@ -27,12 +27,6 @@ TOOLTIPS = {
     "count": "Number of images; image i uses seed + i.",
 }
 
-#: Our default prompt for fluorescence → H&E: the paper's mask prompt, adapted to fluorescence input.
-FLUORESCENCE_PROMPT = (
-    "translate the given immunofluorescence image into a realistic H&E-stained histology image, generating "
-    "hematoxylin-stained nuclei and eosin-stained cytoplasm/background with accurate tissue texture and color "
-    "distribution"
-)
 NO_CHANNELS = "Choose the fluorescence channel layer(s) first (e.g. DAPI)."
 
 REGION_WHOLE, REGION_VIEW, REGION_SHAPES = "whole layer", "current view", "rectangle (Shapes layer)"

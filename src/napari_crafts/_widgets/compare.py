@@ -167,7 +167,7 @@ class Compare(Container):
         rgb = [layer for layer in self._real_layer.choices if getattr(layer, "rgb", False)]
         if len(rgb) < 2:
             return
-        marked = [layer for layer in rgb if layer.metadata.get("napari_crafts", {}).get("synthetic")]
+        marked = [layer for layer in rgb if (layer.metadata.get("napari_crafts") or {}).get("synthetic") is True]
         synthetic = (marked or rgb)[-1]
         self._synthetic_layer.value = synthetic
         self._real_layer.value = next(layer for layer in rgb if layer is not synthetic)

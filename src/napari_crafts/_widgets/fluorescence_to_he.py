@@ -13,7 +13,8 @@ from ..generate import GenerationError
 from ._controls import GenerationControls, RegionControls, spin, start_region_job
 from ._regions import layer_plane
 from ._runner import JobRunner
-from ._text import FLUORESCENCE_PROMPT, NO_CHANNELS, TOOLTIPS
+from ..model_card import FLUORESCENCE_PROMPT
+from ._text import NO_CHANNELS, TOOLTIPS
 
 
 class FluorescenceToHE(Container):
