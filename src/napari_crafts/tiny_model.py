@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .model_card import MODEL_CARD_FILE
 
 #: Model name that means "the tiny random demo model, built on first use in the user cache".
 TINY_MODEL_ID = "tiny-demo"
 #: Bump when build_tiny_model changes, so cached copies are rebuilt.
-TINY_MODEL_VERSION = 3
+TINY_MODEL_VERSION = 4
 
 #: Pixel size the tiny model declares (µm/px); the paper's ControlNets are trained on 40x patches (~0.25).
 TINY_MODEL_MPP = 0.25
@@ -62,6 +63,23 @@ def _byte_level_vocab(merges: list[tuple[str, str]] = ()) -> dict[str, int]:  # 
     return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
 
 
+def _tiny_controlnet(unet: Any) -> Any:
+    """A ControlNet for ``unet`` whose control image changes the output.
+
+    A fresh ControlNet's output convolutions are zero ("zero convs"), so the control image would have no
+    effect at all; small random values make it change the output (a trained ControlNet follows it, this random
+    one only perturbs), so tests can see that the control reaches the model.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0.0, 0.5)
+    return net
+
+
 def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool = True) -> Path:
     """Write a tiny SD1.5-shaped pipeline (+ ControlNet) to ``path`` and return it.
 
@@ -71,7 +89,6 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
     import torch
     from diffusers import (
         AutoencoderKL,
-        ControlNetModel,
         PNDMScheduler,
         StableDiffusionControlNetPipeline,
         StableDiffusionPipeline,
@@ -154,14 +171,7 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
         requires_safety_checker=False,
     )
     if with_controlnet:
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
-        # A fresh ControlNet's output convolutions are zero ("zero convs"), so the control image would have no
-        # effect at all; small random values make it change the output (a trained ControlNet follows it, this
-        # random one only perturbs), so tests can see that the control reaches the model.
-        with torch.no_grad():
-            for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-                conv.weight.normal_(0.0, 0.5)
-            controlnet.controlnet_cond_embedding.conv_out.weight.normal_(0.0, 0.5)
+        controlnet = _tiny_controlnet(unet)
         pipe = StableDiffusionControlNetPipeline(controlnet=controlnet, **parts)
     else:
         pipe = StableDiffusionPipeline(**parts)
@@ -169,10 +179,7 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
     card: dict = {"name": "napari-crafts tiny random model", "mpp": TINY_MODEL_MPP, "tiny": True}
     if with_controlnet:
         # A second ControlNet for fluorescence → H&E, as CRAFTS has one per mode; both share the base model.
-        if_net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
-        with torch.no_grad():
-            for conv in [*if_net.controlnet_down_blocks, if_net.controlnet_mid_block]:
-                conv.weight.normal_(0.0, 0.5)
+        if_net = _tiny_controlnet(unet)
         if_net.save_pretrained(path / "controlnet_fluorescence", safe_serialization=True)
         card["controlnets"] = {"labels": "controlnet", "fluorescence": "controlnet_fluorescence"}
     for f in vocab_dir.iterdir():
