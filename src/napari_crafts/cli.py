@@ -2,6 +2,7 @@
 
     napari-crafts demo              offline demo: tiny model, real nuclei labels → synthetic H&E (OME-Zarr + PNG)
     napari-crafts generate ...      whole slide → pyramidal OME-Zarr on dask.distributed (resumable)
+    napari-crafts evaluate GEN REAL the paper's metrics (SSIM, PSNR, MSE, NCC, PLIP-FID/I/T) as a table
     napari-crafts tiny-model PATH   write the tiny random model as a diffusers folder
 
 Errors are printed as one line (no traceback) and the exit code is 2.
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         gen = sub.add_parser("generate", help="whole slide → pyramidal OME-Zarr (dask.distributed, resumable)")
         batch.configure_parser(gen)
         gen.set_defaults(func=batch.main)
+
+    from . import evaluate
+
+    ev = sub.add_parser("evaluate", help="score synthetic H&E against real H&E: the CRAFTS paper's metrics table")
+    evaluate.configure_parser(ev)
+    ev.set_defaults(func=evaluate.main)
 
     tiny = sub.add_parser("tiny-model", help="write the tiny random model as a diffusers folder")
     tiny.add_argument("path")

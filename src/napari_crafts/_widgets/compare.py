@@ -276,7 +276,7 @@ class Compare(Container):
         self._progress.value = self._progress.max
         self._status.value = "done"
         for note in result.notes:
-            if note.startswith(("PLIP", "Pixel size")):
+            if "not computed" in note or note.startswith("Pixel size"):
                 show_warning(note)
 
     def _on_aborted(self) -> None:
