@@ -45,8 +45,6 @@ def messages():
 
 @pytest.fixture
 def widget(make_napari_viewer):
-    from napari_crafts._widgets.compare import Compare
-
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Compare")  # also checks the manifest
     return viewer, w

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_crafts.generate import (
-    BACKGROUND_RGB, GenerationError, GenerationSettings, Progress, Region, TileDone, generate_region, plan_region, run,
+    BACKGROUND_RGB, GenerationError, Progress, Region, TileDone, generate_region, plan_region, run,
 )
 from napari_crafts.sources import LabelsSource
 from napari_crafts.tiling import seam_score

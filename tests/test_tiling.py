@@ -48,3 +48,14 @@ def test_seam_score_sees_a_seam():
     seamed[:, 64:] += 40
     b, i = seam_score(seamed, grid)
     assert b > 5 * i
+
+
+def test_tiles_touching_equals_a_brute_force_scan():
+    rng = np.random.default_rng(0)
+    for grid in (TileGrid(300, 250, 64, 16), TileGrid(130, 500, 50, 0), TileGrid(64, 64, 64, 32)):
+        for _ in range(200):
+            y0, x0 = int(rng.integers(0, grid.height)), int(rng.integers(0, grid.width))
+            y1, x1 = y0 + int(rng.integers(1, 150)), x0 + int(rng.integers(1, 150))
+            brute = [t for t in grid.tiles if t.y < y1 and t.y + t.size > y0 and t.x < x1 and t.x + t.size > x0]
+            assert grid.tiles_touching(y0, x0, y1, x1) == brute
+    assert grid.at(0, 0) == grid.tiles[0]

@@ -160,3 +160,12 @@ def test_sample_data_opens_and_feeds_the_widget(make_napari_viewer):
     viewer.open_sample("napari-crafts", "nuclei")
     labels = viewer.layers["nuclei labels (DSB 2018)"]
     assert labels.data.shape == (512, 512) and len(np.unique(labels.data)) - 1 == 125
+
+
+def test_pixel_size_widget_sets_the_scale_and_records_it(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((8, 8), np.uint8), name="no mpp")
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Pixel size")
+    w(layers=[layer], mpp=0.5)
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    assert layer.metadata["napari_crafts"]["mpp"] == 0.5

@@ -80,7 +80,8 @@ def _array(path: str, name: str) -> Any:
     return _CACHE[key]
 
 
-def _forget(path: str) -> None:
+def forget_cached(path: str) -> None:
+    """Drop this process's open arrays of the store at ``path`` (e.g. after it was removed and rewritten)."""
     for key in [k for k in _CACHE if k[0] == path]:
         del _CACHE[key]
 
@@ -221,7 +222,7 @@ class OmeZarrWriter:
             del root[PROGRESS_GROUP]
         for leftover in Path(self.path).rglob("*.partial"):  # zarr's temporary files from killed writes
             leftover.unlink()
-        _forget(self.path)
+        forget_cached(self.path)
 
 
 def _ngff_attrs(shape_yx: tuple[int, int], levels: int, mpp: float | None, channel_names: Sequence[str],
@@ -284,7 +285,7 @@ def create_ome_zarr(path: str | os.PathLike[str], shape_yx: tuple[int, int], *, 
         if not overwrite:
             raise FileExistsError(f"{spath} already exists: pass --resume to continue it or --overwrite to replace it.")
         _remove_store(spath)
-    _forget(spath)
+    forget_cached(spath)
 
     root = zarr.open_group(spath, mode="w-", zarr_format=2)
     v2 = {"name": "v2", "separator": "/"}

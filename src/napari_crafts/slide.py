@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -67,13 +67,13 @@ class TileGrid:
     def __len__(self) -> int:
         return self.rows * self.cols
 
+    def at(self, row: int, col: int) -> Tile:
+        """Tile (row, col); equal to ``tiles[row * cols + col]``."""
+        return Tile(row, col, row * self.stride, col * self.stride, self.tile)
+
     @cached_property
     def tiles(self) -> tuple[Tile, ...]:
-        return tuple(
-            Tile(r, c, r * self.stride, c * self.stride, self.tile)
-            for r in range(self.rows)
-            for c in range(self.cols)
-        )
+        return tuple(self.at(r, c) for r in range(self.rows) for c in range(self.cols))
 
     def weights(self, tile: Tile) -> np.ndarray:
         """Blending weights (size, size) float32: ramps only on sides that have a neighbour."""
@@ -82,8 +82,11 @@ class TileGrid:
         return np.outer(wy, wx)
 
     def tiles_touching(self, y0: int, x0: int, y1: int, x1: int) -> list[Tile]:
-        """Tiles whose box intersects [y0, y1) × [x0, x1), in grid order."""
-        return [t for t in self.tiles if t.y < y1 and t.y + t.size > y0 and t.x < x1 and t.x + t.size > x0]
+        """Tiles whose box intersects [y0, y1) × [x0, x1), in grid order (by arithmetic: cheap on whole slides)."""
+        s, t = self.stride, self.tile
+        rows = range(max(0, (y0 - t) // s + 1), min(self.rows - 1, (y1 - 1) // s) + 1)
+        cols = range(max(0, (x0 - t) // s + 1), min(self.cols - 1, (x1 - 1) // s) + 1)
+        return [self.at(r, c) for r in rows for c in cols]
 
 
 def _count(length: int, tile: int, stride: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import napari
 from magicgui import magic_factory
 
 
@@ -12,7 +13,7 @@ from magicgui import magic_factory
     mpp={"label": "µm/px", "min": 0.001, "max": 1000.0, "step": 0.001, "value": 0.25},
     layers={"label": "layers"},
 )
-def pixel_size(layers: list["napari.layers.Layer"], mpp: float = 0.25) -> None:  # noqa: F821
+def pixel_size(layers: list[napari.layers.Layer], mpp: float = 0.25) -> None:
     """Set the pixel size (µm/px) of the chosen layers' Y and X axes and record it for napari-crafts."""
     from napari.utils.notifications import show_info
 

@@ -1,0 +1,603 @@
+"""Whole-slide generation, headless: a labels or fluorescence slide → pyramidal OME-Zarr on dask.distributed.
+
+``generate_slide`` renders level 0 of a slide with the same tiling, seeds and blending as ``generate_region``
+(the in-memory path behind the widgets) — level 0 is byte-identical to its result for the same settings — but
+never holds the slide in memory and spreads the work over dask.distributed workers:
+
+0. scan:    which tiles are empty (tasks over rows of tiles; the answer is cached in the tile store);
+1. render:  one task per batch of non-empty tiles → a private tile store inside the output (one zarr chunk
+            per tile, a done marker after each); empty tiles are never sent to the model;
+2. blend:   one task per level-0 output chunk: the tiles touching it, blended with ``Stitcher`` in the order
+            ``generate_region`` adds them, so every pixel sees the same float operations;
+3. pyramid: one task per chunk of each reduced level (``OmeZarrWriter.build_level``);
+then the image is flagged complete, the tile store deleted and, if asked, a pyramidal OME-TIFF written.
+
+Every task checks its done marker first and returns at once when it is set, so resuming is rerunning with
+``resume=True``: only missing work is submitted and the result is byte-identical to an uninterrupted run.
+Batches of tiles are fixed by the grid (not by what is left to do), and every worker uses the same number
+of torch threads, so the pixels do not depend on the number of workers or on interruptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import cached_property, partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .engine import SCHEDULERS, Engine, get_engine, pick_device, pick_dtype, resolve_model
+from .export import OmeZarrWriter, create_ome_zarr, ome_zarr_to_tiff, open_ome_zarr
+from .generate import (
+    BACKGROUND_RGB, GenerationError, GenerationSettings, Plan, Region, plan_region, render_tiles_adaptive, run,
+)
+from .model_card import CRAFTS_MASK_PROMPT, ModelCard
+from .provenance import make_provenance
+from .slide import KINDS, SlideRef, clear_cache, open_slide
+from .sources import FluorescenceSource, LabelsSource
+from .tiling import Stitcher, TileGrid, seam_score
+
+#: Private tile store inside the output folder (deleted when the image is finished).
+TILE_STORE = "_napari_crafts_tiles"
+#: Cached result of the empty-tile scan, inside the tile store.
+EMPTY_MASK = "empty_tiles.npy"
+#: Tiles checked for nuclei per scan task.
+SCAN_TILES_PER_TASK = 256
+#: Side of the level-0 sample the CLI reports a seam score on.
+SEAM_SAMPLE = 2048
+
+# --------------------------------------------------------------------------------------------- source
+
+
+class SlideArray:
+    """One slide level as a picklable, lazy array-like: ``shape``, ``dtype`` and basic slicing.
+
+    Each slice reads only its window through a :class:`SlideRef` (which reopens the file once per process),
+    so a LabelsSource / FluorescenceSource over it can be shipped to dask.distributed workers.
+    """
+
+    def __init__(self, ref: SlideRef, shape: tuple[int, ...], dtype: Any) -> None:
+        self.ref, self.shape, self.dtype = ref, tuple(int(s) for s in shape), np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        (y0, y1, ky), (x0, x1, kx) = (_span(k, n) for k, n in zip(key[-2:], self.shape[-2:]))
+        return self.ref.read(y0, x0, y1 - y0, x1 - x0)[(*key[:-2], ky, kx)]
+
+
+def _span(key: Any, n: int) -> tuple[int, int, Any]:
+    """(start, stop, index into the window read) for one spatial key: an int or a forward slice."""
+    if isinstance(key, slice):
+        start, stop, step = key.indices(n)
+        if step < 1:
+            raise IndexError("SlideArray supports forward slices only.")
+        return start, max(start, stop), slice(None, None, step)
+    i = int(key) + n if int(key) < 0 else int(key)
+    if not 0 <= i < n:
+        raise IndexError(f"Index {key} is out of bounds for size {n}.")
+    return i, i + 1, 0
+
+
+def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None = None) -> Any:
+    """Level 0 of a labels or fluorescence file as a picklable control source.
+
+    Only metadata is read (and, for fluorescence, the sample its normalisation limits come from).
+    """
+    slide = open_slide(path, mpp=mpp, kind=kind)  # SlideError names the file and the problem
+    if slide.mpp is None:
+        raise ValueError(f"{slide.path}: the file does not say its pixel size; pass it with --mpp (µm/px, e.g. "
+                         "--mpp 0.25 for 40x) so tiles are generated at the model's scale.")
+    if slide.kind == "rgb":
+        raise ValueError(f"{slide.path} is an RGB image; generate needs nuclear labels or fluorescence channels "
+                         "(pass --kind labels or --kind channels if it was misread).")
+    level0 = slide.levels[0]
+    data = SlideArray(SlideRef(str(slide.path), 0, mpp=mpp, kind=slide.kind), level0.shape, level0.dtype)
+    if slide.kind == "labels":
+        return LabelsSource(data, name=slide.path.name, mpp=slide.mpp)
+    return FluorescenceSource(data, channel_names=slide.channel_names, name=slide.path.name, mpp=slide.mpp)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+class ModelInfo(Engine):
+    """An Engine that reads a model folder's metadata and loads no network: enough to plan and to describe.
+
+    The client needs the model's scale, size multiple and provenance record, never its networks (loading
+    them would cost the client the model's memory, and GPU memory beside a worker on the same GPU). It
+    reuses Engine's own ``size_multiple``, ``mpp``, ``describe``, ``truncated_tokens`` and weights hash, so the
+    record is the one a loaded engine writes; ``generate`` is not available. The client pays for the weights
+    hash (reading every weight file once) and a tokenizer.
+    """
+
+    def __init__(self, model: str | Path, *, device: str | None = None) -> None:  # no Engine.__init__: no weights
+        from .tiny_model import TINY_MODEL_ID, ensure_tiny_model
+
+        self.model_ref = str(model)
+        self.path = ensure_tiny_model() if self.model_ref == TINY_MODEL_ID else resolve_model(model)
+        self.allow_pickle = False
+        self.card = ModelCard.read(self.path)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device)
+        vae, unet = (json.loads((self.path / sub / "config.json").read_text()) for sub in ("vae", "unet"))
+        self.vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        self.unet = SimpleNamespace(config=SimpleNamespace(block_out_channels=unet["block_out_channels"]))
+        self._controlnets: dict[Path, Any] = {}
+        self._prompt_cache: dict[tuple[str, str], Any] = {}
+
+    @cached_property
+    def tokenizer(self) -> Any:  # type: ignore[override]
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}  # per worker process: the device the plugin chose
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model once per worker (on its own GPU when a local cluster has several).
+
+    torch's thread count is per thread, so every task sets it again (``_engine``) in the thread it runs in.
+    """
+
+    name = "napari-crafts-model"
+
+    def __init__(self, model: str, device: str | None, threads: int, stores: tuple[str, ...]) -> None:
+        self.model, self.device, self.threads, self.stores = model, device, threads, stores
+
+    async def setup(self, worker: Any) -> None:
+        from . import export
+
+        for store in self.stores:  # a long-lived cluster may hold stores of an earlier run at the same path
+            export.forget_cached(store)
+        clear_cache()
+        _WORKER["device"] = _worker_device(self.device, worker.name)
+        await asyncio.to_thread(_engine, self.model, self.device, self.threads)  # keep the event loop free
+
+
+def _worker_device(device: str | None, worker_name: Any) -> str | None:
+    """The device given, else one GPU per local worker when there are several, else the engine's choice."""
+    if device is not None:
+        return device
+    import torch
+
+    n = torch.cuda.device_count()
+    return f"cuda:{int(worker_name) % n}" if n > 1 and str(worker_name).isdigit() else None
+
+
+def _engine(model: str, device: str | None, threads: int) -> Any:
+    """This worker's cached engine, with ``threads`` torch threads in the calling thread (same math anywhere)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return get_engine(model, device=_WORKER.get("device", device))
+
+
+def _scan_task(source: Any, plan: Plan, rows: list[int]) -> np.ndarray:
+    """Empty flags (len(rows), cols) for these rows of tiles (no nuclei, or no signal)."""
+    g, (y, x) = plan.grid, plan.region.box[:2]
+    return np.array([[source.is_empty(y + r * g.stride, x + c * g.stride, g.tile) for c in range(g.cols)]
+                     for r in rows], dtype=bool).reshape(len(rows), g.cols)
+
+
+def _render_task(model: str, device: str | None, threads: int, source: Any, plan: Plan,
+                 settings: GenerationSettings, store: OmeZarrWriter, cells: list[tuple[int, int]]) -> int:
+    """Render one batch of tiles into the tile store (whole batch, so its composition never changes)."""
+    todo = {rc for rc in cells if not store.chunk_done(0, *rc)}
+    if not todo:
+        return 0
+    engine = _engine(model, device, threads)
+    tiles = [plan.grid.at(r, c) for r, c in cells]
+    images = run(render_tiles_adaptive(engine, source, plan, tiles, settings, on_step=lambda step: step))
+    for rc, image in zip(cells, images):
+        if rc in todo:  # never rewrite a tile already marked done (a kill mid-write would leave it marked)
+            store.write_chunk(0, *rc, image)
+    return len(todo)
+
+
+def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, cy: int, cx: int,
+                touching: list[tuple[int, int, bool]], rendered: list[Any]) -> int:
+    """Blend the tiles touching level-0 chunk (cy, cx) exactly as generate_region does, and write it.
+
+    ``touching`` lists (row, col, empty) in grid order; ``rendered`` holds the results of the render tasks
+    this one waited for (unused: the tiles are read from the store).
+    """
+    if writer.chunk_done(0, cy, cx):
+        return 0
+    y0, x0, y1, x1 = writer.chunk_box(0, cy, cx)
+    stitcher = Stitcher(y1 - y0, x1 - x0)
+    background = np.broadcast_to(np.array(BACKGROUND_RGB, np.uint8), (grid.tile, grid.tile, 3))
+    for r, c, empty in sorted(touching, key=lambda t: not t[2]):  # generate_region adds empty tiles first
+        tile = grid.at(r, c)
+        if empty:
+            image = background
+        elif store.chunk_done(0, r, c):
+            image = store.read_region(0, *store.chunk_box(0, r, c))
+        else:
+            raise RuntimeError(f"Tile ({r}, {c}) is missing from {store.path}; rerun with --resume.")
+        ty0, tx0 = max(y0 - tile.y, 0), max(x0 - tile.x, 0)
+        ty1, tx1 = min(y1 - tile.y, tile.size), min(x1 - tile.x, tile.size)
+        weights = grid.weights(tile)[ty0:ty1, tx0:tx1]
+        stitcher.add(tile.y + ty0 - y0, tile.x + tx0 - x0, image[ty0:ty1, tx0:tx1], weights)
+    writer.write_chunk(0, cy, cx, stitcher.read(0, 0, y1 - y0, x1 - x0))
+    return 1
+
+
+def _pyramid_task(writer: OmeZarrWriter, level: int, cy: int, cx: int, below: list[Any]) -> int:
+    """Build chunk (cy, cx) of ``level`` once the tasks writing the chunks ``below`` it are done."""
+    if writer.chunk_done(level, cy, cx):
+        return 0
+    writer.build_level(level, cy, cx)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def default_workers(info: ModelInfo, device: str | None, threads_per_worker: int) -> int:
+    """One worker per GPU (all GPUs when the device is left to us); on CPU as many as cores and memory allow."""
+    import psutil
+    import torch
+
+    if info.device.startswith("cuda"):
+        return max(1, torch.cuda.device_count()) if device is None else 1
+    if info.device != "cpu":
+        return 1
+    per_worker = 2 * info.weight_bytes + 2**30  # fp32 weights (often stored fp16) + working memory
+    by_memory = int(0.8 * psutil.virtual_memory().available // per_worker)
+    return max(1, min((os.cpu_count() or 1) // max(1, threads_per_worker), by_memory))
+
+
+@contextmanager
+def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    if scheduler_address:
+        cluster, client = None, Client(scheduler_address)
+    else:
+        import dask
+
+        # One task at a time per worker: a task is a model batch that already uses the worker's torch threads
+        # (or its GPU); two at once would oversubscribe the cores or double the GPU memory. The nanny's default
+        # MALLOC_TRIM_THRESHOLD_=65536 makes torch on CPU ~2.5× slower (measured): leave glibc's default.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True)
+        client = Client(cluster)
+    try:
+        try:
+            import bokeh  # noqa: F401
+
+            say(f"dask dashboard: {client.dashboard_link}")
+        except ImportError:
+            say("dask dashboard: unavailable (install bokeh to watch the workers)")
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def generate_slide(source_path: str | Path, output: str | Path, *, model: str | Path, settings: GenerationSettings,
+                   mpp: float | None = None, kind: str | None = None, scheduler_address: str | None = None,
+                   n_workers: int | None = None, threads_per_worker: int = 1, device: str | None = None,
+                   chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
+                   progress: bool = True) -> Path:
+    """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
+
+    ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels").
+    Workers: a local cluster of ``n_workers`` processes (default: one per GPU, else by cores and memory), or
+    the dask scheduler at ``scheduler_address``. Each worker loads the model once and uses
+    ``threads_per_worker`` torch threads. ``resume`` continues an interrupted run (same settings, checked);
+    ``overwrite`` replaces an existing output. ``tiff`` also writes a pyramidal OME-TIFF there at the end.
+    """
+    say = print if progress else (lambda *args, **kwargs: None)
+    out = Path(output).expanduser().absolute()
+    if tiff is not None and Path(tiff).exists() and not overwrite:  # refused now, not after the whole run
+        advice = "remove it or choose another --tiff path" if resume else "use --overwrite to replace it"
+        raise FileExistsError(f"{tiff} already exists: {advice}.")
+    if threads_per_worker < 1:
+        raise ValueError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
+    # 1. Open the source and read the model's metadata (errors here cost seconds, not a cluster start).
+    source = open_source(source_path, mpp=mpp, kind=kind)
+    info = ModelInfo(model, device=device)
+    plan = plan_region(source, Region(0, 0, *source.shape), info, settings)
+    # 2. Create the output, or reopen it after export has checked it was made with these settings.
+    provenance = _provenance(source, plan, info, settings, threads_per_worker, mpp_given=mpp is not None)
+    fresh = not (resume and out.exists())
+    try:
+        writer = create_ome_zarr(out, source.shape, mpp=source.mpp, provenance=provenance, chunk=chunk,
+                                 resume=resume, overwrite=overwrite)
+        grid = plan.grid
+        say(f"{out}: {grid.height}×{grid.width} px at {source.mpp} µm/px from {source.name} ({source.mode}); "
+            f"{len(grid)} tiles of {grid.tile} px (model {plan.model_tile} px), overlap {grid.overlap} px; "
+            f"{writer.levels} levels of {chunk}-px chunks")
+        for note in provenance["notes"]:
+            say(f"note: {note}")
+        # 3. Run whatever is not done on the workers, then flag the image complete.
+        if writer.is_complete():
+            say(f"{out} is already complete.")
+        else:
+            workers = n_workers or default_workers(info, device, threads_per_worker)
+            with _connect(scheduler_address, workers, say) as client:
+                stores = (str(out), str(out / TILE_STORE))
+                client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores))
+                job = _Job(client, writer, source, plan, settings, (str(info.path), device, threads_per_worker),
+                           provenance, say)
+                try:
+                    job.submit_level0()
+                except GenerationError:
+                    if fresh:  # nothing was generated: leave no output behind
+                        shutil.rmtree(out, ignore_errors=True)
+                    raise
+                job.submit_pyramid()
+                job.wait(progress)
+            writer.finish()
+        shutil.rmtree(out / TILE_STORE, ignore_errors=True)
+        # 4. Optionally copy to a pyramidal OME-TIFF.
+        if tiff is not None:
+            say(f"writing {tiff} …")
+            ome_zarr_to_tiff(out, tiff, overwrite=overwrite)
+    except OSError as err:
+        if _is_disk_full(err):
+            raise RuntimeError(f"disk full while writing {out}; free space and rerun with --resume.") from err
+        raise
+    return out
+
+
+def _provenance(source: Any, plan: Plan, info: ModelInfo, settings: GenerationSettings, threads: int, *,
+                mpp_given: bool) -> dict[str, Any]:
+    """The record generate_region writes, plus where the source file is; resuming must reproduce it."""
+    grid = plan.grid
+    notes = list(plan.notes)
+    if cut := info.truncated_tokens(settings.prompt):
+        notes.append(f"The prompt is longer than CLIP's 77 tokens; cut: '{' '.join(cut)}'.")
+    record = {**settings.record(), "tile_size_source_px": grid.tile, "overlap_source_px": grid.overlap,
+              "model_tile_px": plan.model_tile, "scale_factor": plan.factor, "tiles": len(grid),
+              "background_rgb": list(BACKGROUND_RGB)}
+    if info.device == "cpu":  # CPU pixels depend (in the last bit) on the thread count: a resume must keep it
+        record["torch_threads_per_worker"] = threads
+    return make_provenance(
+        mode=source.mode, model=info.describe(settings.controlnet, source.mode), settings=record,
+        source={**source.describe(), "path": source.data.ref.path, "level": 0,
+                "mpp_from": "--mpp" if mpp_given else "file"},
+        region={"y": 0, "x": 0, "height": grid.height, "width": grid.width}, notes=notes,
+    )
+
+
+@dataclass
+class _Job:
+    """The tasks of one run on a cluster, submitted for the work not done yet; ``wait`` drives them."""
+
+    client: Any
+    writer: OmeZarrWriter
+    source: Any
+    plan: Plan
+    settings: GenerationSettings
+    engine_args: tuple[str, str | None, int]  # model folder, device, torch threads
+    provenance: dict[str, Any]
+    say: Any
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # keys unique to this run
+    chunks: dict[tuple[int, int, int], Any] = field(default_factory=dict)  # (level, cy, cx) → future
+    renders: dict[str, tuple[Any, int]] = field(default_factory=dict)  # key → (future, tiles in its batch)
+
+    def _map(self, name: str, fn: Any, *columns: list[Any]) -> list[Any]:
+        keys = [f"crafts-{name}-{self.token}-{i}" for i in range(len(columns[0]))]
+        return self.client.map(fn, *columns, key=keys, retries=2) if keys else []
+
+    def submit_level0(self) -> None:
+        """Render tasks for the tiles the pending level-0 chunks need, and a blend task per pending chunk."""
+        writer, grid = self.writer, self.plan.grid
+        pending = writer.pending(0)
+        if not pending:
+            return
+        total = math.prod(writer.grid(0))
+        if len(pending) < total:
+            self.say(f"resuming: {total - len(pending)} of {total} level-0 chunks already written")
+        wire = replace(self.plan, grid=replace(grid))  # what tasks get: a grid without a cached list of tiles
+        store = _tile_store(writer, grid, self.provenance)
+        empty = self._empty_mask(store, wire)
+        if empty.all():
+            what = "nuclei" if self.source.mode == "labels" else "signal above the normalisation limits"
+            raise GenerationError(f"{self.source.name} has no {what} anywhere in level 0: check the file "
+                                  "(or --kind).")
+        touching = {c: grid.tiles_touching(*writer.chunk_box(0, *c)) for c in pending}
+        needed = {(t.row, t.col) for ts in touching.values() for t in ts if not empty[t.row, t.col]}
+        needed &= set(store.pending(0))
+        # Batches are cut from all non-empty tiles in grid order, as generate_region cuts them, whatever is
+        # left to do: a tile is always rendered beside the same neighbours, so resuming cannot change it.
+        full = [(t.row, t.col) for t in grid.tiles if not empty[t.row, t.col]]
+        b = max(1, self.settings.batch_size)
+        batches = [batch for i in range(0, len(full), b) if needed & set(batch := full[i : i + b])]
+        render = partial(_render_task, *self.engine_args, self.source, wire, self.settings, store)
+        rendering: dict[tuple[int, int], Any] = {}
+        for batch, fut in zip(batches, self._map("render", render, batches)):
+            self.renders[fut.key] = fut, len(batch)
+            rendering.update(dict.fromkeys(batch, fut))
+        flags, waits = [], []
+        for c in pending:
+            flags.append([(t.row, t.col, bool(empty[t.row, t.col])) for t in touching[c]])
+            waits.append(list({id(f): f for t in touching[c] if (f := rendering.get((t.row, t.col)))}.values()))
+        blend = partial(_blend_task, writer, store, wire.grid)
+        futures = self._map("blend", blend, [c[0] for c in pending], [c[1] for c in pending], flags, waits)
+        self.chunks.update({(0, *c): f for c, f in zip(pending, futures)})
+
+    def submit_pyramid(self) -> None:
+        """A build task per pending chunk of each reduced level, waiting for the tasks of the chunks below."""
+        for level in range(1, self.writer.levels):
+            todo = self.writer.pending(level)
+            waits = [[f for sy in (2 * cy, 2 * cy + 1) for sx in (2 * cx, 2 * cx + 1)
+                      if (f := self.chunks.get((level - 1, sy, sx))) is not None] for cy, cx in todo]
+            build = partial(_pyramid_task, self.writer, level)
+            futures = self._map(f"pyramid{level}", build, [c[0] for c in todo], [c[1] for c in todo], waits)
+            self.chunks.update({(level, *c): f for c, f in zip(todo, futures)})
+
+    def _empty_mask(self, store: OmeZarrWriter, plan: Plan) -> np.ndarray:
+        """(rows, cols) True where a tile is skipped as empty: scanned on the workers once, then cached."""
+        grid = plan.grid
+        if not self.settings.skip_empty:
+            return np.zeros((grid.rows, grid.cols), dtype=bool)
+        cache = Path(store.path, EMPTY_MASK)
+        if cache.is_file() and (mask := np.load(cache)).shape == (grid.rows, grid.cols):
+            return mask
+        self.say(f"checking {len(grid)} tiles for nuclei …")
+        per = max(1, SCAN_TILES_PER_TASK // grid.cols)
+        groups = [list(range(r, min(r + per, grid.rows))) for r in range(0, grid.rows, per)]
+        mask = np.concatenate(self.client.gather(self._map("scan", partial(_scan_task, self.source, plan), groups)))
+        tmp = cache.with_name(cache.name + ".tmp.npy")
+        np.save(tmp, mask)
+        os.replace(tmp, cache)  # a kill never leaves half a mask
+        return mask
+
+    def wait(self, progress: bool) -> None:
+        """Wait for every task with tile and chunk progress bars; on the first error cancel the rest, raise it."""
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        futures = [f for f, _ in self.renders.values()] + list(self.chunks.values())
+        n_tiles = sum(n for _, n in self.renders.values())
+        tile_bar = tqdm(total=n_tiles, unit="tile", desc="tiles", disable=not progress or not n_tiles)
+        chunk_bar = tqdm(total=len(self.chunks), unit="chunk", desc="chunks", disable=not progress)
+        try:
+            for fut in as_completed(futures):
+                fut.result()  # re-raises a task's error (after its retries) here
+                if fut.key in self.renders:
+                    tile_bar.update(self.renders[fut.key][1])
+                else:
+                    chunk_bar.update(1)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        finally:
+            tile_bar.close()
+            chunk_bar.close()
+
+
+def _tile_store(writer: OmeZarrWriter, grid: TileGrid, provenance: dict[str, Any]) -> OmeZarrWriter:
+    """The private tile store: tile (row, col) is chunk (row, col) of one (rows·S, cols·S) level, with
+    export's done markers; reopened (settings checked) when it exists, recreated when it is unusable."""
+    path = Path(writer.path, TILE_STORE)
+    shape = (grid.rows * grid.tile, grid.cols * grid.tile)
+    prov = {**provenance, "tile_store": "private to napari-crafts batch generation; deleted when finished"}
+    kw: dict[str, Any] = dict(mpp=None, provenance=prov, chunk=grid.tile, levels=1)
+    try:
+        return create_ome_zarr(path, shape, resume=True, **kw)
+    except ValueError:  # cut short while being created, or from other settings: it is only a cache
+        return create_ome_zarr(path, shape, overwrite=True, **kw)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def sample_seam_score(path: str | Path, side: int = SEAM_SAMPLE) -> tuple[float, float]:
+    """``tiling.seam_score`` on an up to side×side window of level 0, cut along the tile grid near the centre."""
+    writer = open_ome_zarr(path)
+    prov = writer.provenance()
+    tile, overlap = int(prov["tile_size_source_px"]), int(prov["overlap_source_px"])
+    stride = tile - overlap
+    box = []
+    for n in writer.shape_yx:  # a window starting and ending on tile starts sees exactly the grid's edges
+        size = n if n <= side else max(1, side // stride) * stride
+        start = 0 if n <= side else (n - size) // 2 // stride * stride
+        box.append((start, min(start + size, n)))
+    (y0, y1), (x0, x1) = box
+    rgb = writer.read_region(0, y0, x0, y1, x1)
+    return seam_score(rgb, TileGrid(y1 - y0, x1 - x0, tile, min(overlap, tile // 2)))
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``napari-crafts generate`` arguments."""
+    d = GenerationSettings()
+    parser.add_argument("source", help="nuclear labels or fluorescence: (OME-)TIFF, OME-Zarr, SVS/NDPI/…")
+    parser.add_argument("output", help="OME-Zarr folder to write (e.g. slide_synthetic.ome.zarr)")
+    parser.add_argument("--model", required=True,
+                        help="diffusers folder or hub id of the CRAFTS model ('tiny-demo': tiny random test model)")
+    parser.add_argument("--controlnet", default=None, help="ControlNet folder or hub id (default: the model's own)")
+    parser.add_argument("--prompt", default=CRAFTS_MASK_PROMPT, help="text prompt (default: the CRAFTS prompt)")
+    parser.add_argument("--negative-prompt", default=d.negative_prompt)
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"global seed (default {d.seed})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps (default {d.steps})")
+    parser.add_argument("--guidance", type=float, default=d.guidance_scale,
+                        help=f"classifier-free guidance scale (default {d.guidance_scale})")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
+    parser.add_argument("--tile-size", type=int, default=d.tile_size, help=f"tile side in model px ({d.tile_size})")
+    parser.add_argument("--overlap", type=int, default=d.overlap, help=f"tile overlap in model px ({d.overlap})")
+    parser.add_argument("--batch", type=int, default=d.batch_size, help="tiles per model call")
+    parser.add_argument("--mpp", type=float, default=None, help="source pixel size in µm/px (overrides the file's)")
+    parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
+                        help="read the source as labels or channels (default: from the file)")
+    parser.add_argument("--scheduler-address", default=None, help="use this dask scheduler instead of a local cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local worker processes (default: one per GPU; on CPU by cores and memory)")
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="torch threads per worker (keep it when resuming: CPU results depend on it)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: one GPU per worker)")
+    parser.add_argument("--chunk", type=int, default=512, help="OME-Zarr chunk side in px (default 512)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run (same settings)")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--tiff", type=Path, default=None, metavar="PATH", help="also write a pyramidal OME-TIFF")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``napari-crafts generate``; user errors are one line on stderr (exit code 2), no traceback."""
+    settings = GenerationSettings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
+        guidance_scale=args.guidance, scheduler=args.scheduler, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch, controlnet=args.controlnet,
+    )
+    try:
+        out = generate_slide(
+            args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
+            scheduler_address=args.scheduler_address, n_workers=args.workers,
+            threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
+            overwrite=args.overwrite, tiff=args.tiff,
+        )
+        border, interior = sample_seam_score(out)
+    except (ValueError, OSError, RuntimeError) as err:  # SlideError, ModelLoadError, GenerationError, …
+        message = str(err).replace("\n", " ")
+        print(f"napari-crafts generate: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-crafts generate: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    print(f"seam score (mean step at tile edges / inside tiles; ≈1 is seam-free): {border:.2f}/{interior:.2f}")
+    print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))
+    return 0
