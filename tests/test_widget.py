@@ -169,3 +169,29 @@ def test_pixel_size_widget_sets_the_scale_and_records_it(make_napari_viewer):
     w(layers=[layer], mpp=0.5)
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     assert layer.metadata["napari_crafts"]["mpp"] == 0.5
+
+
+def test_background_job_writes_ome_zarr_and_opens_it_over_the_labels(widget, qtbot, nuclei, tmp_path, engine):
+    viewer, w = widget
+    lab = nuclei[1][:96, :128]
+    labels = viewer.add_labels(lab, name="nuclei", scale=(0.25, 0.25), translate=(2.0, 3.0))
+    w._labels_layer.value = labels
+    w.where._mpp_box.value = 0.25
+    w._background.value = True
+    w._batch_output.value = tmp_path / "out.ome.zarr"
+    worker = w.generate()
+    assert worker is not None
+    seen = []
+    worker.yielded.connect(seen.append)
+    _wait(qtbot, w)
+    out = viewer.layers[-1]
+    assert out.name == "nuclei · synthetic H&E (CRAFTS)"
+    level0 = np.asarray(out.data[0] if out.multiscale else out.data)
+    assert level0.shape == (96, 128, 3)
+    np.testing.assert_allclose(out.scale, labels.scale)
+    np.testing.assert_allclose(out.translate, labels.translate)
+    assert out.metadata["napari_crafts"]["synthetic"] is True and out.metadata["napari_crafts"]["seed"] == 5
+    assert any(type(e).__name__ == "BatchProgress" for e in seen)
+    settings = GenerationSettings(prompt="nuclei", seed=5, steps=2, tile_size=64, overlap=16)
+    ref = run(generate_region(engine, LabelsSource(lab, name="nuclei", mpp=0.25), Region(0, 0, 96, 128), settings))
+    assert np.abs(level0.astype(int) - ref.rgb).max() <= 1  # same pixels (workers use 1 torch thread: ±1 rounding)

@@ -28,8 +28,9 @@ import math
 import os
 import shutil
 import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
@@ -53,6 +54,50 @@ from .tiling import Stitcher, TileGrid, seam_score
 
 #: Private tile store inside the output folder (deleted when the image is finished).
 TILE_STORE = "_napari_crafts_tiles"
+
+
+class Cancelled(Exception):
+    """The run was stopped on request; what finished is kept (resume to continue)."""
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """``done`` of ``total`` tiles (or chunks) of a whole-slide run are finished."""
+
+    what: str
+    done: int
+    total: int
+
+
+def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -> Generator[BatchProgress, None, Path]:
+    """``generate_slide`` in a thread, as a generator of BatchProgress that returns the output path.
+
+    Closing the generator (napari's Cancel) stops the run at its next finished task; it can be resumed.
+    """
+    import queue
+
+    events: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            events.put(("done", generate_slide(source_path, output, progress=False, cancel=stop,
+                                               on_progress=lambda *a: events.put(("progress", a)), **kwargs)))
+        except BaseException as exc:  # handed to the caller's thread
+            events.put(("error", exc))
+
+    threading.Thread(target=run, name="napari-crafts batch", daemon=True).start()
+    try:
+        while True:
+            kind, value = events.get()
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+            yield BatchProgress(*value)
+    finally:
+        stop.set()
+
 #: Cached result of the empty-tile scan, inside the tile store.
 EMPTY_MASK = "empty_tiles.npy"
 #: Tiles checked for nuclei per scan task.
@@ -319,7 +364,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    mpp: float | None = None, kind: str | None = None, scheduler_address: str | None = None,
                    n_workers: int | None = None, threads_per_worker: int = 1, device: str | None = None,
                    chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
+                   cancel: threading.Event | None = None) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
     ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels").
@@ -327,6 +373,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     the dask scheduler at ``scheduler_address``. Each worker loads the model once and uses
     ``threads_per_worker`` torch threads. ``resume`` continues an interrupted run (same settings, checked);
     ``overwrite`` replaces an existing output. ``tiff`` also writes a pyramidal OME-TIFF there at the end.
+    ``on_progress(what, done, total)`` hears of finished "tiles" and "chunks"; setting ``cancel`` stops the run
+    at the next finished task (raising ``Cancelled``; resume later with ``resume=True``).
     """
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
@@ -368,7 +416,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                         shutil.rmtree(out, ignore_errors=True)
                     raise
                 job.submit_pyramid()
-                job.wait(progress)
+                job.wait(progress, on_progress, cancel)
             writer.finish()
         shutil.rmtree(out / TILE_STORE, ignore_errors=True)
         # 4. Optionally copy to a pyramidal OME-TIFF.
@@ -486,8 +534,10 @@ class _Job:
         os.replace(tmp, cache)  # a kill never leaves half a mask
         return mask
 
-    def wait(self, progress: bool) -> None:
-        """Wait for every task with tile and chunk progress bars; on the first error cancel the rest, raise it."""
+    def wait(self, progress: bool, on_progress: Callable[[str, int, int], None] | None = None,
+             cancel: threading.Event | None = None) -> None:
+        """Wait for every task with tile and chunk progress bars; on the first error (or ``cancel``) cancel the
+        rest and raise."""
         from distributed import as_completed
         from tqdm.auto import tqdm
 
@@ -502,6 +552,11 @@ class _Job:
                     tile_bar.update(self.renders[fut.key][1])
                 else:
                     chunk_bar.update(1)
+                if on_progress is not None:
+                    on_progress("tiles", tile_bar.n, n_tiles)
+                    on_progress("chunks", chunk_bar.n, len(self.chunks))
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Stopped on request; finished tiles are kept: resume to continue.")
         except BaseException:
             self.client.cancel(futures)
             raise
@@ -591,7 +646,7 @@ def main(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, tiff=args.tiff,
         )
         border, interior = sample_seam_score(out)
-    except (ValueError, OSError, RuntimeError) as err:  # SlideError, ModelLoadError, GenerationError, …
+    except (ValueError, OSError, RuntimeError, GenerationError, Cancelled) as err:  # SlideError, ModelLoadError…
         message = str(err).replace("\n", " ")
         print(f"napari-crafts generate: error: {message}", file=sys.stderr)
         return 2

@@ -83,9 +83,9 @@ class RegionControls(Container):
         if layer is not None:
             self._mpp_box.value = layer_mpp(layer) or 0.0
 
-    def region(self, layer: Any, viewer: Any, shape: tuple[int, int]) -> Region:
+    def region(self, layer: Any, viewer: Any, shape: tuple[int, int], *, limit: bool = True) -> Region:
         region = region_for(self._region_box.value, layer, viewer, shape, self._shapes_layer.value)
-        if region.height * region.width > WIDGET_REGION_LIMIT:
+        if limit and region.height * region.width > WIDGET_REGION_LIMIT:
             raise GenerationError(TOO_LARGE.format(h=region.height, w=region.width))
         return region
 

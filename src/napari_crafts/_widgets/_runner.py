@@ -72,9 +72,15 @@ class JobRunner(Container):
 
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
+        from ..batch import BatchProgress
         from ..generate import Progress, TileDone
 
-        if isinstance(event, Progress):
+        if isinstance(event, BatchProgress):
+            if event.what == "tiles":
+                self._progress.max, self._progress.value = max(1, event.total), event.done
+                self._tiles = (event.done, event.total)
+            self.status(f"background job: {event.done}/{event.total} {event.what}")
+        elif isinstance(event, Progress):
             self._progress.max = max(1, event.tiles * event.steps)
             self._progress.value = event.tiles_done * event.steps + event.step
             self.status(f"tile {event.tiles_done + 1}/{event.tiles}, step {event.step}/{event.steps}")
@@ -89,6 +95,12 @@ class JobRunner(Container):
 
     def _on_returned(self, result: Any, on_done: Callable[[Any], None] | None) -> None:
         if result is None:
+            return
+        if self.output is None:  # a background job: its result is a file that on_done opens
+            self._progress.value = self._progress.max
+            self.status(f"done: {result}")
+            if on_done is not None:
+                on_done(result)
             return
         self.output.data[...] = result.rgb
         self.output.metadata["napari_crafts"] = result.provenance

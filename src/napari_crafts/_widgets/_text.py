@@ -25,11 +25,15 @@ TOOLTIPS = {
     "preset": "TCGA cancer types as in the paper's PathGen/TCGA captions; 'Use preset' writes the prompt.",
     "size": "Image side in the model's pixels; larger than the tile size is generated in blended tiles.",
     "count": "Number of images; image i uses seed + i.",
+    "background": "Run on dask.distributed workers into an OME-Zarr pyramid (resumable); the viewer stays free "
+    "and the result opens here when done.",
+    "workers": "Worker processes for the background job (each loads the model once).",
 }
 
 NO_CHANNELS = "Choose the fluorescence channel layer(s) first (e.g. DAPI)."
 
 REGION_WHOLE, REGION_VIEW, REGION_SHAPES = "whole layer", "current view", "rectangle (Shapes layer)"
+NO_BATCH_OUTPUT = "Choose where the background job writes its OME-Zarr (a path ending in .zarr)."
 NO_LABELS = "Choose a Labels layer first: load nuclei or paint them with the Labels tools."
 WIDGET_REGION_LIMIT = 8192 * 8192
 TOO_LARGE = (

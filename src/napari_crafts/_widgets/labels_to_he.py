@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Generator
+from pathlib import Path
+
 import napari
-from magicgui.widgets import Container, create_widget
+from magicgui.widgets import CheckBox, Container, FileEdit, create_widget
 
 from ..generate import GenerationError
-from ._controls import GenerationControls, RegionControls, start_region_job
+from ..tiny_model import TINY_MODEL_ID, ensure_tiny_model
+from ..provenance import synthetic_name
+from ._controls import GenerationControls, RegionControls, spin, start_region_job
 from ._regions import layer_plane
 from ._runner import JobRunner
-from ._text import NO_LABELS, TOOLTIPS
+from ._text import NO_BATCH_OUTPUT, NO_LABELS, TOOLTIPS
 
 
 class LabelsToHE(Container):
@@ -23,14 +28,24 @@ class LabelsToHE(Container):
                                            options={"tooltip": TOOLTIPS["labels"]})
         self.where = RegionControls()
         self.controls = GenerationControls()
+        self._background = CheckBox(value=False, text="background job → OME-Zarr (large regions, whole slides)",
+                                    tooltip=TOOLTIPS["background"])
+        self._batch_output = FileEdit(mode="w", filter="*.zarr", label="OME-Zarr output", visible=False)
+        self._workers = spin("workers", 1, 1, 64, key="workers")
+        self._workers.visible = False
         self.runner = JobRunner("Generate H&&E")
-        super().__init__(widgets=[self._labels_layer, self.where, self.controls, self.runner])
+        super().__init__(widgets=[self._labels_layer, self.where, self.controls, self._background,
+                                  self._batch_output, self._workers, self.runner])
+        self._background.changed.connect(self._on_background_changed)
         self._labels_layer.changed.connect(self.where.take_mpp_from)
         self.runner.run_button.changed.connect(self.generate)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
         self.where.take_mpp_from(self._labels_layer.value)
+
+    def _on_background_changed(self, on: bool) -> None:
+        self._batch_output.visible = self._workers.visible = on
 
     def generate(self) -> Any:
         """Start generation; returns the worker (None when the input was refused with a message)."""
@@ -45,6 +60,8 @@ class LabelsToHE(Container):
             plane, note = layer_plane(layer, self._viewer)
             if note:
                 show_info(note)
+            if self._background.value:
+                return self.start_background(layer, plane)
             region = self.where.region(layer, self._viewer, plane.shape)
             source = LabelsSource(plane, name=layer.name, mpp=self.where.mpp)
             settings, engine_args = self.controls.settings(), self.controls.engine_args()
@@ -52,3 +69,48 @@ class LabelsToHE(Container):
             show_error(str(exc))
             return None
         return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args)
+
+    def start_background(self, layer: Any, plane: Any) -> Any:
+        """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
+        from ..batch import background_job
+
+        out = str(self._batch_output.value or "").strip()
+        if not out or out == ".":
+            raise GenerationError(NO_BATCH_OUTPUT)
+        region = self.where.region(layer, self._viewer, plane.shape, limit=False)
+        source_path = _as_file(layer, plane, region, Path(out).with_suffix(".labels.tif"), self.where.mpp)
+        settings, engine_args = self.controls.settings(), self.controls.engine_args()
+        kwargs = dict(model=engine_args["model"], device=engine_args["device"], settings=settings,
+                      mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value))
+        if engine_args["model"] == TINY_MODEL_ID:
+            kwargs["model"] = str(ensure_tiny_model())
+
+        def job() -> Generator[Any, None, Any]:
+            return (yield from background_job(source_path, out, **kwargs))
+
+        def opened(path: Any) -> None:
+            from .._reader import read_slide
+
+            for data, meta, kind in read_slide(str(path)):
+                meta["name"] = synthetic_name(layer.name)
+                meta["scale"] = tuple(layer.scale[-2:])
+                meta["translate"] = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x),
+                                                                         layer.scale[-2:]))
+                self._viewer.add_layer(napari.layers.Layer.create(data, meta, kind))
+
+        return self.runner.start(job, self._viewer, None, on_done=opened)
+
+
+def _as_file(layer: Any, plane: Any, region: Any, fallback: Path, mpp: float | None) -> str:
+    """The labels as a file the workers can read: the layer's own file when it is one whole 2-D level,
+    else the region written to a tiled TIFF beside the output."""
+    import tifffile
+
+    path = layer.metadata.get("napari_crafts", {}).get("path") if isinstance(layer.metadata, dict) else None
+    if path and plane.ndim == 2 and (region.y, region.x, region.height, region.width) == (0, 0, *plane.shape):
+        return str(path)
+    crop = plane[region.y : region.y + region.height, region.x : region.x + region.width]
+    kw = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER") if mpp else {}
+    fallback.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(fallback, crop, tile=(512, 512), compression="zlib", **kw)
+    return str(fallback)
