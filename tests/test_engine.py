@@ -131,3 +131,20 @@ def test_long_prompts_report_what_clip_cuts(engine):
     prompt = "a" * 60 + " tail end of the prompt"
     cut = engine.truncated_tokens(prompt)
     assert cut and prompt.endswith(" ".join(cut))  # the cut words are the prompt's tail
+
+
+def test_cfg_cutoff_is_a_fast_approximation_of_the_exact_result(engine):
+    exact = run(engine.generate(_batch(), _control(), prompt="x", steps=6, scheduler="ddim"))
+    same = run(engine.generate(_batch(), _control(), prompt="x", steps=6, scheduler="ddim", cfg_cutoff=1.0))
+    fast = run(engine.generate(_batch(), _control(), prompt="x", steps=6, scheduler="ddim", cfg_cutoff=0.5))
+    np.testing.assert_array_equal(exact, same)
+    diff = np.abs(exact.astype(int) - fast)
+    assert 0 < diff.mean() < 64  # changed, but still the same picture's neighbourhood
+
+
+def test_fast_mode_is_labelled_approximate_in_the_provenance():
+    from napari_crafts.generate import GenerationSettings
+
+    assert GenerationSettings().record()["exact"] is True
+    rec = GenerationSettings(scheduler="unipc", steps=20, cfg_cutoff=0.6).record()
+    assert rec["exact"] is False and rec["approximation"].startswith("approximate") and "60%" in rec["approximation"]

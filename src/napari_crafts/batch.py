@@ -44,6 +44,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .engine import SCHEDULERS, Engine, get_engine, pick_device, pick_dtype, resolve_model
 from .export import OmeZarrWriter, create_ome_zarr, ome_zarr_to_tiff, open_ome_zarr
 from .generate import (
+    BatchProgress,
     BACKGROUND_RGB, GenerationError, GenerationSettings, Plan, Region, plan_region, render_tiles_adaptive, run,
 )
 from .model_card import CRAFTS_MASK_PROMPT, ModelCard
@@ -58,15 +59,6 @@ TILE_STORE = "_napari_crafts_tiles"
 
 class Cancelled(Exception):
     """The run was stopped on request; what finished is kept (resume to continue)."""
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """``done`` of ``total`` tiles (or chunks) of a whole-slide run are finished."""
-
-    what: str
-    done: int
-    total: int
 
 
 def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -> Generator[BatchProgress, None, Path]:

@@ -299,12 +299,14 @@ class Engine:
         controlnet_scale: float = 1.0,
         scheduler: str = "default",
         mode: str = "labels",
+        cfg_cutoff: float = 1.0,
     ) -> Generator[Step, None, np.ndarray]:
         """Denoise a batch; yields a Step after each step; returns RGB uint8 images (B, H, W, 3).
 
         ``noise`` (B, 4, H/f, W/f) is the starting noise (see ``tiling.noise_field``); ``control`` (B, H, W, 3)
         uint8 is the control image, or None for prompt-only generation (no ControlNet); ``mode`` picks the
-        ControlNet when ``controlnet`` is not given.
+        ControlNet when ``controlnet`` is not given. ``cfg_cutoff`` < 1 (approximate) stops classifier-free
+        guidance after that fraction of the steps: the unconditional half of the batch is no longer computed.
         """
         torch = self._torch
         # 1. Check inputs.
@@ -331,7 +333,11 @@ class Engine:
         sched.set_timesteps(steps, device=self.device)
         latents = torch.from_numpy(noise).to(self.device, self.dtype) * sched.init_noise_sigma
         # 5. Denoise, one yield per step.
+        guided_steps = round(cfg_cutoff * len(sched.timesteps)) if cfg else 0
         for i, t in enumerate(sched.timesteps):
+            if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
+                cfg, embeds = False, embeds[b:]
+                cond_image = cond_image[b:] if cond_image is not None else None
             latents = self._step(sched, t, latents, embeds, net, cond_image, controlnet_scale, guidance_scale, cfg)
             yield Step(i + 1, len(sched.timesteps))
         # 6. Decode.

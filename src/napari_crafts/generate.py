@@ -54,9 +54,17 @@ class GenerationSettings:
     batch_size: int = 1
     skip_empty: bool = True
     controlnet: str | None = None
+    cfg_cutoff: float = 1.0  # < 1: no guidance after this fraction of the steps (approximate, faster)
+
+    @property
+    def exact(self) -> bool:
+        """True when this is the model's own 50-step-style math; False for the fast, approximate modes."""
+        return self.scheduler == "default" and self.cfg_cutoff >= 1.0
 
     def record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "exact": self.exact,
+                "approximation": None if self.exact else "approximate (fast mode): scheduler "
+                f"'{self.scheduler}', CFG for the first {self.cfg_cutoff:.0%} of the steps"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,15 @@ class TileDone:
     plane: tuple[int, ...] = ()  # leading index in a stacked output (several images), else ()
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """``done`` of ``total`` tiles (or chunks) of a whole-slide run (``batch.generate_slide``) are finished."""
+
+    what: str
+    done: int
+    total: int
+
+
 @dataclass
 class RegionResult:
     rgb: np.ndarray
@@ -169,7 +186,7 @@ def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: l
         noise, control, prompt=settings.prompt, negative_prompt=settings.negative_prompt, steps=settings.steps,
         guidance_scale=settings.guidance_scale, controlnet=settings.controlnet,
         controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
-        mode=source.mode if source is not None else "prompt",
+        mode=source.mode if source is not None else "prompt", cfg_cutoff=settings.cfg_cutoff,
     )
     return [resize(img, plan.grid.tile) for img in images]
 

@@ -35,13 +35,14 @@ class GenerationControls(Container):
         self._steps = spin("steps", 50, 1, 500, key="steps")
         self._cfg = spin("guidance (CFG)", 7.5, 1.0, 30.0, 0.5, key="guidance_scale")
         self._scheduler = ComboBox(choices=SCHEDULERS, value="default", label="scheduler", tooltip=TOOLTIPS["scheduler"])
+        self._cfg_cutoff = spin("CFG for first (fraction)", 1.0, 0.0, 1.0, 0.05, key="cfg_cutoff")
         self._tile = spin("tile size", 512, 64, 2048, 64, key="tile_size")
         self._overlap = spin("overlap", 64, 0, 512, 8, key="overlap")
         self._batch = spin("batch", 1, 1, 64, key="batch_size")
         self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
                                 tooltip=TOOLTIPS["device"])
         widgets = [self._model, self._controlnet, self._prompt, self._negative, self._seed, self._steps, self._cfg,
-                   self._scheduler, self._tile, self._overlap, self._batch, self._device]
+                   self._scheduler, self._cfg_cutoff, self._tile, self._overlap, self._batch, self._device]
         if not controlnet:
             widgets.remove(self._controlnet)
         super().__init__(widgets=widgets, labels=True)
@@ -51,7 +52,7 @@ class GenerationControls(Container):
             prompt=self._prompt.value.strip(), negative_prompt=self._negative.value, seed=int(self._seed.value),
             steps=int(self._steps.value), guidance_scale=float(self._cfg.value), scheduler=self._scheduler.value,
             tile_size=int(self._tile.value), overlap=int(self._overlap.value), batch_size=int(self._batch.value),
-            controlnet=self._controlnet.value.strip() or None,
+            controlnet=self._controlnet.value.strip() or None, cfg_cutoff=float(self._cfg_cutoff.value),
         )
 
     def engine_args(self) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
     scale = tuple(layer.scale[-2:])
     translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale))
     output = add_output_layer(
-        viewer, (region.height, region.width), name=synthetic_name(layer.name), scale=scale, translate=translate,
+        viewer, (region.height, region.width), scale=scale, translate=translate,
+        name=synthetic_name(layer.name) + ("" if settings.exact else " [approximate]"),
         provenance={"synthetic": True, "status": "running", "source": layer.name},
     )
 

@@ -72,8 +72,7 @@ class JobRunner(Container):
 
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
-        from ..batch import BatchProgress
-        from ..generate import Progress, TileDone
+        from ..generate import BatchProgress, Progress, TileDone  # light: batch (dask) stays out of the UI thread
 
         if isinstance(event, BatchProgress):
             if event.what == "tiles":

@@ -13,7 +13,10 @@ TOOLTIPS = {
     "tile_size": "Tile side in the model's pixels (the paper's models use 512).",
     "overlap": "Overlap between neighbouring tiles in the model's pixels; blended to hide seams.",
     "batch_size": "Tiles per model call; lowered automatically when the GPU runs out of memory.",
-    "scheduler": "'default' is the model's own scheduler (exact); others are for fewer steps (approximate).",
+    "scheduler": "'default' is the model's own scheduler (exact); others are for fewer steps (fast mode: "
+    "approximate, and recorded as such in the provenance).",
+    "cfg_cutoff": "1 = guidance on every step (exact). Below 1: guidance stops after that fraction of the steps, "
+    "which skips half the work for the rest (fast mode: approximate, recorded in the provenance).",
     "region": "Which part of the labels to render.",
     "shapes": "Shapes layer whose last rectangle bounds the region.",
     "mpp": "Pixel size of the labels in µm/px (0 = unknown: the model's own pixel size is assumed).",
