@@ -15,32 +15,10 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WAIT_MS = 60_000
 
 
-@pytest.fixture(scope="module")
-def he() -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(DATA / "stardist_tcia_histo.jpg").convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def noisy(he: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return np.clip(he + rng.normal(0, 12, he.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture
-def messages():
-    """Notifications shown to the user during the test (severity, text)."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[tuple[str, str]] = []
-
-    def keep(n):
-        seen.append((str(n.severity), n.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 @pytest.fixture

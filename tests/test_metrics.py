@@ -13,48 +13,10 @@ from napari_crafts import metrics as M
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def he() -> np.ndarray:
-    """Real H&E tile (300×500 RGB uint8)."""
-    from PIL import Image
-
-    return np.asarray(Image.open(DATA / "stardist_tcia_histo.jpg").convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def noisy(he: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return np.clip(he + rng.normal(0, 12, he.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random CLIP (projection 16-d, 32 px images) with tokenizer and image processor, saved offline."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    try:
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:
-        from transformers import CLIPImageProcessor as Processor
-    from napari_crafts.tiny_model import _byte_level_vocab
-
-    path = tmp_path_factory.mktemp("clip")
-    (path / "vocab.json").write_text(json.dumps(_byte_level_vocab()))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.eos_token_id)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4)
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    out = path / "tiny-clip"
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    Processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

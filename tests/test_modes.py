@@ -49,15 +49,6 @@ def test_long_prompts_are_cut_and_the_user_is_told(engine, fast):
 
 
 # -- widgets ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def messages():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[tuple[str, str]] = []
-    keep = lambda n: seen.append((str(n.severity), n.message))  # noqa: E731
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def _small(controls, model):

@@ -12,19 +12,6 @@ pytest.importorskip("napari")
 WAIT_MS = 180_000
 
 
-@pytest.fixture
-def messages():
-    """Notifications shown to the user during the test (severity, text)."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[tuple[str, str]] = []
-
-    def keep(n):
-        seen.append((str(n.severity), n.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .generate import run  # drives any of our generators (evaluation, generation) to its result
 from .metrics import EvaluationResult, MaskSpec, TileResult
 
 #: Default tile side in pixels (the paper's models work on 512 px tiles).
@@ -346,17 +347,6 @@ def iter_evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE,
         yield from iter_plip(result, scorer, gen_tiles, real_tiles, prompt=prompt,
                              allow_rank_deficient=allow_rank_deficient)
     return ImageEvaluation(result, tiles, (h, w), tile, len(picked))
-
-
-def run(job: Generator[EvalProgress, None, Any], on_progress: Callable[[EvalProgress], None] | None = None) -> Any:
-    """Drive an evaluation generator to its end (calling ``on_progress`` on each step); its return value."""
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(event)
 
 
 def evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE, mask: MaskSpec = "tissue",
