@@ -106,11 +106,21 @@ def test_fluorescence_widget_bad_input(make_napari_viewer, tiny_model, messages)
     flat = viewer.add_image(np.full((32, 32), 7, np.uint16), name="DAPI")
     w._channel_layers.value = [flat]
     assert w.generate() is None
+    rgb16 = viewer.add_image(np.zeros((80, 80, 3), np.uint16), name="rgb16")  # napari shows it as RGB
+    w._channel_layers.value = [rgb16]
+    assert w.generate() is None
+    stack = viewer.add_image(np.ones((80, 80, 7), np.uint16), name="stack")  # channels last, not RGB
+    w._channel_layers.value = [stack]
+    assert w.generate() is None
+    w._channel_axis.value = 2
+    assert len(w.roles()) == 7
     errors = [m for sev, m in messages if sev == "error"]
     assert any("Choose the fluorescence channel" in m for m in errors)
-    assert any("'photo' is an RGB image" in m for m in errors)
+    assert any("'photo' is shown as an RGB image" in m for m in errors)
     assert any("'DAPI' is constant (value 7)" in m for m in errors)
-    assert [layer.name for layer in viewer.layers] == ["photo", "DAPI"]
+    assert any("'rgb16' is shown as an RGB image" in m and "Split RGB" in m for m in errors)
+    assert any("'stack' has 80 planes along axis 0: set 'channel axis'" in m for m in errors)
+    assert [layer.name for layer in viewer.layers] == ["photo", "DAPI", "rgb16", "stack"]
 
 
 def test_prompt_widget_makes_a_stack_with_one_record_per_image(make_napari_viewer, qtbot, tiny_model, engine):

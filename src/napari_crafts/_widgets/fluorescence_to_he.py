@@ -17,6 +17,10 @@ from ..model_card import FLUORESCENCE_PROMPT
 from ._text import NO_CHANNELS, TOOLTIPS
 
 
+#: More planes than this along the chosen axis means it is not the channel axis.
+MAX_CHANNELS = 64
+
+
 class FluorescenceToHE(Container):
     """Choose channel layers (or one layer with a channel axis), give each a role, preview, generate."""
 
@@ -47,6 +51,8 @@ class FluorescenceToHE(Container):
         layers = list(self._channel_layers.value or [])
         if len(layers) == 1 and self._is_stack(layers[0]):
             n = layers[0].data.shape[int(self._channel_axis.value)]
+            if n > MAX_CHANNELS:  # not a channel axis: say so when generating, offer no roles
+                return []
             names = layers[0].metadata.get("napari_crafts", {}).get("channel_names")
             return list(names) if names and len(names) == n else [f"{layers[0].name} [{i}]" for i in range(n)]
         return [layer.name for layer in layers]
@@ -77,10 +83,17 @@ class FluorescenceToHE(Container):
             raise GenerationError(NO_CHANNELS)
         if any(layer.rgb for layer in layers):
             raise GenerationError(
-                f"'{next(layer.name for layer in layers if layer.rgb)}' is an RGB image, not fluorescence channels."
+                f"'{next(layer.name for layer in layers if layer.rgb)}' is shown as an RGB image, not fluorescence "
+                "channels: if it holds channels (e.g. 16-bit), split it (right-click › Split RGB) and choose those."
             )
         if len(layers) == 1 and self._is_stack(layers[0]):
-            data = as_channels_first(layers[0].data, channel_axis=int(self._channel_axis.value), name=layers[0].name)
+            axis = int(self._channel_axis.value)
+            if layers[0].data.shape[axis] > MAX_CHANNELS:
+                raise GenerationError(
+                    f"'{layers[0].name}' has {layers[0].data.shape[axis]} planes along axis {axis}: set 'channel axis' "
+                    f"to the axis that holds the channels (shape {tuple(layers[0].data.shape)})."
+                )
+            data = as_channels_first(layers[0].data, channel_axis=axis, name=layers[0].name)
         else:
             planes = [layer_plane(layer, self._viewer)[0] for layer in layers]
             shapes = {tuple(p.shape) for p in planes}
