@@ -89,6 +89,21 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def scorer(tiny_clip: Path):  # type: ignore[no-untyped-def]
+    """The tiny CLIP as a PLIP scorer."""
+    from napari_crafts.plip import ClipScorer
+
+    return ClipScorer(tiny_clip, device="cpu", batch_size=8)
+
+
+def tile_crops(image: np.ndarray, n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random size×size crops of ``image`` (same seed, same crops)."""
+    rng = np.random.default_rng(seed)
+    ys, xs = rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n)
+    return [image[y : y + size, x : x + size] for y, x in zip(ys, xs)]
+
+
 @pytest.fixture
 def messages():  # type: ignore[no-untyped-def]
     """Notifications shown to the user during the test, as (severity, text)."""

@@ -12,6 +12,7 @@ import pytest
 
 from napari_crafts import evaluate as E
 from napari_crafts import metrics as M
+from napari_crafts import plip as P
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -99,15 +100,15 @@ def test_folders_with_plip_and_bad_tiles(tmp_path: Path, he: np.ndarray, noisy: 
 
     code, out, err = cli([gen_dir, real_dir, "--clip-model", tiny_clip, "--prompt", "H&E", "--name", "TCIA"], capsys)
     assert code == 0, err
-    scorer = M.ClipScorer(tiny_clip, device="cpu")
+    scorer = P.ClipScorer(tiny_clip, device="cpu")
     g, r = scorer.image_embeddings(gen), scorer.image_embeddings(real)
     row = table_row(out, "TCIA")
     assert row[4] == "–" and "--allow-small-fid" in out  # 12 samples < 17 for 16-d embeddings
-    assert row[5] == f"{M.plip_i(g, r):.4f}" and row[6] == f"{M.plip_t(g, scorer.text_embeddings(['H&E'])):.4f}"
+    assert row[5] == f"{P.plip_i(g, r):.4f}" and row[6] == f"{P.plip_t(g, scorer.text_embeddings(['H&E'])):.4f}"
     assert f"PLIP metrics with {tiny_clip}." in out
 
     code, out, _ = cli([gen_dir, real_dir, "--clip-model", tiny_clip, "--allow-small-fid", "--name", "TCIA"], capsys)
-    assert code == 0 and table_row(out, "TCIA")[4] == f"{M.plip_fid(g, r, allow_rank_deficient=True):.2f}"
+    assert code == 0 and table_row(out, "TCIA")[4] == f"{P.plip_fid(g, r, allow_rank_deficient=True):.2f}"
 
     from PIL import Image
 
@@ -217,8 +218,8 @@ def test_plip_on_image_tiles_uses_a_deterministic_sample(he: np.ndarray, noisy: 
     assert "PLIP metrics on 9 of 77 tiles." in result.notes and result.model == str(tiny_clip)
     g = scorer.image_embeddings([noisy[t.y:t.y + 48, t.x:t.x + 48] for t in picked])
     r = scorer.image_embeddings([he[t.y:t.y + 48, t.x:t.x + 48] for t in picked])
-    assert result.plip_i == pytest.approx(M.plip_i(g, r), rel=1e-9)
-    assert result.plip_fid == pytest.approx(M.plip_fid(g, r, allow_rank_deficient=True), rel=1e-6)
-    assert result.plip_t == pytest.approx(M.plip_t(g, scorer.text_embeddings(["H&E"])), rel=1e-9)
+    assert result.plip_i == pytest.approx(P.plip_i(g, r), rel=1e-9)
+    assert result.plip_fid == pytest.approx(P.plip_fid(g, r, allow_rank_deficient=True), rel=1e-6)
+    assert result.plip_t == pytest.approx(P.plip_t(g, scorer.text_embeddings(["H&E"])), rel=1e-9)
     assert run().result.to_dict() == result.to_dict()  # same tiles, same numbers
     assert math.isfinite(result.ssim) and result.n == 77

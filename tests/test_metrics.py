@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from napari_crafts import metrics as M
+from napari_crafts import plip as P
+
+from conftest import tile_crops
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -17,17 +20,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 
-
-
-@pytest.fixture(scope="module")
-def scorer(tiny_clip: Path) -> M.ClipScorer:
-    return M.ClipScorer(tiny_clip, device="cpu", batch_size=8)
-
-
-def crops(image: np.ndarray, n: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ys, xs = rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n)
-    return [image[y:y + size, x:x + size] for y, x in zip(ys, xs)]
 
 
 # --- pixel metrics -------------------------------------------------------------------------------------
@@ -170,59 +162,12 @@ def test_tiles_without_tissue_are_skipped(he: np.ndarray, noisy: np.ndarray) -> 
         M.aggregate([])
 
 
-# --- Fréchet distance ----------------------------------------------------------------------------------
+# --- datasets ------------------------------------------------------------------------------------------
 
 
-def test_frechet_distance_closed_form() -> None:
-    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.5, 0.0])
-    d1, d2 = np.array([1.0, 4.0, 0.25]), np.array([2.0, 1.0, 1.0])
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(d1) - np.sqrt(d2)) ** 2)  # commuting covariances
-    assert M.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(expected, rel=1e-10)
-    # and with a full covariance rotated into both: rotation leaves the distance unchanged
-    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
-    got = M.frechet_distance(q @ mu1, q @ np.diag(d1) @ q.T, q @ mu2, q @ np.diag(d2) @ q.T)
-    assert got == pytest.approx(expected, rel=1e-8)
-
-
-def test_plip_fid_sets() -> None:
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(200, 8)), rng.normal(0.5, 1.5, size=(200, 8))
-    assert M.plip_fid(a, a) == pytest.approx(0.0, abs=1e-8)
-    assert M.plip_fid(a, b) > 1.0
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        M.plip_fid(a[:1], b)
-    with pytest.raises(ValueError, match=r"at least 9 samples.*unreliable.*allow_rank_deficient=True"):
-        M.plip_fid(a[:5], b)
-    assert M.plip_fid(a[:5], b[:5], allow_rank_deficient=True) > 0
-
-
-# --- CLIP embeddings and datasets ----------------------------------------------------------------------
-
-
-def test_clip_scorer_embeddings(scorer: M.ClipScorer, tiny_clip: Path, he: np.ndarray) -> None:
-    images = crops(he, 10)
-    emb = scorer.image_embeddings(images)
-    assert emb.shape == (10, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1)
-    assert scorer.name == str(tiny_clip)
-    assert M.plip_i(emb, emb) == pytest.approx(1.0)
-    others = scorer.image_embeddings(crops(he, 10, seed=1))
-    assert -1 <= M.plip_i(emb, others) <= 1
-    text = scorer.text_embeddings(["H&E stained breast tissue", "nuclei"])
-    assert text.shape == (2, 16) and np.allclose(np.linalg.norm(text, axis=1), 1)
-    assert -1 <= M.plip_t(emb, text[:1]) <= 1
-    with pytest.raises(ValueError, match="one text embedding or one per image"):
-        M.plip_t(emb, text)
-
-
-def test_long_prompt_is_truncated_with_warning(scorer: M.ClipScorer) -> None:
-    with pytest.warns(UserWarning, match=r"1 of 1 prompt\(s\) exceed the 77-token limit.*token\(s\) cut"):
-        emb = scorer.text_embeddings(["tumour " * 100])
-    assert emb.shape == (1, 16)
-
-
-def test_evaluate_pairs_table_and_files(scorer: M.ClipScorer, he: np.ndarray, noisy: np.ndarray,
+def test_evaluate_pairs_table_and_files(scorer: P.ClipScorer, he: np.ndarray, noisy: np.ndarray,
                                         tmp_path: Path) -> None:
-    real, gen = crops(he, 20), crops(noisy, 20)  # same seed: paired crops
+    real, gen = tile_crops(he, 20), tile_crops(noisy, 20)  # same seed: paired crops
     result = M.evaluate_pairs(gen, real, prompt="H&E tissue", scorer=scorer)
     assert result.n == 20 and result.model == scorer.name and result.mask == "tissue"
     assert 0 < result.ssim < 1 and result.mse > 0 and result.ssim_std > 0

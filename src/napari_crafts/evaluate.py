@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from . import plip as P
 from .generate import run  # drives any of our generators (evaluation, generation) to its result
 from .metrics import EvaluationResult, MaskSpec, TileResult
 
@@ -208,8 +209,8 @@ def _hub_offline() -> bool:
 
 
 def load_scorer(model: str | Path | None, *, device: str | None = None,
-                advice: str = CLI_ADVICE) -> M.ClipScorer | None:
-    """The :class:`metrics.ClipScorer` for ``model`` (local folder or hub id), or None for ""/"none".
+                advice: str = CLI_ADVICE) -> P.ClipScorer | None:
+    """The :class:`plip.ClipScorer` for ``model`` (local folder or hub id), or None for ""/"none".
 
     A hub id is looked up in the local cache first (no network); then fetched unless the hub is offline
     (``HF_HUB_OFFLINE``). Anything that fails is an :class:`EvaluationError` of one line ending in ``advice``.
@@ -220,28 +221,28 @@ def load_scorer(model: str | Path | None, *, device: str | None = None,
     path = Path(ref).expanduser()
     if path.exists():
         try:
-            return M.ClipScorer(path, device=device)
+            return P.ClipScorer(path, device=device)
         except (OSError, ValueError) as err:
             cause = (str(err.__cause__ or err).strip().splitlines() or [""])[0]
             raise EvaluationError(f"Could not load the CLIP model from {path} ({cause}): {advice}.") from None
     if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
         raise EvaluationError(f"CLIP model '{ref}' not found: it is neither a folder nor a hub id like "
-                              f"'{M.PLIP_MODEL_ID}'; {advice}.")
+                              f"'{P.PLIP_MODEL_ID}'; {advice}.")
     try:
-        return M.ClipScorer(ref, device=device, local_files_only=True)  # cached: no network
+        return P.ClipScorer(ref, device=device, local_files_only=True)  # cached: no network
     except OSError:
         pass
     if _hub_offline():
         raise EvaluationError(f"CLIP model '{ref}' is not in the local cache and the Hugging Face Hub is offline "
                               f"(HF_HUB_OFFLINE): {advice}.") from None
     try:
-        return M.ClipScorer(ref, device=device)
+        return P.ClipScorer(ref, device=device)
     except OSError:
         raise EvaluationError(f"Could not fetch the CLIP model '{ref}' from the Hugging Face Hub (no connection, "
                               f"or no such model): {advice}.") from None
 
 
-def _embed(scorer: M.ClipScorer, images: Sequence[np.ndarray], done: int,
+def _embed(scorer: P.ClipScorer, images: Sequence[np.ndarray], done: int,
            total: int) -> Generator[EvalProgress, None, np.ndarray]:
     parts = [np.empty((0, scorer.dim))]
     for start in range(0, len(images), scorer.batch_size):
@@ -251,7 +252,7 @@ def _embed(scorer: M.ClipScorer, images: Sequence[np.ndarray], done: int,
     return np.concatenate(parts)
 
 
-def iter_plip(result: EvaluationResult, scorer: M.ClipScorer, generated: Sequence[np.ndarray],
+def iter_plip(result: EvaluationResult, scorer: P.ClipScorer, generated: Sequence[np.ndarray],
               real: Sequence[np.ndarray], *, prompt: str | None = None,
               allow_rank_deficient: bool = False) -> Generator[EvalProgress, None, EvaluationResult]:
     """Fill ``result``'s PLIP-I, PLIP-FID (enough samples, or ``allow_rank_deficient``) and PLIP-T (a prompt).
@@ -262,13 +263,13 @@ def iter_plip(result: EvaluationResult, scorer: M.ClipScorer, generated: Sequenc
     gen_emb = yield from _embed(scorer, generated, 0, 2 * n)
     real_emb = yield from _embed(scorer, real, n, 2 * n)
     result.model = scorer.name
-    result.plip_i = M.plip_i(gen_emb, real_emb)
+    result.plip_i = P.plip_i(gen_emb, real_emb)
     try:
-        result.plip_fid = M.plip_fid(gen_emb, real_emb, allow_rank_deficient=allow_rank_deficient)
+        result.plip_fid = P.plip_fid(gen_emb, real_emb, allow_rank_deficient=allow_rank_deficient)
     except ValueError as err:
         result.notes.append(f"PLIP-FID not computed: {err} (CLI: more tiles, or --allow-small-fid).")
     if prompt:
-        result.plip_t = M.plip_t(gen_emb, scorer.text_embeddings([prompt]))
+        result.plip_t = P.plip_t(gen_emb, scorer.text_embeddings([prompt]))
     else:
         result.notes.append("PLIP-T not computed: it needs the prompt (--prompt).")
     return result
@@ -300,7 +301,7 @@ def _mask_name(mask: MaskSpec) -> str | None:
 
 
 def iter_evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE, mask: MaskSpec = "tissue",
-                         scorer: M.ClipScorer | None = None, prompt: str | None = None,
+                         scorer: P.ClipScorer | None = None, prompt: str | None = None,
                          max_tiles: int | None = MAX_EMBED_TILES, allow_rank_deficient: bool = False,
                          generated_mpp: float | None = None, real_mpp: float | None = None,
                          resample: bool = False) -> Generator[EvalProgress, None, ImageEvaluation]:
@@ -350,7 +351,7 @@ def iter_evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE,
 
 
 def evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE, mask: MaskSpec = "tissue",
-                    scorer: M.ClipScorer | None = None, prompt: str | None = None,
+                    scorer: P.ClipScorer | None = None, prompt: str | None = None,
                     max_tiles: int | None = MAX_EMBED_TILES, allow_rank_deficient: bool = False,
                     generated_mpp: float | None = None, real_mpp: float | None = None, resample: bool = False,
                     on_progress: Callable[[EvalProgress], None] | None = None) -> EvaluationResult:
@@ -365,7 +366,7 @@ def evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE, mask
 
 
 def evaluate_folders(generated_dir: str | Path, real_dir: str | Path, *, mask: MaskSpec = "tissue",
-                     scorer: M.ClipScorer | None = None, prompt: str | None = None,
+                     scorer: P.ClipScorer | None = None, prompt: str | None = None,
                      allow_rank_deficient: bool = False,
                      on_progress: Callable[[EvalProgress], None] | None = None) -> EvaluationResult:
     """Tiles paired by file name: pixel metrics per pair (mean, std over pairs), PLIP metrics on all pairs."""
@@ -412,7 +413,7 @@ def open_image(path: str | Path) -> tuple[Any, float | None]:
 
 
 def evaluate_paths(generated: str | Path, real: str | Path, *, tile: int = DEFAULT_TILE, mask: MaskSpec = "tissue",
-                   scorer: M.ClipScorer | None = None, prompt: str | None = None,
+                   scorer: P.ClipScorer | None = None, prompt: str | None = None,
                    max_tiles: int | None = MAX_EMBED_TILES, allow_rank_deficient: bool = False,
                    resample: bool = False,
                    on_progress: Callable[[EvalProgress], None] | None = None) -> EvaluationResult:
@@ -440,8 +441,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("generated", help="synthetic H&E: a folder of tiles, or a slide / (OME-)TIFF / OME-Zarr image")
     parser.add_argument("real", help="the real H&E it should match: same kind as GENERATED (tiles paired by file name)")
     parser.add_argument("--prompt", default=None, help="text prompt the images were generated with (for PLIP-T)")
-    parser.add_argument("--clip-model", default=M.PLIP_MODEL_ID,
-                        help=f"CLIP model for the PLIP metrics: hub id or local folder (default {M.PLIP_MODEL_ID}); "
+    parser.add_argument("--clip-model", default=P.PLIP_MODEL_ID,
+                        help=f"CLIP model for the PLIP metrics: hub id or local folder (default {P.PLIP_MODEL_ID}); "
                         "'none' for pixel metrics only")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
                         help=f"tile side in px for images (default {DEFAULT_TILE}); folders are scored per file")

@@ -1,16 +1,16 @@
-"""How close is generated H&E to the real H&E it should match: the CRAFTS paper's metrics.
+"""How close is generated H&E to the real H&E it should match: the CRAFTS paper's pixel metrics and its table.
 
 Pixel metrics compare a generated and a real RGB image of the same shape, on a 0–255 scale
 (``data_range=255``): SSIM↑, PSNR↑ (dB), MSE↓ and NCC↑, optionally only over a mask (by default the real
 image's tissue, see :func:`tissue_mask`). Large aligned images (numpy, dask, zarr) are scored tile by tile,
 reading one tile at a time (:func:`tile_metrics`, :func:`aggregate`, :func:`metric_map`).
 
-Embedding metrics use a CLIP-family model, PLIP ("vinid/plip", CLIP ViT-B/32 fine-tuned on pathology) by
-default (:class:`ClipScorer`): PLIP-FID↓ (Fréchet distance between generated and real embedding sets),
-PLIP-I↑ (mean cosine of paired image embeddings) and PLIP-T↑ (mean cosine of image vs prompt embeddings).
-:func:`evaluate_pairs` computes all of them for one dataset, :func:`format_table` prints the paper's table.
+The embedding metrics (PLIP-FID↓, PLIP-I↑, PLIP-T↑ with a CLIP-family model) are in :mod:`napari_crafts.plip`.
+:func:`evaluate_pairs` computes all of them for one dataset (the PLIP ones when given a
+:class:`~napari_crafts.plip.ClipScorer`), :func:`format_table` prints the paper's table.
 
-numpy/scikit-image/scipy only at import time; torch and transformers load when a :class:`ClipScorer` is made.
+numpy/scikit-image/scipy only at import time; torch and transformers load only when a
+:class:`~napari_crafts.plip.ClipScorer` is made.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .plip import ClipScorer
 
 #: Images are compared on the 0–255 scale of 8-bit RGB.
 DATA_RANGE = 255.0
@@ -34,8 +37,6 @@ PIXEL_METRICS = ("SSIM", "PSNR", "MSE", "NCC")
 COLUMNS = {"SSIM": "SSIM↑", "PSNR": "PSNR↑", "MSE": "MSE↓", "NCC": "NCC↑",
            "PLIP-FID": "PLIP-FID↓", "PLIP-I": "PLIP-I↑", "PLIP-T": "PLIP-T↑"}
 _DECIMALS = {"SSIM": 4, "PSNR": 2, "MSE": 2, "NCC": 4, "PLIP-FID": 2, "PLIP-I": 4, "PLIP-T": 4}
-#: Default embedding model: PLIP, a CLIP ViT-B/32 fine-tuned on pathology image–text pairs.
-PLIP_MODEL_ID = "vinid/plip"
 #: Optical density above which a pixel counts as tissue (see :func:`tissue_mask`).
 TISSUE_OD_THRESHOLD = 0.1
 #: SSIM window (scikit-image's default, 7×7 uniform); SSIM is undefined within half a window of the border.
@@ -315,181 +316,6 @@ def ssim_map_tiles(generated: Any, real: Any, *, tile: int = 512, mask: MaskSpec
     return metric_map(tile_metrics(generated, real, tile=tile, mask=mask), real.shape, tile, "SSIM")
 
 
-# --- CLIP-family embeddings and PLIP metrics -----------------------------------------------------------
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm == 0, 1.0, norm)
-
-
-def _features(out: Any) -> Any:
-    """transformers 4 returns the projected features, transformers 5 an output whose pooler_output they are."""
-    return out if hasattr(out, "detach") else out.pooler_output
-
-
-class ClipScorer:
-    """Image and text embeddings from a CLIP-family model (PLIP by default), for PLIP-FID/-I/-T.
-
-    ``model``: hub id or local folder holding a transformers ``CLIPModel`` (safetensors unless
-    ``use_safetensors=False``), its tokenizer and ``preprocessor_config.json``. Images are preprocessed by
-    transformers' PIL/numpy CLIP image processor (``CLIPImageProcessorPil`` in transformers 5, the "slow"
-    ``CLIPImageProcessor`` in 4), never the torchvision one: bicubic resize of the shortest side, centre crop,
-    the checkpoint's mean/std. Without a preprocessor config, CLIP's defaults at the model's image size.
-    """
-
-    def __init__(self, model: str | Path = PLIP_MODEL_ID, *, device: str | None = None, batch_size: int = 32,
-                 use_safetensors: bool = True, local_files_only: bool = False) -> None:
-        import torch
-        from transformers import AutoTokenizer, CLIPModel
-
-        self.name = str(model)
-        self.batch_size = batch_size
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-        self.device = device
-        try:
-            clip = CLIPModel.from_pretrained(self.name, use_safetensors=use_safetensors,
-                                             local_files_only=local_files_only)
-            self._tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=local_files_only)
-        except OSError as err:
-            raise OSError(
-                f"Could not load the CLIP model '{self.name}' ({err}). Give a local folder with a CLIPModel "
-                "(model.safetensors), tokenizer and preprocessor_config.json, or a hub id where the hub is "
-                "reachable or cached."
-            ) from err
-        self._model = clip.to(device).eval()
-        self._image_processor = _image_processor(self.name, int(clip.config.vision_config.image_size),
-                                                 local_files_only)
-        self.dim = int(clip.config.projection_dim)
-        self.max_length = min(int(clip.config.text_config.max_position_embeddings),
-                              int(getattr(self._tokenizer, "model_max_length", 10**9)))
-
-    def image_embeddings(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, D) L2-normalised image embeddings of RGB (H, W, 3) uint8 images, in batches."""
-        import torch
-
-        chunks = [np.empty((0, self.dim))]
-        for start in range(0, len(images), self.batch_size):
-            batch = [_rgb(im) for im in images[start:start + self.batch_size]]
-            pixels = self._image_processor(images=batch, return_tensors="pt",
-                                           input_data_format="channels_last")["pixel_values"]
-            with torch.inference_mode():
-                feats = _features(self._model.get_image_features(pixel_values=pixels.to(self.device)))
-            chunks.append(feats.float().cpu().numpy())
-        return _l2_normalise(np.concatenate(chunks))
-
-    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, D) L2-normalised text embeddings; prompts over the model's token limit are truncated (warned)."""
-        import torch
-
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            return np.empty((0, self.dim))
-        lengths = [len(ids) for ids in self._tokenizer(texts, verbose=False)["input_ids"]]
-        cut = [max(0, n - self.max_length) for n in lengths]
-        if any(cut):
-            warnings.warn(
-                f"{sum(c > 0 for c in cut)} of {len(texts)} prompt(s) exceed the {self.max_length}-token limit of "
-                f"'{self.name}': {sum(cut)} token(s) cut from the end (at most {max(cut)} from one prompt).",
-                stacklevel=2,
-            )
-        enc = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            feats = _features(self._model.get_text_features(input_ids=enc["input_ids"],
-                                                            attention_mask=enc["attention_mask"]))
-        return _l2_normalise(feats.float().cpu().numpy())
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"Expected an RGB(A) image (H, W, 3), got shape {image.shape}.")
-    return image[..., :3]
-
-
-def _image_processor(name: str, image_size: int, local_files_only: bool) -> Any:
-    try:  # transformers >= 5: the PIL/numpy backend (the default backend needs torchvision)
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # transformers 4: the "slow" CLIPImageProcessor is already PIL/numpy
-        from transformers import CLIPImageProcessor as Processor
-    try:
-        return Processor.from_pretrained(name, local_files_only=local_files_only)
-    except OSError:
-        warnings.warn(f"No preprocessor_config.json for '{name}': using CLIP's defaults at {image_size} px.",
-                      stacklevel=3)
-        return Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance ``|μ1 − μ2|² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)`` between two Gaussians.
-
-    ``scipy.linalg.sqrtm``; if the product is singular the diagonals get a 1e-6 offset (as pytorch-fid
-    does); the real part is kept (a warning if the imaginary part is not negligible); tiny negative results
-    from rounding are returned as 0.
-    """
-    from scipy import linalg
-
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(sigma1)) * 1e-6
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = float(np.abs(covmean.imag).max())
-        if imag > 1e-3 * max(1.0, float(np.abs(covmean.real).max())):
-            warnings.warn(f"Fréchet distance: matrix square root has imaginary parts up to {imag:.3g}; "
-                          "kept the real part (covariances badly conditioned: too few samples?).", stacklevel=2)
-        covmean = covmean.real
-    diff = mu1 - mu2
-    return max(0.0, float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)))
-
-
-def plip_fid(gen_embeddings: np.ndarray, real_embeddings: np.ndarray, *,
-             allow_rank_deficient: bool = False) -> float:
-    """PLIP-FID↓: Fréchet distance between the Gaussians fitted to generated and real embedding sets.
-
-    Each set needs at least 2 samples, and at least D + 1 (D: embedding size, 513 for PLIP) for a full-rank
-    covariance; with fewer the estimate is unreliable (biased, not comparable across set sizes), so it
-    raises unless ``allow_rank_deficient=True`` (tests, quick looks). Computed on the embeddings as given
-    (:class:`ClipScorer` returns them L2-normalised).
-    """
-    g = np.atleast_2d(np.asarray(gen_embeddings, np.float64))
-    r = np.atleast_2d(np.asarray(real_embeddings, np.float64))
-    if g.shape[1] != r.shape[1]:
-        raise ValueError(f"Embedding sizes differ: generated {g.shape}, real {r.shape}.")
-    if min(len(g), len(r)) < 2:
-        raise ValueError(f"PLIP-FID needs at least 2 samples per set to estimate a covariance; "
-                         f"got {len(g)} generated and {len(r)} real.")
-    needed = g.shape[1] + 1
-    if min(len(g), len(r)) < needed and not allow_rank_deficient:
-        raise ValueError(
-            f"PLIP-FID needs at least {needed} samples per set for a full-rank covariance of {g.shape[1]}-d "
-            f"embeddings; got {len(g)} generated and {len(r)} real, so the estimate is unreliable. "
-            "Use more tiles, or pass allow_rank_deficient=True to compute it anyway."
-        )
-    return frechet_distance(g.mean(0), np.cov(g, rowvar=False), r.mean(0), np.cov(r, rowvar=False))
-
-
-def plip_i(gen_embeddings: np.ndarray, real_embeddings: np.ndarray) -> float:
-    """PLIP-I↑: mean cosine similarity of paired image embeddings (row i with row i), in [-1, 1]."""
-    g, r = _l2_normalise(np.atleast_2d(gen_embeddings)), _l2_normalise(np.atleast_2d(real_embeddings))
-    if g.shape != r.shape:
-        raise ValueError(f"PLIP-I needs paired embeddings of the same shape: generated {g.shape}, real {r.shape}.")
-    return float(np.clip(np.sum(g * r, axis=1), -1, 1).mean())
-
-
-def plip_t(gen_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
-    """PLIP-T↑: mean cosine of each image embedding with the prompt's (one row for all, or one per image)."""
-    g, t = _l2_normalise(np.atleast_2d(gen_embeddings)), _l2_normalise(np.atleast_2d(text_embeddings))
-    if len(t) not in (1, len(g)) or t.shape[1] != g.shape[1]:
-        raise ValueError(f"PLIP-T needs one text embedding or one per image: images {g.shape}, texts {t.shape}.")
-    return float(np.clip(np.sum(g * t, axis=1), -1, 1).mean())
-
-
 # --- datasets: evaluation, folders, tables -------------------------------------------------------------
 
 
@@ -542,8 +368,8 @@ def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], 
 
     ``mask``: "tissue" (each real tile's :func:`tissue_mask`), None, or one boolean array for all pairs.
     PLIP metrics need a ``scorer`` (PLIP-T also a ``prompt``), else they are nan. PLIP-FID is nan with a
-    warning and a note when the sets are too small (see :func:`plip_fid`). PSNR's mean is inf if any pair is
-    identical.
+    warning and a note when the sets are too small (see :func:`~napari_crafts.plip.plip_fid`). PSNR's mean is
+    inf if any pair is identical.
     """
     if len(generated) != len(real):
         raise ValueError(f"Got {len(generated)} generated and {len(real)} real images: they must be paired.")
@@ -566,6 +392,8 @@ def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], 
         prompt=prompt, mask=mask if isinstance(mask, str) or mask is None else "custom", notes=notes,
     )
     if scorer is not None:
+        from .plip import plip_fid, plip_i, plip_t
+
         result.model = scorer.name
         gen_emb, real_emb = scorer.image_embeddings(generated), scorer.image_embeddings(real)
         result.plip_i = plip_i(gen_emb, real_emb)

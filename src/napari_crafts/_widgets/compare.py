@@ -20,6 +20,7 @@ from magicgui.widgets import (
 )
 
 from .. import metrics as M
+from .. import plip as P
 from ..evaluate import EvalProgress, EvaluationError, ImageEvaluation, ResampledImage, iter_evaluate_images, load_scorer
 from ..generate import GenerationError, Region
 from ._regions import region_for
@@ -53,7 +54,7 @@ REGION_LIMIT = 8192 * 8192
 
 
 @functools.lru_cache(maxsize=1)
-def _scorer(model: str) -> M.ClipScorer | None:
+def _scorer(model: str) -> P.ClipScorer | None:
     """The CLIP model, loaded once (in the worker) and kept for the next Compute."""
     return load_scorer(model, advice=WIDGET_ADVICE)
 
