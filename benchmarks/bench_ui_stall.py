@@ -90,14 +90,25 @@ def main() -> None:
     busy = summary(measure(app, until=lambda: not w.runner.running, long=long))
     busy["stalls_over_100ms_at"] = long
     elapsed = time.perf_counter() - t0
-    result = {"idle": idle, "generating": busy, "generation_s": elapsed, "model": args.model, "size": args.size,
+    # A second run: the model is loaded and torch imported, as for every generation after the first.
+    t1 = time.perf_counter()
+    w.generate()
+    long_warm: list = []
+    warm = summary(measure(app, until=lambda: not w.runner.running, long=long_warm))
+    warm["stalls_over_100ms_at"] = long_warm
+    warm_s = time.perf_counter() - t1
+    result = {"idle": idle, "generating": busy, "generation_s": elapsed, "generating_again": warm,
+              "generation_again_s": warm_s, "model": args.model, "size": args.size,
               "steps": args.steps, "tile_size": args.tile_size, "status": w.runner._status.value}
     print(f"idle:       longest stall {idle['max_ms']:.1f} ms, p99 {idle['p99_ms']:.1f} ms")
     print(f"generating: longest stall {busy['max_ms']:.1f} ms, p99 {busy['p99_ms']:.1f} ms, "
           f"{busy['over_100ms']} stalls > 100 ms over {elapsed:.1f} s ({result['status']})")
     if long:
         print("stalls > 100 ms (s after Generate, ms):", long)
-    print("goal < 100 ms:", "met" if busy["max_ms"] < 100 else "NOT met")
+    print(f"again:      longest stall {warm['max_ms']:.1f} ms, p99 {warm['p99_ms']:.1f} ms, "
+          f"{warm['over_100ms']} stalls > 100 ms over {warm_s:.1f} s (model already loaded)")
+    print("goal < 100 ms:", "met" if max(busy["max_ms"], warm["max_ms"]) < 100 else
+          f"NOT met (first run {busy['max_ms']:.0f} ms, later runs {warm['max_ms']:.0f} ms)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
