@@ -324,7 +324,8 @@ class Engine:
         net = self.controlnet(controlnet, mode) if control is not None else None
         cond_image = None
         if control is not None:
-            cond_image = torch.from_numpy(np.ascontiguousarray(control)).permute(0, 3, 1, 2)
+            # contiguous NCHW as the pipeline's image processor gives: a permuted view picks other conv kernels
+            cond_image = torch.from_numpy(np.ascontiguousarray(control)).permute(0, 3, 1, 2).contiguous()
             cond_image = cond_image.to(self.device, self.dtype) / 255.0
             if cfg:
                 cond_image = torch.cat([cond_image, cond_image])
