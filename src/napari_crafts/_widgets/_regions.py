@@ -76,7 +76,7 @@ def region_for(choice: str, layer: Any, viewer: Any, shape: tuple[int, int], sha
         region = _to_data_box(layer, viewer, np.array(world), shape)
         if region is None:
             raise GenerationError(
-                f"The rectangle in '{shapes_layer.name}' lies outside '{layer.name}': draw it over the labels."
+                f"The rectangle in '{shapes_layer.name}' lies outside '{layer.name}': draw it over that layer."
             )
         return region
     raise GenerationError(f"Unknown region choice '{choice}'.")

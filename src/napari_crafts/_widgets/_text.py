@@ -43,3 +43,29 @@ TOO_LARGE = (
     "The region is {h}×{w} px: too large for the viewer. Pick a smaller region, or run "
     "`napari-crafts generate` for whole slides (it writes an OME-Zarr you can open here)."
 )
+
+# -- Compare -------------------------------------------------------------------------------------------------
+COMPARE_TOOLTIPS = {
+    "synthetic": "The generated H&E (RGB Image layer) to score.",
+    "real": "The real H&E it should match (RGB Image layer), placed over it in the viewer.",
+    "region": "Which part of the real layer to compare (only where the synthetic layer covers it).",
+    "shapes": "Shapes layer whose last rectangle bounds the region.",
+    "tile": "Side of the tiles the metrics are computed on (and of the SSIM heat-map cells), in real-layer px.",
+    "mask": "Compare only tissue pixels of the real layer (not background glass).",
+    "clip": "Optional CLIP model for PLIP-FID/-I/-T: a local folder or a hub id such as 'vinid/plip'. "
+    "Empty: pixel metrics only.",
+    "prompt": "The prompt the synthetic image was generated with (for PLIP-T).",
+    "toggle": "Show/hide the synthetic layer, to compare it with the real one underneath.",
+    "opacity": "Opacity of the synthetic layer.",
+}
+NO_LAYERS = "Choose a synthetic and a real H&E Image layer first."
+SAME_LAYER = "'{name}' is chosen as both synthetic and real H&E: pick two different layers."
+NOT_RGB = "'{name}' is not an 8-bit RGB image ({what}): the metrics compare RGB H&E on a 0–255 scale."
+NO_OVERLAP = ("'{syn}' and '{real}' do not overlap{where}: place them over each other (same scale and translate) "
+              "or pick another region.")
+RESAMPLED = "'{syn}' ({s} per px) was resampled onto the pixel grid of '{real}' ({r} per px) to compare them."
+SHIFTED = "'{syn}' is offset from '{real}' by a fraction of a pixel: it was resampled onto the grid of '{real}'."
+COMPARE_TOO_LARGE = ("The region is {h}×{w} px: too large to score here. Pick a smaller region, or run "
+             "`napari-crafts evaluate` on the files.")
+WIDGET_ADVICE = "give a local folder in 'CLIP model', or leave it empty for pixel metrics only"
+HEAT_NAME = "SSIM per tile · {name}"

@@ -24,33 +24,11 @@ from .. import plip as P
 from ..evaluate import EvalProgress, EvaluationError, ImageEvaluation, ResampledImage, iter_evaluate_images, load_scorer
 from ..generate import GenerationError, Region
 from ._regions import region_for
-from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE
+from ._text import (
+    COMPARE_TOO_LARGE, COMPARE_TOOLTIPS, HEAT_NAME, NO_LAYERS, NO_OVERLAP, NOT_RGB, REGION_SHAPES, REGION_VIEW,
+    REGION_WHOLE, RESAMPLED, SAME_LAYER, SHIFTED, WIDGET_ADVICE, WIDGET_REGION_LIMIT,
+)
 
-TOOLTIPS = {
-    "synthetic": "The generated H&E (RGB Image layer) to score.",
-    "real": "The real H&E it should match (RGB Image layer), placed over it in the viewer.",
-    "region": "Which part of the real layer to compare (only where the synthetic layer covers it).",
-    "shapes": "Shapes layer whose last rectangle bounds the region.",
-    "tile": "Side of the tiles the metrics are computed on (and of the SSIM heat-map cells), in real-layer px.",
-    "mask": "Compare only tissue pixels of the real layer (not background glass).",
-    "clip": "Optional CLIP model for PLIP-FID/-I/-T: a local folder or a hub id such as 'vinid/plip'. "
-    "Empty: pixel metrics only.",
-    "prompt": "The prompt the synthetic image was generated with (for PLIP-T).",
-    "toggle": "Show/hide the synthetic layer, to compare it with the real one underneath.",
-    "opacity": "Opacity of the synthetic layer.",
-}
-NO_LAYERS = "Choose a synthetic and a real H&E Image layer first."
-SAME_LAYER = "'{name}' is chosen as both synthetic and real H&E: pick two different layers."
-NOT_RGB = "'{name}' is not an 8-bit RGB image ({what}): the metrics compare RGB H&E on a 0–255 scale."
-NO_OVERLAP = ("'{syn}' and '{real}' do not overlap{where}: place them over each other (same scale and translate) "
-              "or pick another region.")
-RESAMPLED = "'{syn}' ({s} per px) was resampled onto the pixel grid of '{real}' ({r} per px) to compare them."
-SHIFTED = "'{syn}' is offset from '{real}' by a fraction of a pixel: it was resampled onto the grid of '{real}'."
-TOO_LARGE = ("The region is {h}×{w} px: too large to score here. Pick a smaller region, or run "
-             "`napari-crafts evaluate` on the files.")
-WIDGET_ADVICE = "give a local folder in 'CLIP model', or leave it empty for pixel metrics only"
-HEAT_NAME = "SSIM per tile · {name}"
-REGION_LIMIT = 8192 * 8192
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,26 +101,26 @@ class Compare(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._synthetic_layer = create_widget(annotation=napari.layers.Image, label="synthetic",
-                                              options={"tooltip": TOOLTIPS["synthetic"]})
+                                              options={"tooltip": COMPARE_TOOLTIPS["synthetic"]})
         self._real_layer = create_widget(annotation=napari.layers.Image, label="real H&E",
-                                         options={"tooltip": TOOLTIPS["real"]})
+                                         options={"tooltip": COMPARE_TOOLTIPS["real"]})
         self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
-                                    label="region", tooltip=TOOLTIPS["region"])
+                                    label="region", tooltip=COMPARE_TOOLTIPS["region"])
         self._shapes_layer = create_widget(annotation=napari.layers.Shapes, label="rectangle from",
-                                           options={"tooltip": TOOLTIPS["shapes"]})
+                                           options={"tooltip": COMPARE_TOOLTIPS["shapes"]})
         self._shapes_layer.visible = False
-        self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size", tooltip=TOOLTIPS["tile"])
-        self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=TOOLTIPS["mask"])
-        self._clip_box = LineEdit(value="", label="CLIP model", tooltip=TOOLTIPS["clip"])
-        self._prompt_box = LineEdit(value="", label="prompt", tooltip=TOOLTIPS["prompt"])
+        self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size", tooltip=COMPARE_TOOLTIPS["tile"])
+        self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=COMPARE_TOOLTIPS["mask"])
+        self._clip_box = LineEdit(value="", label="CLIP model", tooltip=COMPARE_TOOLTIPS["clip"])
+        self._prompt_box = LineEdit(value="", label="prompt", tooltip=COMPARE_TOOLTIPS["prompt"])
         self._compute_button = PushButton(text="Compute")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self._status = Label(value="")
         self._results = Label(value="", label="metrics")
-        self._toggle_button = PushButton(text="Toggle synthetic", tooltip=TOOLTIPS["toggle"])
+        self._toggle_button = PushButton(text="Toggle synthetic", tooltip=COMPARE_TOOLTIPS["toggle"])
         self._opacity_slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, label="synthetic opacity",
-                                           tooltip=TOOLTIPS["opacity"])
+                                           tooltip=COMPARE_TOOLTIPS["opacity"])
         super().__init__(widgets=[
             self._synthetic_layer, self._real_layer, self._region_box, self._shapes_layer, self._tile_box,
             self._mask_box, self._clip_box, self._prompt_box, self._compute_button, self._cancel_button,
@@ -204,8 +182,8 @@ class Compare(Container):
         real_plane, real_note = _rgb_plane(real, self._viewer)
         region = region_for(self._region_box.value, real, self._viewer, real_plane.shape[:2], self._shapes_layer.value)
         box = _overlap(synthetic, syn_plane.shape, real, region)
-        if box.height * box.width > REGION_LIMIT:
-            raise EvaluationError(TOO_LARGE.format(h=box.height, w=box.width))
+        if box.height * box.width > WIDGET_REGION_LIMIT:
+            raise EvaluationError(COMPARE_TOO_LARGE.format(h=box.height, w=box.width))
         generated, grid_note = _synthetic_on_grid(synthetic, syn_plane, real, box)
         y0, x0, y1, x1 = box.box
         return {
