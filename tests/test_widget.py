@@ -140,6 +140,12 @@ def test_bad_input_gets_a_message_and_loses_nothing(widget, qtbot, nuclei, messa
     assert any(expected in m for sev, m in messages if sev == "error"), messages
     assert [layer.name for layer in viewer.layers] == before  # no half-made output layer left behind
     assert not w.runner.running and w.runner.run_button.enabled
+    if setup == "pickle":  # the opt-in the message names works
+        w.controls._allow_pickle.value = True
+        w.controls._steps.value = 1
+        w.generate()
+        _wait(qtbot, w)
+        assert viewer.layers[-1].metadata["napari_crafts"]["synthetic"] is True
 
 
 def test_sample_data_opens_and_feeds_the_widget(make_napari_viewer):

@@ -169,12 +169,14 @@ class ModelInfo(Engine):
     hash (reading every weight file once) and a tokenizer.
     """
 
-    def __init__(self, model: str | Path, *, device: str | None = None) -> None:  # no Engine.__init__: no weights
+    def __init__(self, model: str | Path, *, device: str | None = None,  # no Engine.__init__: no weights
+                 allow_pickle: bool = False) -> None:
         from .tiny_model import TINY_MODEL_ID, ensure_tiny_model
 
         self.model_ref = str(model)
-        self.path = ensure_tiny_model() if self.model_ref == TINY_MODEL_ID else resolve_model(model)
-        self.allow_pickle = False
+        self.allow_pickle = allow_pickle
+        self.path = (ensure_tiny_model() if self.model_ref == TINY_MODEL_ID
+                     else resolve_model(model, allow_pickle=allow_pickle))
         self.card = ModelCard.read(self.path)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device)
@@ -208,8 +210,10 @@ class ModelPlugin(WorkerPlugin):
 
     name = "napari-crafts-model"
 
-    def __init__(self, model: str, device: str | None, threads: int, stores: tuple[str, ...]) -> None:
+    def __init__(self, model: str, device: str | None, threads: int, stores: tuple[str, ...],
+                 allow_pickle: bool = False) -> None:
         self.model, self.device, self.threads, self.stores = model, device, threads, stores
+        self.allow_pickle = allow_pickle
 
     async def setup(self, worker: Any) -> None:
         from . import export
@@ -218,6 +222,7 @@ class ModelPlugin(WorkerPlugin):
             export.forget_cached(store)
         clear_cache()
         _WORKER["device"] = _worker_device(self.device, worker.name)
+        _WORKER["allow_pickle"] = self.allow_pickle
         await asyncio.to_thread(_engine, self.model, self.device, self.threads)  # keep the event loop free
 
 
@@ -237,7 +242,7 @@ def _engine(model: str, device: str | None, threads: int) -> Any:
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return get_engine(model, device=_WORKER.get("device", device))
+    return get_engine(model, device=_WORKER.get("device", device), allow_pickle=_WORKER.get("allow_pickle", False))
 
 
 def _scan_task(source: Any, plan: Plan, rows: list[int]) -> np.ndarray:
@@ -357,7 +362,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    n_workers: int | None = None, threads_per_worker: int = 1, device: str | None = None,
                    chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
                    progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
-                   cancel: threading.Event | None = None) -> Path:
+                   cancel: threading.Event | None = None, allow_pickle: bool = False) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
     ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels").
@@ -377,7 +382,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         raise ValueError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
     # 1. Open the source and read the model's metadata (errors here cost seconds, not a cluster start).
     source = open_source(source_path, mpp=mpp, kind=kind)
-    info = ModelInfo(model, device=device)
+    info = ModelInfo(model, device=device, allow_pickle=allow_pickle)
     plan = plan_region(source, Region(0, 0, *source.shape), info, settings)
     # 2. Create the output, or reopen it after export has checked it was made with these settings.
     provenance = _provenance(source, plan, info, settings, threads_per_worker, mpp_given=mpp is not None)
@@ -398,7 +403,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             workers = n_workers or default_workers(info, device, threads_per_worker)
             with _connect(scheduler_address, workers, say) as client:
                 stores = (str(out), str(out / TILE_STORE))
-                client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores))
+                client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores, allow_pickle))
                 job = _Job(client, writer, source, plan, settings, (str(info.path), device, threads_per_worker),
                            provenance, say)
                 try:
@@ -597,6 +602,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="diffusers folder or hub id of the CRAFTS model ('tiny-demo': tiny random test model)")
     parser.add_argument("--controlnet", default=None, help="ControlNet folder or hub id (default: the model's own)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
     parser.add_argument("--prompt", default=CRAFTS_MASK_PROMPT, help="text prompt (default: the CRAFTS prompt)")
     parser.add_argument("--negative-prompt", default=d.negative_prompt)
     parser.add_argument("--seed", type=int, default=d.seed, help=f"global seed (default {d.seed})")
@@ -635,7 +642,7 @@ def main(args: argparse.Namespace) -> int:
             args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
             scheduler_address=args.scheduler_address, n_workers=args.workers,
             threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
-            overwrite=args.overwrite, tiff=args.tiff,
+            overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
         )
         border, interior = sample_seam_score(out)
     except (ValueError, OSError, RuntimeError, GenerationError, Cancelled) as err:  # SlideError, ModelLoadError…

@@ -40,7 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
     _, labels = load_nuclei()
     labels = labels[: args.size, : args.size]
     print(f"model: {args.model} (loading…)", flush=True)
-    engine = get_engine(args.model, device=args.device)
+    engine = get_engine(args.model, device=args.device, allow_pickle=args.allow_pickle)
     source = LabelsSource(labels, name="nuclei labels (DSB 2018)", mpp=args.mpp)
     settings = GenerationSettings(
         prompt=args.prompt, seed=args.seed, steps=args.steps, tile_size=args.tile_size, overlap=args.overlap,
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=512, help="side of the labels crop to render (≤ 512)")
     demo.add_argument("--mpp", type=float, default=0.25, help="pixel size assumed for the labels (µm/px)")
     demo.add_argument("--device", default=None)
+    demo.add_argument("--allow-pickle", action="store_true",
+                      help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
     demo.add_argument("--verbose", action="store_true")
     demo.set_defaults(func=_demo)
 

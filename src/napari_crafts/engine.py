@@ -115,8 +115,8 @@ def check_weights_format(path: Path, *, allow_pickle: bool) -> None:
         if pickles and not allow_pickle:
             raise PickleRefused(
                 f"{folder} holds only pickle weights ({', '.join(sorted(pickles))}); pickle files can run code "
-                "when loaded. Convert them to safetensors, or opt in with --allow-pickle "
-                "(allow_pickle=True) if you trust their source."
+                "when loaded. Convert them to safetensors, or, if you trust their source, opt in: --allow-pickle, "
+                "allow_pickle=True, or 'allow pickle weights' in the widget."
             )
         if not pickles and folder.name in WEIGHT_COMPONENTS:
             raise ModelLoadError(f"{folder} has no weights (no .safetensors file).")

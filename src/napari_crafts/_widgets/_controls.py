@@ -6,7 +6,7 @@ from collections.abc import Generator
 from typing import Any
 
 import napari
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
 
 from ..engine import SCHEDULERS
 from ..generate import GenerationError, GenerationSettings, Region, generate_region
@@ -41,8 +41,10 @@ class GenerationControls(Container):
         self._batch = spin("batch", 1, 1, 64, key="batch_size")
         self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
                                 tooltip=TOOLTIPS["device"])
+        self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])
         widgets = [self._model, self._controlnet, self._prompt, self._negative, self._seed, self._steps, self._cfg,
-                   self._scheduler, self._cfg_cutoff, self._tile, self._overlap, self._batch, self._device]
+                   self._scheduler, self._cfg_cutoff, self._tile, self._overlap, self._batch, self._device,
+                   self._allow_pickle]
         if not controlnet:
             widgets.remove(self._controlnet)
         super().__init__(widgets=widgets, labels=True)
@@ -60,7 +62,7 @@ class GenerationControls(Container):
         if not model:
             raise GenerationError("Give a model: a diffusers folder, a hub id, or 'tiny-demo' to try the plugin.")
         device = None if self._device.value == "auto" else self._device.value
-        return {"model": model, "device": device}
+        return {"model": model, "device": device, "allow_pickle": bool(self._allow_pickle.value)}
 
 
 class RegionControls(Container):
@@ -95,7 +97,8 @@ def engine_job(engine_args: dict[str, Any], make_job: Any) -> Generator[Any, Non
     """A generator that loads (or reuses) the engine inside the worker, then runs ``make_job(engine)``."""
     from ..engine import get_engine
 
-    engine = get_engine(engine_args["model"], device=engine_args.get("device"))
+    engine = get_engine(engine_args["model"], device=engine_args.get("device"),
+                        allow_pickle=engine_args.get("allow_pickle", False))
     return (yield from make_job(engine))
 
 

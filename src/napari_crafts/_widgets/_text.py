@@ -21,6 +21,8 @@ TOOLTIPS = {
     "shapes": "Shapes layer whose last rectangle bounds the region.",
     "mpp": "Pixel size of the labels in µm/px (0 = unknown: the model's own pixel size is assumed).",
     "device": "Where the model runs: auto picks cuda, then mps, then cpu.",
+    "allow_pickle": "Also load .bin/.ckpt (pickle) weights. Pickle files can run code when loaded: only for "
+    "models from a source you trust. Off: safetensors only.",
     "channels": "Fluorescence channels: several single-channel layers, or one layer with a channel axis.",
     "channel_axis": "Axis of the channel dimension when one layer holds all channels.",
     "roles": "What the channel shows; 'other' channels are not given to the model. Guessed from the name.",

@@ -81,7 +81,8 @@ class LabelsToHE(Container):
         source_path = _as_file(layer, plane, region, Path(out).with_suffix(".labels.tif"), self.where.mpp)
         settings, engine_args = self.controls.settings(), self.controls.engine_args()
         kwargs = dict(model=engine_args["model"], device=engine_args["device"], settings=settings,
-                      mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value))
+                      mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value),
+                      allow_pickle=engine_args["allow_pickle"])
         if engine_args["model"] == TINY_MODEL_ID:
             kwargs["model"] = str(ensure_tiny_model())
 
