@@ -44,11 +44,10 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .engine import SCHEDULERS, Engine, get_engine, pick_device, pick_dtype, resolve_model
 from .export import OmeZarrWriter, create_ome_zarr, ome_zarr_to_tiff, open_ome_zarr
 from .generate import (
-    BatchProgress,
+    BatchProgress, region_notes, region_provenance,
     BACKGROUND_RGB, GenerationError, GenerationSettings, Plan, Region, plan_region, render_tiles_adaptive, run,
 )
 from .model_card import CRAFTS_MASK_PROMPT, ModelCard
-from .provenance import make_provenance
 from .slide import KINDS, SlideRef, clear_cache, open_slide
 from .sources import FluorescenceSource, LabelsSource
 from .tiling import Stitcher, TileGrid, seam_score
@@ -430,20 +429,11 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
 def _provenance(source: Any, plan: Plan, info: ModelInfo, settings: GenerationSettings, threads: int, *,
                 mpp_given: bool) -> dict[str, Any]:
     """The record generate_region writes, plus where the source file is; resuming must reproduce it."""
-    grid = plan.grid
-    notes = list(plan.notes)
-    if cut := info.truncated_tokens(settings.prompt):
-        notes.append(f"The prompt is longer than CLIP's 77 tokens; cut: '{' '.join(cut)}'.")
-    record = {**settings.record(), "tile_size_source_px": grid.tile, "overlap_source_px": grid.overlap,
-              "model_tile_px": plan.model_tile, "scale_factor": plan.factor, "tiles": len(grid),
-              "background_rgb": list(BACKGROUND_RGB)}
-    if info.device == "cpu":  # CPU pixels depend (in the last bit) on the thread count: a resume must keep it
-        record["torch_threads_per_worker"] = threads
-    return make_provenance(
-        mode=source.mode, model=info.describe(settings.controlnet, source.mode), settings=record,
-        source={**source.describe(), "path": source.data.ref.path, "level": 0,
-                "mpp_from": "--mpp" if mpp_given else "file"},
-        region={"y": 0, "x": 0, "height": grid.height, "width": grid.width}, notes=notes,
+    extra = {"torch_threads_per_worker": threads} if info.device == "cpu" else {}
+    # CPU pixels depend (in the last bit) on the thread count: a resume must keep it
+    return region_provenance(
+        info, source, plan, settings, region_notes(info, plan, settings), settings_extra=extra,
+        source_extra={"path": source.data.ref.path, "level": 0, "mpp_from": "--mpp" if mpp_given else "file"},
     )
 
 

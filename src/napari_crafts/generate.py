@@ -21,7 +21,7 @@ import numpy as np
 from .model_card import CRAFTS_MASK_PROMPT
 from .provenance import make_provenance
 from .sources import ControlSource, resize
-from .tiling import Stitcher, Tile, TileGrid, noise_field, tile_seed
+from .tiling import Stitcher, Tile, TileGrid, noise_field
 
 #: RGB given to tiles with no nuclei at all (glass), which are not sent to the model.
 BACKGROUND_RGB = (240, 240, 240)
@@ -96,10 +96,6 @@ class Plan:
         """The tile's origin on the slide-wide latent grid (where its noise is cut from)."""
         f, v = self.factor, self.vae_scale_factor
         return round((self.region.y + tile.y) * f / v), round((self.region.x + tile.x) * f / v)
-
-    def seed(self, settings: GenerationSettings, tile: Tile) -> int:
-        """The tile's own seed, derived from the global seed and its slide coordinates (recorded, for reference)."""
-        return tile_seed(settings.seed, self.region.y + tile.y, self.region.x + tile.x)
 
 
 def plan_region(source: ControlSource | None, region: Region, engine: Any, settings: GenerationSettings,
@@ -252,10 +248,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
     }
     if source is not None and len(empty) == len(grid):
         raise GenerationError(EMPTY_MESSAGES.get(source.mode, "'{name}' is empty in this region.").format(name=source.name))
-    notes = list(plan.notes)
-    cut = engine.truncated_tokens(settings.prompt)
-    if cut:
-        notes.append(f"The prompt is longer than CLIP's 77 tokens; cut: '{' '.join(cut)}'.")
+    notes = region_notes(engine, plan, settings)
     stitcher = Stitcher(region.height, region.width)
     todo: list[Tile] = []
     done = skipped = 0
@@ -281,17 +274,33 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
             box = stitcher.add(tile.y, tile.x, image, grid.weights(tile))
             done += 1
             yield TileDone(done, n, box, stitcher.read(*box))
-    prov = make_provenance(
+    prov = region_provenance(engine, source, plan, settings, notes, settings_extra={"tiles_skipped_empty": skipped})
+    return RegionResult(stitcher.read(0, 0, region.height, region.width), prov, n - skipped, skipped, notes)
+
+
+def region_notes(engine: Any, plan: Plan, settings: GenerationSettings) -> list[str]:
+    """What the user should be told about a run: the plan's notes, and what CLIP cut from the prompt."""
+    notes = list(plan.notes)
+    if cut := engine.truncated_tokens(settings.prompt):
+        notes.append(f"The prompt is longer than CLIP's 77 tokens; cut: '{' '.join(cut)}'.")
+    return notes
+
+
+def region_provenance(engine: Any, source: ControlSource | None, plan: Plan, settings: GenerationSettings,
+                      notes: list[str], *, settings_extra: dict[str, Any] | None = None,
+                      source_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance record of a region run (in memory or on a cluster: the same record)."""
+    grid, region = plan.grid, plan.region
+    return make_provenance(
         mode=source.mode if source is not None else "prompt",
         model=engine.describe(settings.controlnet, source.mode if source is not None else None),
         settings={**settings.record(), "tile_size_source_px": grid.tile, "overlap_source_px": grid.overlap,
-                  "model_tile_px": plan.model_tile, "scale_factor": plan.factor,
-                  "tiles": n, "tiles_skipped_empty": skipped, "background_rgb": list(BACKGROUND_RGB)},
-        source=source.describe() if source is not None else {},
+                  "model_tile_px": plan.model_tile, "scale_factor": plan.factor, "tiles": len(grid),
+                  "background_rgb": list(BACKGROUND_RGB), **(settings_extra or {})},
+        source={**(source.describe() if source is not None else {}), **(source_extra or {})},
         region={"y": region.y, "x": region.x, "height": region.height, "width": region.width},
         notes=notes,
     )
-    return RegionResult(stitcher.read(0, 0, region.height, region.width), prov, n - skipped, skipped, notes)
 
 
 def run(gen: Generator[Any, None, Any], on_event: Any = None) -> Any:
