@@ -262,11 +262,13 @@ def test_cli_generates_and_reports_seam_score(labels: np.ndarray, tmp_path: Path
     out = tmp_path / "small.ome.zarr"
     code, stdout, err = cli([str(src), str(out), "--model", str(tiny_model), "--mpp", "0.25", "--steps", "2",
                              "--tile-size", "64", "--overlap", "16", "--seed", "3", "--chunk", "64",
-                             "--scheduler-address", inproc], capsys)
+                             "--scheduler-address", inproc, "--cache-interval", "2", "--cfg-cutoff", "0.5"], capsys)
     assert code == 0, err
     assert "seam score" in stdout and f"synthetic H&E: {out}" in stdout
     prov = read_provenance(out)
     assert prov["complete"] and prov["seed"] == 3 and prov["source"]["mpp_from"] == "--mpp"
+    assert prov["exact"] is False and prov["cache_interval"] == 2 and prov["cfg_cutoff"] == 0.5
+    assert "full UNet every 2 steps" in prov["approximation"] and "50%" in prov["approximation"]
     border, interior = sample_seam_score(out)
     assert border < 1.2 * interior  # seam-free blending (tiny model ≈ 1)
 

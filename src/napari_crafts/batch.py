@@ -600,7 +600,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps (default {d.steps})")
     parser.add_argument("--guidance", type=float, default=d.guidance_scale,
                         help=f"classifier-free guidance scale (default {d.guidance_scale})")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                        help="'default' = the model's own (exact); others for fewer steps (approximate)")
+    parser.add_argument("--cfg-cutoff", type=float, default=d.cfg_cutoff, metavar="FRACTION",
+                        help="guidance only for this fraction of the steps (default 1 = exact; less is approximate)")
+    parser.add_argument("--cache-interval", type=int, default=d.cache_interval, metavar="N",
+                        help="full UNet every N steps, its shallow branch between (default 1 = exact; "
+                        "2-5 is faster and approximate)")
     parser.add_argument("--tile-size", type=int, default=d.tile_size, help=f"tile side in model px ({d.tile_size})")
     parser.add_argument("--overlap", type=int, default=d.overlap, help=f"tile overlap in model px ({d.overlap})")
     parser.add_argument("--batch", type=int, default=d.batch_size, help="tiles per model call")
@@ -625,7 +631,8 @@ def main(args: argparse.Namespace) -> int:
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
         guidance_scale=args.guidance, scheduler=args.scheduler, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch, controlnet=args.controlnet,
+        batch_size=args.batch, controlnet=args.controlnet, cfg_cutoff=args.cfg_cutoff,
+        cache_interval=args.cache_interval,
     )
     try:
         out = generate_slide(

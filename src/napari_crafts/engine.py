@@ -9,6 +9,7 @@ numbered steps so that we control the starting noise, batching and the text-embe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Generator
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .deepcache import FeatureCache, check_supported, full_step_indices, shallow_controlnet, shallow_unet, skip_count
 from .model_card import ModelCard
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -300,6 +302,7 @@ class Engine:
         scheduler: str = "default",
         mode: str = "labels",
         cfg_cutoff: float = 1.0,
+        cache_interval: int = 1,
     ) -> Generator[Step, None, np.ndarray]:
         """Denoise a batch; yields a Step after each step; returns RGB uint8 images (B, H, W, 3).
 
@@ -307,6 +310,8 @@ class Engine:
         uint8 is the control image, or None for prompt-only generation (no ControlNet); ``mode`` picks the
         ControlNet when ``controlnet`` is not given. ``cfg_cutoff`` < 1 (approximate) stops classifier-free
         guidance after that fraction of the steps: the unconditional half of the batch is no longer computed.
+        ``cache_interval`` N > 1 (approximate, see ``deepcache``) runs the full UNet every N-th step and only its
+        shallow branch, on the deep feature kept from the last full step, in between.
         """
         torch = self._torch
         # 1. Check inputs.
@@ -335,30 +340,41 @@ class Engine:
         latents = torch.from_numpy(noise).to(self.device, self.dtype) * sched.init_noise_sigma
         # 5. Denoise, one yield per step.
         guided_steps = round(cfg_cutoff * len(sched.timesteps)) if cfg else 0
-        for i, t in enumerate(sched.timesteps):
-            if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
-                cfg, embeds = False, embeds[b:]
-                cond_image = cond_image[b:] if cond_image is not None else None
-            latents = self._step(sched, t, latents, embeds, net, cond_image, controlnet_scale, guidance_scale, cfg)
-            yield Step(i + 1, len(sched.timesteps))
+        full_steps = full_step_indices(len(sched.timesteps), cache_interval)
+        if cache_interval > 1:
+            check_supported(self.unet, net)
+        with FeatureCache(self.unet) if cache_interval > 1 else contextlib.nullcontext() as cache:
+            for i, t in enumerate(sched.timesteps):
+                if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
+                    cfg, embeds = False, embeds[b:]
+                    cond_image = cond_image[b:] if cond_image is not None else None
+                latents = self._step(sched, t, latents, embeds, net, cond_image, controlnet_scale, guidance_scale,
+                                     cfg, None if i in full_steps else cache)
+                yield Step(i + 1, len(sched.timesteps))
         # 6. Decode.
         return self._decode(latents)
 
-    def _step(self, sched, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg):  # type: ignore[no-untyped-def]
+    def _step(self, sched, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache):  # type: ignore[no-untyped-def]
+        """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` only their shallow branch."""
         torch = self._torch
         with torch.inference_mode():
             x = torch.cat([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, t)
-            down = mid = None
-            if net is not None:
-                down, mid = net(
-                    x, t, encoder_hidden_states=embeds, controlnet_cond=cond_image,
-                    conditioning_scale=cn_scale, return_dict=False,
-                )
-            eps = self.unet(
-                x, t, encoder_hidden_states=embeds,
-                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
-            )[0]
+            if cache is not None:
+                down = None if net is None else shallow_controlnet(
+                    net, x, t, embeds, cond_image, cn_scale, skip_count(self.unet))
+                eps = shallow_unet(self.unet, cache, x, t, embeds, down)
+            else:
+                down = mid = None
+                if net is not None:
+                    down, mid = net(
+                        x, t, encoder_hidden_states=embeds, controlnet_cond=cond_image,
+                        conditioning_scale=cn_scale, return_dict=False,
+                    )
+                eps = self.unet(
+                    x, t, encoder_hidden_states=embeds,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+                )[0]
             if cfg:
                 eps_uncond, eps_text = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_text - eps_uncond)

@@ -55,16 +55,24 @@ class GenerationSettings:
     skip_empty: bool = True
     controlnet: str | None = None
     cfg_cutoff: float = 1.0  # < 1: no guidance after this fraction of the steps (approximate, faster)
+    cache_interval: int = 1  # > 1: full UNet every N steps, shallow branch between (approximate, faster)
 
     @property
     def exact(self) -> bool:
         """True when this is the model's own 50-step-style math; False for the fast, approximate modes."""
-        return self.scheduler == "default" and self.cfg_cutoff >= 1.0
+        return self.scheduler == "default" and self.cfg_cutoff >= 1.0 and self.cache_interval <= 1
 
     def record(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "exact": self.exact,
-                "approximation": None if self.exact else "approximate (fast mode): scheduler "
-                f"'{self.scheduler}', CFG for the first {self.cfg_cutoff:.0%} of the steps"}
+        return {**dataclasses.asdict(self), "exact": self.exact, "approximation": self.approximation}
+
+    @property
+    def approximation(self) -> str | None:
+        """What makes these settings approximate, in words (None when exact)."""
+        if self.exact:
+            return None
+        reuse = f", full UNet every {self.cache_interval} steps (feature reuse)" if self.cache_interval > 1 else ""
+        return (f"approximate (fast mode): scheduler '{self.scheduler}', CFG for the first {self.cfg_cutoff:.0%} "
+                f"of the steps{reuse}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,7 @@ def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: l
         guidance_scale=settings.guidance_scale, controlnet=settings.controlnet,
         controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
         mode=source.mode if source is not None else "prompt", cfg_cutoff=settings.cfg_cutoff,
+        cache_interval=settings.cache_interval,
     )
     return [resize(img, plan.grid.tile) for img in images]
 

@@ -36,6 +36,7 @@ class GenerationControls(Container):
         self._cfg = spin("guidance (CFG)", 7.5, 1.0, 30.0, 0.5, key="guidance_scale")
         self._scheduler = ComboBox(choices=SCHEDULERS, value="default", label="scheduler", tooltip=TOOLTIPS["scheduler"])
         self._cfg_cutoff = spin("CFG for first (fraction)", 1.0, 0.0, 1.0, 0.05, key="cfg_cutoff")
+        self._cache_interval = spin("full UNet every N steps", 1, 1, 10, key="cache_interval")
         self._tile = spin("tile size", 512, 64, 2048, 64, key="tile_size")
         self._overlap = spin("overlap", 64, 0, 512, 8, key="overlap")
         self._batch = spin("batch", 1, 1, 64, key="batch_size")
@@ -43,7 +44,7 @@ class GenerationControls(Container):
                                 tooltip=TOOLTIPS["device"])
         self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])
         widgets = [self._model, self._controlnet, self._prompt, self._negative, self._seed, self._steps, self._cfg,
-                   self._scheduler, self._cfg_cutoff, self._tile, self._overlap, self._batch, self._device,
+                   self._scheduler, self._cfg_cutoff, self._cache_interval, self._tile, self._overlap, self._batch, self._device,
                    self._allow_pickle]
         if not controlnet:
             widgets.remove(self._controlnet)
@@ -55,6 +56,7 @@ class GenerationControls(Container):
             steps=int(self._steps.value), guidance_scale=float(self._cfg.value), scheduler=self._scheduler.value,
             tile_size=int(self._tile.value), overlap=int(self._overlap.value), batch_size=int(self._batch.value),
             controlnet=self._controlnet.value.strip() or None, cfg_cutoff=float(self._cfg_cutoff.value),
+            cache_interval=int(self._cache_interval.value),
         )
 
     def engine_args(self) -> dict[str, Any]:

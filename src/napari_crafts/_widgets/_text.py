@@ -17,6 +17,9 @@ TOOLTIPS = {
     "approximate, and recorded as such in the provenance).",
     "cfg_cutoff": "1 = guidance on every step (exact). Below 1: guidance stops after that fraction of the steps, "
     "which skips half the work for the rest (fast mode: approximate, recorded in the provenance).",
+    "cache_interval": "1 = the full network on every step (exact). N > 1: the full UNet every N steps and only its "
+    "shallow layers in between, reusing the deep features (DeepCache; fast mode: approximate, recorded in the "
+    "provenance).",
     "region": "Which part of the labels to render.",
     "shapes": "Shapes layer whose last rectangle bounds the region.",
     "mpp": "Pixel size of the labels in µm/px (0 = unknown: the model's own pixel size is assumed).",
@@ -50,6 +53,9 @@ TOO_LARGE = (
 COMPARE_TOOLTIPS = {
     "synthetic": "The generated H&E (RGB Image layer) to score.",
     "real": "The real H&E it should match (RGB Image layer), placed over it in the viewer.",
+    "cache_interval": "1 = the full network on every step (exact). N > 1: the full UNet every N steps and only its "
+    "shallow layers in between, reusing the deep features (DeepCache; fast mode: approximate, recorded in the "
+    "provenance).",
     "region": "Which part of the real layer to compare (only where the synthetic layer covers it).",
     "shapes": "Shapes layer whose last rectangle bounds the region.",
     "tile": "Side of the tiles the metrics are computed on (and of the SSIM heat-map cells), in real-layer px.",
