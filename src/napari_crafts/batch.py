@@ -169,11 +169,12 @@ class ModelInfo(Engine):
     """
 
     def __init__(self, model: str | Path, *, device: str | None = None,  # no Engine.__init__: no weights
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, channels_last: bool = False, compile: bool = False) -> None:
         from .tiny_model import TINY_MODEL_ID, ensure_tiny_model
 
         self.model_ref = str(model)
         self.allow_pickle = allow_pickle
+        self.channels_last, self.compile = channels_last, compile
         self.path = (ensure_tiny_model() if self.model_ref == TINY_MODEL_ID
                      else resolve_model(model, allow_pickle=allow_pickle))
         self.card = ModelCard.read(self.path)
@@ -198,6 +199,7 @@ class ModelInfo(Engine):
 
 # --------------------------------------------------------------------------------------------- workers
 
+AUTO_TASK_TILES = 8  # tiles per render task when the batch size is auto
 _WORKER: dict[str, Any] = {}  # per worker process: the device the plugin chose
 
 
@@ -210,9 +212,10 @@ class ModelPlugin(WorkerPlugin):
     name = "napari-crafts-model"
 
     def __init__(self, model: str, device: str | None, threads: int, stores: tuple[str, ...],
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, options: dict[str, Any] | None = None) -> None:
         self.model, self.device, self.threads, self.stores = model, device, threads, stores
         self.allow_pickle = allow_pickle
+        self.options = options or {}  # Engine.options: channels_last, compile
 
     async def setup(self, worker: Any) -> None:
         from . import export
@@ -222,6 +225,7 @@ class ModelPlugin(WorkerPlugin):
         clear_cache()
         _WORKER["device"] = _worker_device(self.device, worker.name)
         _WORKER["allow_pickle"] = self.allow_pickle
+        _WORKER["options"] = self.options
         await asyncio.to_thread(_engine, self.model, self.device, self.threads)  # keep the event loop free
 
 
@@ -241,7 +245,8 @@ def _engine(model: str, device: str | None, threads: int) -> Any:
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return get_engine(model, device=_WORKER.get("device", device), allow_pickle=_WORKER.get("allow_pickle", False))
+    return get_engine(model, device=_WORKER.get("device", device), allow_pickle=_WORKER.get("allow_pickle", False),
+                      **_WORKER.get("options", {}))
 
 
 def _scan_task(source: Any, plan: Plan, rows: list[int]) -> np.ndarray:
@@ -361,7 +366,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    n_workers: int | None = None, threads_per_worker: int = 1, device: str | None = None,
                    chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
                    progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
-                   cancel: threading.Event | None = None, allow_pickle: bool = False) -> Path:
+                   cancel: threading.Event | None = None, allow_pickle: bool = False,
+                   channels_last: bool = False, compile: bool = False) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
     ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels").
@@ -370,7 +376,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     ``threads_per_worker`` torch threads. ``resume`` continues an interrupted run (same settings, checked);
     ``overwrite`` replaces an existing output. ``tiff`` also writes a pyramidal OME-TIFF there at the end.
     ``on_progress(what, done, total)`` hears of finished "tiles" and "chunks"; setting ``cancel`` stops the run
-    at the next finished task (raising ``Cancelled``; resume later with ``resume=True``).
+    at the next finished task (raising ``Cancelled``; resume later with ``resume=True``). ``channels_last`` and
+    ``compile`` are the workers' ``Engine`` options (speed, not maths).
     """
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
@@ -381,7 +388,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         raise ValueError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
     # 1. Open the source and read the model's metadata (errors here cost seconds, not a cluster start).
     source = open_source(source_path, mpp=mpp, kind=kind)
-    info = ModelInfo(model, device=device, allow_pickle=allow_pickle)
+    info = ModelInfo(model, device=device, allow_pickle=allow_pickle, channels_last=channels_last, compile=compile)
     plan = plan_region(source, Region(0, 0, *source.shape), info, settings)
     # 2. Create the output, or reopen it after export has checked it was made with these settings.
     provenance = _provenance(source, plan, info, settings, threads_per_worker, mpp_given=mpp is not None)
@@ -402,7 +409,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             workers = n_workers or default_workers(info, device, threads_per_worker)
             with _connect(scheduler_address, workers, say) as client:
                 stores = (str(out), str(out / TILE_STORE))
-                client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores, allow_pickle))
+                client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores, allow_pickle,
+                                                   info.options))
                 job = _Job(client, writer, source, plan, settings, (str(info.path), device, threads_per_worker),
                            provenance, say)
                 try:
@@ -479,7 +487,9 @@ class _Job:
         # Batches are cut from all non-empty tiles in grid order, as generate_region cuts them, whatever is
         # left to do: a tile is always rendered beside the same neighbours, so resuming cannot change it.
         full = [(t.row, t.col) for t in grid.tiles if not empty[t.row, t.col]]
-        b = max(1, self.settings.batch_size)
+        # With batch size 0 (auto) a task takes AUTO_TASK_TILES tiles and its worker splits them by what fits
+        # in its GPU's free memory (one at a time on CPU).
+        b = self.settings.batch_size or AUTO_TASK_TILES
         batches = [batch for i in range(0, len(full), b) if needed & set(batch := full[i : i + b])]
         render = partial(_render_task, *self.engine_args, self.source, wire, self.settings, store)
         rendering: dict[tuple[int, int], Any] = {}
@@ -609,7 +619,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "2-5 is faster and approximate)")
     parser.add_argument("--tile-size", type=int, default=d.tile_size, help=f"tile side in model px ({d.tile_size})")
     parser.add_argument("--overlap", type=int, default=d.overlap, help=f"tile overlap in model px ({d.overlap})")
-    parser.add_argument("--batch", type=int, default=d.batch_size, help="tiles per model call")
+    parser.add_argument("--batch", type=int, default=d.batch_size,
+                        help="tiles per model call (default 0 = auto: as many as fit in free GPU memory; 1 on CPU)")
     parser.add_argument("--mpp", type=float, default=None, help="source pixel size in µm/px (overrides the file's)")
     parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
                         help="read the source as labels or channels (default: from the file)")
@@ -619,6 +630,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="torch threads per worker (keep it when resuming: CPU results depend on it)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: one GPU per worker)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the networks in channels-last memory layout (a GPU speed-up; same maths)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and ControlNet (pays off on long GPU runs; slow first tile)")
     parser.add_argument("--chunk", type=int, default=512, help="OME-Zarr chunk side in px (default 512)")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run (same settings)")
@@ -640,6 +655,7 @@ def main(args: argparse.Namespace) -> int:
             scheduler_address=args.scheduler_address, n_workers=args.workers,
             threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
             overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
+            channels_last=args.channels_last, compile=args.compile,
         )
         border, interior = sample_seam_score(out)
     except (ValueError, OSError, RuntimeError, GenerationError, Cancelled) as err:  # SlideError, ModelLoadError…

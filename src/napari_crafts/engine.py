@@ -160,6 +160,8 @@ class Engine:
         device: str | None = None,
         dtype: str | None = None,
         allow_pickle: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -182,12 +184,30 @@ class Engine:
             self.scheduler_config = _read_scheduler_config(self.path)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"Could not load the base model from {self.path}: {exc}") from None
-        for module in (self.unet, self.vae, self.text_encoder):
-            module.to(self.device).eval().requires_grad_(False)
+        self._torch = torch
+        self.channels_last, self.compile = channels_last, compile
+        self.text_encoder.to(self.device).eval().requires_grad_(False)
+        self.vae = self._prepare(self.vae, compile_it=False)
+        self.unet = self._prepare(self.unet)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._controlnets: dict[Path, Any] = {}
         self._prompt_cache: dict[tuple[str, str], Any] = {}
-        self._torch = torch
+        self._tile_bytes: dict[tuple[int, bool, bool], int] = {}
+
+    def _prepare(self, module: Any, compile_it: bool = True) -> Any:
+        """On the device, in eval mode, frozen; channels-last and compiled when asked (exact-mode speed-ups)."""
+        module = module.to(self.device).eval().requires_grad_(False)
+        if self.channels_last:
+            module = module.to(memory_format=self._torch.channels_last)
+        if self.compile and compile_it:
+            # compiled: the full forward (the shallow branch of feature reuse runs the eager submodules)
+            module.forward = self._torch.compile(module.forward, dynamic=False)
+        return module
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """How the networks run (not what they compute): recorded in provenance, part of the engine cache key."""
+        return {"channels_last": self.channels_last, "compile": self.compile}
 
     # -- models ---------------------------------------------------------------------------------------------
     @property
@@ -225,7 +245,7 @@ class Engine:
                 )
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"Could not load the ControlNet from {path}: {exc}") from None
-            self._controlnets[path] = net.to(self.device).eval().requires_grad_(False)
+            self._controlnets[path] = self._prepare(net)
         return self._controlnets[path]
 
     @cached_property
@@ -243,6 +263,7 @@ class Engine:
             "tiny_random_model": self.card.tiny,
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
+            **self.options,
         }
         if mode is not None:
             cn = self.controlnet_path(controlnet, mode)
@@ -337,6 +358,9 @@ class Engine:
         # 4. Prepare the latents.
         sched = self.make_scheduler(scheduler)
         sched.set_timesteps(steps, device=self.device)
+        # the nets take each timestep as a device tensor, the scheduler as a Python number: indexing its
+        # host-side tables with a GPU tensor would make the GPU wait (a sync per step); one sync here instead
+        timesteps, step_numbers = sched.timesteps, sched.timesteps.tolist()
         latents = torch.from_numpy(noise).to(self.device, self.dtype) * sched.init_noise_sigma
         # 5. Denoise, one yield per step.
         guided_steps = round(cfg_cutoff * len(sched.timesteps)) if cfg else 0
@@ -344,22 +368,25 @@ class Engine:
         if cache_interval > 1:
             check_supported(self.unet, net)
         with FeatureCache(self.unet) if cache_interval > 1 else contextlib.nullcontext() as cache:
-            for i, t in enumerate(sched.timesteps):
+            for i, t in enumerate(step_numbers):
                 if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
                     cfg, embeds = False, embeds[b:]
                     cond_image = cond_image[b:] if cond_image is not None else None
-                latents = self._step(sched, t, latents, embeds, net, cond_image, controlnet_scale, guidance_scale,
-                                     cfg, None if i in full_steps else cache)
-                yield Step(i + 1, len(sched.timesteps))
+                latents = self._step(sched, t, timesteps[i], latents, embeds, net, cond_image, controlnet_scale,
+                                     guidance_scale, cfg, None if i in full_steps else cache)
+                yield Step(i + 1, len(step_numbers))
         # 6. Decode.
         return self._decode(latents)
 
-    def _step(self, sched, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache):  # type: ignore[no-untyped-def]
-        """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` only their shallow branch."""
+    def _step(self, sched, step_t, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache):  # type: ignore[no-untyped-def]
+        """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` only their shallow branch.
+
+        ``step_t`` is the timestep as a number (for the scheduler), ``t`` the same on the device (for the nets).
+        """
         torch = self._torch
         with torch.inference_mode():
             x = torch.cat([latents, latents]) if cfg else latents
-            x = sched.scale_model_input(x, t)
+            x = sched.scale_model_input(x, step_t)
             if cache is not None:
                 down = None if net is None else shallow_controlnet(
                     net, x, t, embeds, cond_image, cn_scale, skip_count(self.unet))
@@ -378,15 +405,76 @@ class Engine:
             if cfg:
                 eps_uncond, eps_text = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_text - eps_uncond)
-            return sched.step(eps, t, latents, return_dict=False)[0]
+            return sched.step(eps, step_t, latents, return_dict=False)[0]
 
     def _decode(self, latents: Any) -> np.ndarray:
+        """Latents → RGB uint8, ``decode_batch`` tiles per VAE call (bounds the decoder's memory)."""
         torch = self._torch
+        chunk = max(1, self.decode_batch)
         with torch.inference_mode():
-            images = [self.vae.decode(lat[None] / self.vae.config.scaling_factor, return_dict=False)[0] for lat in latents]
-            image = (torch.cat(images) / 2 + 0.5).clamp(0, 1)
-            image = image.permute(0, 2, 3, 1).float().cpu().numpy()
-        return (image * 255).round().astype(np.uint8)
+            images = [self.vae.decode(latents[i : i + chunk] / self.vae.config.scaling_factor, return_dict=False)[0]
+                      for i in range(0, len(latents), chunk)]
+            # as the pipeline's post-processing: clamp in the model's dtype, scale in float32; uint8 to the host
+            image = ((torch.cat(images) / 2 + 0.5).clamp(0, 1).float() * 255).round().to(torch.uint8)
+            return image.permute(0, 2, 3, 1).cpu().numpy()
+
+    # -- memory ---------------------------------------------------------------------------------------------
+    @property
+    def decode_batch(self) -> int:
+        """Tiles per VAE decode: 1 off CUDA (as the pipeline at batch 1), else as many as the probe allows."""
+        return self._decode_batch if self.device.startswith("cuda") else 1
+
+    _decode_batch = 4
+
+    def auto_batch(self, tile_px: int, *, guidance: bool = True, control: bool = True, cap: int = 16) -> int:
+        """Tiles per model call that fit in free accelerator memory (1 off CUDA, where batching does not pay).
+
+        The working memory of one tile (a denoising step, and a VAE decode) is measured once per tile size by
+        a probe at batch 1; 90 % of the free memory is then shared out (``choose_batch``).
+        """
+        if not self.device.startswith("cuda"):
+            return 1
+        key = (tile_px, guidance, control)
+        if key not in self._tile_bytes:
+            self._tile_bytes[key] = self._probe_tile_bytes(tile_px, guidance, control)
+        step_bytes, decode_bytes = self._tile_bytes[key]
+        free = self._free_bytes()
+        self._decode_batch = choose_batch(free, decode_bytes, cap=cap)
+        return choose_batch(free, step_bytes, cap=cap)
+
+    def _free_bytes(self) -> int:
+        return self._torch.cuda.mem_get_info(self._torch.device(self.device))[0]
+
+    def _probe_tile_bytes(self, tile_px: int, guidance: bool, control: bool) -> tuple[int, int]:
+        """Peak working memory (bytes) of one tile's denoising step and of its decode, measured on the GPU."""
+        torch = self._torch
+        lat = tile_px // self.vae_scale_factor
+        noise = torch.zeros(1, 4, lat, lat, device=self.device, dtype=self.dtype)
+        cond, uncond = self.encode_prompt("")
+        embeds = torch.cat([uncond, cond]) if guidance else cond
+        net = self.controlnet() if control else None
+        image = torch.zeros(len(embeds), 3, tile_px, tile_px, device=self.device, dtype=self.dtype) if control else None
+        sched = self.make_scheduler("ddim")
+        sched.set_timesteps(1, device=self.device)
+        peaks = []
+        for work in (lambda: self._step(sched, int(sched.timesteps[0]), sched.timesteps[0], noise, embeds, net, image,
+                                        1.0, 7.5, guidance, None),
+                     lambda: self.vae.decode(noise, return_dict=False)):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            with torch.inference_mode():
+                work()
+            torch.cuda.synchronize(self.device)
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+        return peaks[0], peaks[1]
+
+
+def choose_batch(free_bytes: int, tile_bytes: int, *, cap: int = 16, reserve: float = 0.1) -> int:
+    """How many tiles of ``tile_bytes`` working memory fit in ``free_bytes`` less a ``reserve`` fraction (≥ 1)."""
+    if tile_bytes <= 0:
+        return cap
+    return int(max(1, min(cap, free_bytes * (1 - reserve) // tile_bytes)))
 
 
 def _read_scheduler_config(path: Path) -> dict[str, Any]:
@@ -403,9 +491,10 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def get_engine(
-    model: str | Path, *, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False
+    model: str | Path, *, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
+    channels_last: bool = False, compile: bool = False,
 ) -> Engine:
-    """The cached Engine for these arguments (one base model in memory per model/device/dtype).
+    """The cached Engine for these arguments (one base model in memory per model/device/dtype/options).
 
     ``model`` may be ``"tiny-demo"``: the tiny random model, built on first use.
     """
@@ -413,8 +502,10 @@ def get_engine(
 
     if str(model) == TINY_MODEL_ID:
         model = ensure_tiny_model()
-    key = (str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else str(model), device, dtype, allow_pickle)
+    path = Path(model).expanduser()
+    key = (str(path.resolve()) if path.exists() else str(model), device, dtype, allow_pickle, channels_last, compile)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
-            _ENGINES[key] = Engine(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+            _ENGINES[key] = Engine(model, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                                   channels_last=channels_last, compile=compile)
         return _ENGINES[key]

@@ -51,7 +51,7 @@ class GenerationSettings:
     scheduler: str = "default"
     tile_size: int = 512
     overlap: int = 64
-    batch_size: int = 1
+    batch_size: int = 0  # tiles per model call; 0 = auto (as many as fit in free GPU memory; 1 on CPU)
     skip_empty: bool = True
     controlnet: str | None = None
     cfg_cutoff: float = 1.0  # < 1: no guidance after this fraction of the steps (approximate, faster)
@@ -205,7 +205,7 @@ def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan,
     from .engine import is_out_of_memory
 
     out: list[np.ndarray] = []
-    batch = max(1, settings.batch_size)
+    batch = tiles_per_call(engine, source, plan, settings)
     while len(out) < len(tiles):
         chunk = tiles[len(out) : len(out) + batch]
         try:
@@ -223,6 +223,13 @@ def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan,
             continue
         out.extend(images)
     return out
+
+
+def tiles_per_call(engine: Any, source: ControlSource | None, plan: Plan, settings: GenerationSettings) -> int:
+    """``settings.batch_size``, or for 0 (auto) what fits in free GPU memory (``Engine.auto_batch``)."""
+    if settings.batch_size > 0:
+        return settings.batch_size
+    return engine.auto_batch(plan.model_tile, guidance=settings.guidance_scale > 1.0, control=source is not None)
 
 
 def _mapped(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:
@@ -275,7 +282,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
     def progress(step: Any) -> Progress:
         return Progress(done, n, step.step, step.steps)
 
-    batch = max(1, settings.batch_size)
+    batch = tiles_per_call(engine, source, plan, settings) if todo else 1
     for i in range(0, len(todo), batch):
         chunk = todo[i : i + batch]
         images = yield from render_tiles_adaptive(engine, source, plan, chunk, settings, progress)
@@ -283,7 +290,8 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
             box = stitcher.add(tile.y, tile.x, image, grid.weights(tile))
             done += 1
             yield TileDone(done, n, box, stitcher.read(*box))
-    prov = region_provenance(engine, source, plan, settings, notes, settings_extra={"tiles_skipped_empty": skipped})
+    prov = region_provenance(engine, source, plan, settings, notes,
+                             settings_extra={"tiles_skipped_empty": skipped, "tiles_per_call": batch})
     return RegionResult(stitcher.read(0, 0, region.height, region.width), prov, n - skipped, skipped, notes)
 
 

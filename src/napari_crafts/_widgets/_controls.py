@@ -39,7 +39,7 @@ class GenerationControls(Container):
         self._cache_interval = spin("full UNet every N steps", 1, 1, 10, key="cache_interval")
         self._tile = spin("tile size", 512, 64, 2048, 64, key="tile_size")
         self._overlap = spin("overlap", 64, 0, 512, 8, key="overlap")
-        self._batch = spin("batch", 1, 1, 64, key="batch_size")
+        self._batch = spin("batch (0 = auto)", 0, 0, 64, key="batch_size")
         self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
                                 tooltip=TOOLTIPS["device"])
         self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])

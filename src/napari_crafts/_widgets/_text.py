@@ -12,7 +12,8 @@ TOOLTIPS = {
     "guidance_scale": "Classifier-free guidance (the paper uses 7.5).",
     "tile_size": "Tile side in the model's pixels (the paper's models use 512).",
     "overlap": "Overlap between neighbouring tiles in the model's pixels; blended to hide seams.",
-    "batch_size": "Tiles per model call; lowered automatically when the GPU runs out of memory.",
+    "batch_size": "Tiles per model call. 0 = auto: as many as fit in free GPU memory (measured once per tile "
+    "size; 1 on CPU, where batching does not pay). Halved automatically when the GPU runs out of memory.",
     "scheduler": "'default' is the model's own scheduler (exact); others are for fewer steps (fast mode: "
     "approximate, and recorded as such in the provenance).",
     "cfg_cutoff": "1 = guidance on every step (exact). Below 1: guidance stops after that fraction of the steps, "
