@@ -5,8 +5,8 @@ Rows, all in one run, all from the same noise (``tiling.noise_field``) and contr
   (a) ``StableDiffusionControlNetPipeline.from_pretrained(folder)`` as a typical user writes it: default
       attention, fp16 on CUDA / fp32 on CPU, one call per tile, ``latents=`` the same noise, ``output_type="np"``;
   (b) ``Engine.generate`` at the same schedule, ``--batch`` tiles per call (one row per batch size and mode);
-  (c) the engine with the "unipc" scheduler at ``--fast-steps`` steps: approximate, scored by SSIM/PSNR
-      against (b)'s output.
+  (c) the engine's approximate fast modes (``APPROX_MODES``: fewer UniPC steps, DeepCache-style feature reuse,
+      a CFG cut-off, and all together), each scored by SSIM/PSNR against (b)'s exact output.
 
 (b) must reproduce (a) (same math): the largest pixel difference is printed for every (b) row. One warm-up
 call per row is excluded from the timing. Run ``python benchmarks/bench_engine.py --help``; see
@@ -39,9 +39,21 @@ DOCS_START, DOCS_END = "<!-- bench:start -->", "<!-- bench:end -->"
 NOMINAL_STEPS, GUIDANCE = 50, 7.5
 #: Full-size SD1.5 parameter counts (millions) that ``--model full`` must reproduce (see NOTES).
 SD15_PARAMS_M = {"unet": 859.5, "controlnet": 361.3, "vae": 83.7, "text_encoder": 123.1}
-#: Engine configurations benchmarked as (b) rows: name → (Engine(...) kwargs, Engine.generate(...) kwargs).
-#: Later engine modes (mode="fast", torch.compile flags, …) are added here and chosen with --modes.
-ENGINE_MODES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {"default": ({}, {})}
+#: Engine configurations benchmarked as exact (b) rows: name → Engine(...) kwargs; chosen with --modes.
+#: They change how the networks run, not what they compute (the check column holds them to (a)).
+ENGINE_MODES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},  # the warm-up call holds the compilation: reported as compile_s
+    "compile+channels_last": {"compile": True, "channels_last": True},
+}
+#: Approximate (c) rows: name → (label, Engine.generate(...) kwargs, steps or None for --fast-steps).
+APPROX_MODES: dict[str, tuple[str, dict[str, Any], int | None]] = {
+    "unipc": ("unipc {fast} steps", {"scheduler": "unipc"}, None),
+    "reuse3": ("feature reuse, full UNet every 3 steps", {"cache_interval": 3}, NOMINAL_STEPS),
+    "fast": ("unipc {fast} steps + reuse every 2 + CFG for 50%", {"scheduler": "unipc", "cache_interval": 2,
+                                                                   "cfg_cutoff": 0.5}, None),
+}
 
 
 # -- the models -------------------------------------------------------------------------------------------
@@ -222,6 +234,7 @@ class Row:
     scheduler: str
     approximate: bool = False
     load_s: float | None = None
+    warmup_s: float | None = None  # the untimed first call (holds torch.compile's compilation)
     timed_s: float = 0.0
     s_per_tile: float = 0.0
     s_per_tile_nominal: float = 0.0
@@ -231,6 +244,7 @@ class Row:
     mean_abs_diff_vs_a: float | None = None
     ssim_vs_ref: float | None = None
     psnr_vs_ref: float | None = None
+    gpu_syncs: int | None = None  # GPU→CPU syncs in one 3-step call (CUDA only; the final copy is one)
     notes: list[str] = field(default_factory=list)
 
 
@@ -241,7 +255,11 @@ def time_row(row: Row, call: Any, chunks: list[np.ndarray], ctx: dict) -> np.nda
     sync = torch.cuda.synchronize if ctx["cuda"] else None
     best = None
     with PeakMemory(ctx["cuda"]) as mem:
+        t0 = time.perf_counter()
         call(chunks[0], row.steps_run, StepClock(sync))  # warm-up, not timed
+        if sync:
+            sync()
+        row.warmup_s = time.perf_counter() - t0
         for _ in range(ctx["repeats"]):
             if sync:
                 sync()
@@ -309,36 +327,57 @@ def run_pipeline(folder: Path, noise: np.ndarray, control: np.ndarray, args: arg
 
 
 def run_engine(folder: Path, noise: np.ndarray, control: np.ndarray, args: argparse.Namespace, ctx: dict,
-               mode: str, with_fast: bool) -> list[tuple[Row, np.ndarray]]:
-    """(b) for ``mode`` at every batch size, and with ``with_fast`` (c) at the largest batch."""
+               mode: str, approx: list[str]) -> list[tuple[Row, np.ndarray]]:
+    """(b) for ``mode`` at every batch size, then the ``approx`` (c) rows at the largest batch."""
     from napari_crafts.engine import Engine
     from napari_crafts.generate import run
 
-    engine_kw, generate_kw = ENGINE_MODES[mode]
     t0 = time.perf_counter()
-    engine = Engine(folder, device=ctx["device"], dtype=dtype_label(ctx["dtype"]), **engine_kw)
+    engine = Engine(folder, device=ctx["device"], dtype=dtype_label(ctx["dtype"]), **ENGINE_MODES[mode])
     load_s = time.perf_counter() - t0
 
-    def call(idx: np.ndarray, steps: int, clock: StepClock, scheduler: str = "default") -> np.ndarray:
-        gen = engine.generate(noise[idx], control[idx], prompt=args.prompt, steps=steps, guidance_scale=GUIDANCE,
-                              controlnet=args.controlnet, scheduler=scheduler, **generate_kw)
-        return run(gen, on_event=clock.mark)
-
-    def fast(idx: np.ndarray, steps: int, clock: StepClock) -> np.ndarray:
-        return call(idx, steps, clock, "unipc")
+    def caller(**generate_kw: Any) -> Any:
+        def call(idx: np.ndarray, steps: int, clock: StepClock) -> np.ndarray:
+            gen = engine.generate(noise[idx], control[idx], prompt=args.prompt, steps=steps, guidance_scale=GUIDANCE,
+                                  controlnet=args.controlnet, **generate_kw)
+            return run(gen, on_event=clock.mark)
+        return call
 
     out = []
     name = "engine" if mode == "default" else f"engine {mode}"
     for batch in args.batch:
         row = Row("b", f"(b) {name}, batch {batch}", batch, args.steps, NOMINAL_STEPS, "default", load_s=load_s)
-        out.append((row, time_row(row, call, chunked(len(noise), batch), ctx)))
-    if with_fast:
-        steps = args.fast_steps if not ctx["scaled"] else min(args.fast_steps, args.steps)
-        batch = max(args.batch)
-        row = Row("c", f"(c) {name}, unipc {args.fast_steps} steps (approx.), batch {batch}", batch, steps,
-                  args.fast_steps, "unipc", approximate=True, load_s=load_s)
-        out.append((row, time_row(row, fast, chunked(len(noise), batch), ctx)))
+        out.append((row, time_row(row, caller(), chunked(len(noise), batch), ctx)))
+        if ctx["cuda"] and mode == "default" and batch == args.batch[0]:
+            row.gpu_syncs = count_syncs(caller(), ctx)
+    batch = max(args.batch)
+    for key in approx:
+        label, generate_kw, nominal = APPROX_MODES[key]
+        nominal = nominal or args.fast_steps
+        uniform = generate_kw.get("cache_interval", 1) == 1 and generate_kw.get("cfg_cutoff", 1.0) >= 1.0
+        if ctx["scaled"] and not uniform:  # its steps differ in cost: per-step scaling would be wrong
+            print(f"skipped (c) {label}: a per-step-scaled run cannot time it; run it at full steps")
+            continue
+        steps = min(nominal, args.steps) if ctx["scaled"] else nominal
+        row = Row("c", f"(c) {name}, {label.format(fast=args.fast_steps)} (approx.), batch {batch}", batch, steps,
+                  nominal, generate_kw.get("scheduler", "default"), approximate=True, load_s=load_s)
+        out.append((row, time_row(row, caller(**generate_kw), chunked(len(noise), batch), ctx)))
     return out
+
+
+def count_syncs(call: Any, ctx: dict) -> int:
+    """GPU→CPU synchronisations in one engine call (torch's sync debug mode warns at each one)."""
+    import warnings
+
+    torch = ctx["torch"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call(np.array([0]), 3, StepClock(None))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def chunked(n: int, batch: int) -> list[np.ndarray]:
@@ -453,7 +492,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"default {NOMINAL_STEPS}; 2 for the full-size model on CPU (times then scaled to {NOMINAL_STEPS})")
     p.add_argument("--fast-steps", type=int, default=20, help="steps of the approximate unipc row (c)")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="tiles per engine call (default: 1 and min(tiles, 4))")
-    p.add_argument("--modes", nargs="+", default=["default"], choices=sorted(ENGINE_MODES))
+    p.add_argument("--modes", nargs="+", default=["default"], choices=list(ENGINE_MODES),
+                   help="exact engine rows (b); the first also gets the approximate rows (c)")
+    p.add_argument("--approx", nargs="*", default=list(APPROX_MODES), choices=list(APPROX_MODES),
+                   help="approximate rows (c) (default: all; none: --approx with no names)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="default fp16 on CUDA, else fp32")
     p.add_argument("--repeats", type=int, default=1, help="timed passes per row; the fastest counts")
@@ -513,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         free(ctx)  # (a)'s pipeline is gone once run_pipeline returns
         rows = [(row_a, img_a)]
         for m, mode in enumerate(args.modes):
-            rows += run_engine(folder, noise, control, args, ctx, mode, with_fast=m == 0)
+            rows += run_engine(folder, noise, control, args, ctx, mode, args.approx if m == 0 else [])
             free(ctx)
     compare(rows)
 
@@ -538,8 +580,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     for row, _ in rows:
         for note in row.notes:
             print(f"note {row.key}: {note}")
-        print(f"{row.label}: load {row.load_s:.1f} s, timed {row.timed_s:.2f} s"
-              + (f", {row.step_s:.3f} s/step" if row.step_s else ""))
+        print(f"{row.label}: load {row.load_s:.1f} s, first call {row.warmup_s:.1f} s, timed {row.timed_s:.2f} s"
+              + (f", {row.step_s:.3f} s/step" if row.step_s else "")
+              + (f", {row.gpu_syncs} GPU syncs per call" if row.gpu_syncs is not None else ""))
     if ctx["scaled"]:
         print(f"* per-step-scaled: measured at {args.steps} steps, reported for {NOMINAL_STEPS} ((c): {args.fast_steps}) "
               "as measured + missing steps × mean step time.")
