@@ -319,3 +319,24 @@ def test_slide_array_reads_windows_like_numpy_and_pickles(labels: np.ndarray, tm
     np.testing.assert_array_equal(carr[1, 2:5, 3:9], chans[1, 2:5, 3:9])
     np.testing.assert_array_equal(carr[..., 7:9, :4], chans[..., 7:9, :4])
     assert batch.open_source(src).shape == labels.shape  # opening reads no more than one pixel
+
+
+@pytest.mark.slow
+def test_geojson_nuclei_generate_like_the_labels_they_rasterise_to(labels: np.ndarray, tmp_path: Path,
+                                                                   tiny_model: Path, inproc: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_crafts.geojson import GeoJSONLabels
+    from test_geojson import polygons_of, write_geojson
+
+    geo = write_geojson(tmp_path / "nuclei.geojson", polygons_of(labels))
+    code, _, err = cli([str(geo), str(tmp_path / "x.ome.zarr"), "--model", str(tiny_model)], capsys)
+    assert code == 2 and "GeoJSON does not say the slide's pixel size; pass it with --mpp" in err
+    assert not (tmp_path / "x.ome.zarr").exists()
+    out = generate_slide(geo, tmp_path / "geo.ome.zarr", model=tiny_model, settings=SETTINGS, mpp=MPP, chunk=64,
+                         scheduler_address=inproc, progress=False)
+    raster = write_labels(tmp_path / "raster.tif", GeoJSONLabels(geo)[...])
+    ref = generate_slide(raster, tmp_path / "ref.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=64,
+                         scheduler_address=inproc, progress=False)
+    np.testing.assert_array_equal(level_arrays(out)[0], level_arrays(ref)[0])
+    prov = read_provenance(out)
+    assert prov["source"]["path"].endswith("nuclei.geojson") and prov["source"]["mpp_from"] == "--mpp"

@@ -20,7 +20,26 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
         if len(path) != 1:
             return None
         path = path[0]
+    if str(path).lower().endswith(".geojson"):
+        return read_geojson
     return read_slide if is_supported(path) else None
+
+
+def read_geojson(path: PathOrPaths) -> list[LayerDataTuple]:
+    """Nuclei polygons (QuPath GeoJSON, level-0 px) as a lazy multiscale Labels layer, rasterised on view."""
+    from .geojson import geojson_levels
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    levels = geojson_levels(path)  # reads the polygons; nothing is rasterised until napari shows it
+    name = path.name.removesuffix(path.suffix)
+    from napari.utils.notifications import show_info
+
+    show_info(f"{path.name}: nuclei polygons in pixels; set µm/px with Plugins › napari-crafts › Pixel size.")
+    meta = {"napari_crafts": {"path": str(path), "mpp": None, "kind": "labels", "format": "geojson"}}
+    return [(levels if len(levels) > 1 else levels[0], {"name": name, "multiscale": len(levels) > 1,
+                                                         "metadata": meta}, "labels")]
 
 
 def read_slide(path: PathOrPaths) -> list[LayerDataTuple]:

@@ -49,7 +49,9 @@ from .generate import (
 )
 from .model_card import CRAFTS_MASK_PROMPT, ModelCard
 from .slide import KINDS, SlideRef, clear_cache, open_slide
-from .sources import FluorescenceSource, LabelsSource
+from .geojson import SUFFIXES as GEOJSON_SUFFIXES
+from .geojson import GeoJSONLabels
+from .sources import FluorescenceSource, LabelsSource, WindowedArray
 from .tiling import Stitcher, TileGrid, seam_score
 
 #: Private tile store inside the output folder (deleted when the image is finished).
@@ -99,7 +101,7 @@ SEAM_SAMPLE = 2048
 # --------------------------------------------------------------------------------------------- source
 
 
-class SlideArray:
+class SlideArray(WindowedArray):
     """One slide level as a picklable, lazy array-like: ``shape``, ``dtype`` and basic slicing.
 
     Each slice reads only its window through a :class:`SlideRef` (which reopens the file once per process),
@@ -109,31 +111,8 @@ class SlideArray:
     def __init__(self, ref: SlideRef, shape: tuple[int, ...], dtype: Any) -> None:
         self.ref, self.shape, self.dtype = ref, tuple(int(s) for s in shape), np.dtype(dtype)
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        (y0, y1, ky), (x0, x1, kx) = (_span(k, n) for k, n in zip(key[-2:], self.shape[-2:]))
-        return self.ref.read(y0, x0, y1 - y0, x1 - x0)[(*key[:-2], ky, kx)]
-
-
-def _span(key: Any, n: int) -> tuple[int, int, Any]:
-    """(start, stop, index into the window read) for one spatial key: an int or a forward slice."""
-    if isinstance(key, slice):
-        start, stop, step = key.indices(n)
-        if step < 1:
-            raise IndexError("SlideArray supports forward slices only.")
-        return start, max(start, stop), slice(None, None, step)
-    i = int(key) + n if int(key) < 0 else int(key)
-    if not 0 <= i < n:
-        raise IndexError(f"Index {key} is out of bounds for size {n}.")
-    return i, i + 1, 0
+    def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
+        return self.ref.read(y, x, height, width)
 
 
 def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None = None) -> Any:
@@ -141,6 +120,8 @@ def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None 
 
     Only metadata is read (and, for fluorescence, the sample its normalisation limits come from).
     """
+    if Path(path).suffix.lower() in GEOJSON_SUFFIXES:
+        return _geojson_source(Path(path), mpp)
     slide = open_slide(path, mpp=mpp, kind=kind)  # SlideError names the file and the problem
     if slide.mpp is None:
         raise ValueError(f"{slide.path}: the file does not say its pixel size; pass it with --mpp (µm/px, e.g. "
@@ -153,6 +134,14 @@ def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None 
     if slide.kind == "labels":
         return LabelsSource(data, name=slide.path.name, mpp=slide.mpp)
     return FluorescenceSource(data, channel_names=slide.channel_names, name=slide.path.name, mpp=slide.mpp)
+
+
+def _geojson_source(path: Path, mpp: float | None) -> LabelsSource:
+    """Nuclei polygons (QuPath GeoJSON, level-0 pixels) as a labels source, rasterised window by window."""
+    if mpp is None:
+        raise ValueError(f"{path}: GeoJSON does not say the slide's pixel size; pass it with --mpp (µm/px of "
+                         "the slide the polygons were drawn on, e.g. 0.25 for 40x).")
+    return LabelsSource(GeoJSONLabels(path), name=path.name, mpp=mpp)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -441,7 +430,8 @@ def _provenance(source: Any, plan: Plan, info: ModelInfo, settings: GenerationSe
     # CPU pixels depend (in the last bit) on the thread count: a resume must keep it
     return region_provenance(
         info, source, plan, settings, region_notes(info, plan, settings), settings_extra=extra,
-        source_extra={"path": source.data.ref.path, "level": 0, "mpp_from": "--mpp" if mpp_given else "file"},
+        source_extra={"path": getattr(source.data, "ref", source.data).path, "level": 0,
+                      "mpp_from": "--mpp" if mpp_given else "file"},
     )
 
 
@@ -597,7 +587,8 @@ def sample_seam_score(path: str | Path, side: int = SEAM_SAMPLE) -> tuple[float,
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The ``napari-crafts generate`` arguments."""
     d = GenerationSettings()
-    parser.add_argument("source", help="nuclear labels or fluorescence: (OME-)TIFF, OME-Zarr, SVS/NDPI/…")
+    parser.add_argument("source", help="nuclear labels or fluorescence: (OME-)TIFF, OME-Zarr, SVS/NDPI/…, or "
+                        "nuclei polygons as GeoJSON (QuPath export, level-0 pixels; needs --mpp)")
     parser.add_argument("output", help="OME-Zarr folder to write (e.g. slide_synthetic.ome.zarr)")
     parser.add_argument("--model", required=True,
                         help="diffusers folder or hub id of the CRAFTS model ('tiny-demo': tiny random test model)")
