@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from typing import Any
 
+#: Key of the record in an OME-Zarr's attributes and in an OME-TIFF's MapAnnotation.
+PROVENANCE_KEY = "napari_crafts"
 SYNTHETIC_SUFFIX = "synthetic H&E"
 SEED_RULE = (
     "starting noise = tiling.noise_field(seed): per 16×16 latent block, Philox seeded by "
@@ -44,3 +47,11 @@ def make_provenance(*, mode: str, model: dict[str, Any], settings: dict[str, Any
         "notes": list(notes or []),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def json_record(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The record as plain JSON types (a copy), as the file formats store it; TypeError if it is not JSON-able."""
+    try:
+        return json.loads(json.dumps(provenance))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"Provenance must be a JSON-able dict: {err}") from None

@@ -1,0 +1,175 @@
+"""What an evaluation compares: open an image file, say what kind of input a path is, align two images.
+
+Images are whole-slide files, (OME-)TIFF, OME-Zarr (read lazily through :mod:`.slide`) or PNG/JPEG pictures
+(read whole); a folder that is none of these is a folder of tiles. :func:`align_images` checks that two
+images are RGB and cover the same pixels, resampling the generated one (:class:`ResampledImage`) when asked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Single-image formats read whole (no pyramid, no pixel size).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class EvaluationError(ValueError):
+    """Input that cannot be evaluated; the message names what was wrong and what to do (one line)."""
+
+
+# --- aligning two images -------------------------------------------------------------------------------
+
+
+class ResampledImage:
+    """Lazy view of an RGB image on another pixel grid: output pixel (i, j) samples the source at
+    (``scale[0]·i + offset[0]``, ``scale[1]·j + offset[1]``) in source pixels.
+
+    Bilinear interpolation; when shrinking (scale > 1), a Gaussian of σ = (scale − 1)/2 first (as
+    scikit-image's anti-aliasing). Edges repeat the nearest pixel. Each slice reads only the source window
+    it needs, with enough margin that any window equals the same part of the whole resampled image.
+    """
+
+    ndim = 3
+
+    def __init__(self, source: Any, shape_yx: tuple[int, int], scale: Sequence[float],
+                 offset: Sequence[float]) -> None:
+        self.source = source
+        self.shape = (int(shape_yx[0]), int(shape_yx[1]), 3)
+        self.dtype = np.dtype(source.dtype)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.offset = (float(offset[0]), float(offset[1]))
+        self.sigma = tuple(max(0.0, (s - 1.0) / 2.0) for s in self.scale)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        ys, xs = (tuple(key) + (slice(None), slice(None)))[:2]
+        if not (isinstance(ys, slice) and isinstance(xs, slice)) or ys.step not in (None, 1) or xs.step not in (None, 1):
+            raise IndexError("ResampledImage supports only contiguous slices of rows and columns.")
+        i0, i1, _ = ys.indices(self.shape[0])
+        j0, j1, _ = xs.indices(self.shape[1])
+        out = self._window(i0, max(i0, i1), j0, max(j0, j1))
+        return out[(slice(None), slice(None), *key[2:])] if len(key) > 2 else out
+
+    def _axis(self, axis: int, start: int, stop: int) -> tuple[np.ndarray, int, int]:
+        """Source coordinates of output pixels [start, stop) on ``axis`` and the source rows to read."""
+        size = int(self.source.shape[axis])
+        coords = np.clip(self.scale[axis] * np.arange(start, stop) + self.offset[axis], 0, size - 1)
+        margin = int(4.0 * self.sigma[axis] + 0.5) + 1  # scipy's Gaussian radius (truncate 4) + interpolation
+        lo = max(int(np.floor(coords.min())) - margin, 0) if len(coords) else 0
+        hi = min(int(np.floor(coords.max())) + margin + 2, size) if len(coords) else 0
+        return coords - lo, lo, hi
+
+    def _window(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
+        from scipy import ndimage
+
+        if i1 == i0 or j1 == j0:
+            return np.zeros((i1 - i0, j1 - j0, 3), self.dtype)
+        cy, ya, yb = self._axis(0, i0, i1)
+        cx, xa, xb = self._axis(1, j0, j1)
+        win = np.asarray(self.source[ya:yb, xa:xb])[..., :3].astype(np.float64)
+        if any(self.sigma):
+            win = ndimage.gaussian_filter(win, sigma=(*self.sigma, 0), mode="nearest")
+        grid = np.meshgrid(cy, cx, indexing="ij")
+        out = np.stack([ndimage.map_coordinates(win[..., c], grid, order=1, mode="nearest", prefilter=False)
+                        for c in range(3)], axis=-1)
+        if self.dtype.kind in "ui":
+            info = np.iinfo(self.dtype)
+            return np.clip(np.rint(out), info.min, info.max).astype(self.dtype)
+        return out.astype(self.dtype)
+
+
+def _check_rgb(image: Any, what: str) -> Any:
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) != 3 or shape[-1] not in (3, 4):
+        raise EvaluationError(f"The {what} image has shape {shape}: expected RGB (height, width, 3).")
+    if shape[0] == 0 or shape[1] == 0:
+        raise EvaluationError(f"The {what} image is empty ({shape[0]}×{shape[1]} px).")
+    return image[..., :3] if shape[-1] == 4 else image
+
+
+def align_images(generated: Any, real: Any, *, generated_mpp: float | None = None, real_mpp: float | None = None,
+                 resample: bool = False) -> tuple[Any, Any, list[str]]:
+    """Make two RGB images comparable pixel for pixel: (generated, real, notes), still lazy.
+
+    Pixel sizes (µm/px) equal within 2 % or unknown: unchanged. Different: with ``resample`` the generated
+    image becomes a :class:`ResampledImage` on the real image's grid (same top-left corner), else
+    :class:`EvaluationError` naming both. Shapes must then match (after resampling, a 1 px rounding
+    difference is cropped away); otherwise the error names both shapes.
+    """
+    generated, real = _check_rgb(generated, "generated"), _check_rgb(real, "real")
+    notes: list[str] = []
+    resampled = False
+    if generated_mpp is None or real_mpp is None:
+        if generated_mpp != real_mpp:
+            which = "generated" if generated_mpp is None else "real"
+            notes.append(f"Pixel size of the {which} image unknown: compared pixel to pixel.")
+    elif not math.isclose(generated_mpp, real_mpp, rel_tol=0.02):
+        if not resample:
+            raise EvaluationError(
+                f"Pixel sizes differ: generated {generated_mpp:g} µm/px, real {real_mpp:g} µm/px, so pixels cannot "
+                "be compared one to one. Use --resample (resample=True) to resample the generated image to the "
+                "real image's pixel size."
+            )
+        f = real_mpp / generated_mpp
+        before = tuple(int(s) for s in generated.shape[:2])
+        after = (max(1, round(before[0] / f)), max(1, round(before[1] / f)))
+        generated = ResampledImage(generated, after, (f, f), (0.5 * f - 0.5, 0.5 * f - 0.5))
+        resampled = True
+        notes.append(f"Generated image resampled from {generated_mpp:g} to {real_mpp:g} µm/px "
+                     f"({before[0]}×{before[1]} → {after[0]}×{after[1]} px).")
+    g_shape, r_shape = tuple(int(s) for s in generated.shape), tuple(int(s) for s in real.shape)
+    if g_shape != r_shape:
+        dy, dx = abs(g_shape[0] - r_shape[0]), abs(g_shape[1] - r_shape[1])
+        if not (resampled and dy <= 1 and dx <= 1):
+            after = " after resampling" if resampled else ""
+            raise EvaluationError(
+                f"Generated image {g_shape}{after} and real image {r_shape} differ in size: they must cover the "
+                "same area pixel for pixel. Crop both to the same region (and use --resample if their pixel "
+                "sizes differ)."
+            )
+        h, w = min(g_shape[0], r_shape[0]), min(g_shape[1], r_shape[1])
+        generated = ResampledImage(generated.source, (h, w), generated.scale, generated.offset)  # still lazy
+        real = real[:h, :w]
+        notes.append(f"Cropped to the common {h}×{w} px after resampling (rounding).")
+    return generated, real, notes
+
+
+# --- files and folders ---------------------------------------------------------------------------------
+
+
+def input_kind(path: Path) -> str:
+    """"picture" (PNG/JPEG, read whole), "image" (a file or a store the slide reader knows) or "tiles"."""
+    from .slide import is_supported
+
+    if not path.exists():
+        raise EvaluationError(f"{path}: no such file or folder.")
+    if path.suffix.lower() in PICTURE_SUFFIXES:
+        return "picture"
+    if is_supported(path) or not path.is_dir():
+        return "image"
+    return "tiles"
+
+
+def open_image(path: str | Path) -> tuple[Any, float | None]:
+    """(level-0 RGB array, lazy where the format allows; µm/px or None) of a slide, TIFF, OME-Zarr or picture."""
+    p = Path(path).expanduser()
+    if input_kind(p) == "picture":
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB")), None
+    from .slide import open_slide
+
+    slide = open_slide(p)
+    if slide.kind != "rgb":
+        raise EvaluationError(f"{p}: opened as {slide.kind}, not RGB: both images must be RGB H&E.")
+    return slide.levels[0], slide.mpp
