@@ -532,16 +532,19 @@ class _Job:
         n_tiles = sum(n for _, n in self.renders.values())
         tile_bar = tqdm(total=n_tiles, unit="tile", desc="tiles", disable=not progress or not n_tiles)
         chunk_bar = tqdm(total=len(self.chunks), unit="chunk", desc="chunks", disable=not progress)
+        tiles_done = chunks_done = 0  # counted here: a disabled tqdm bar does not count
         try:
             for fut in as_completed(futures):
                 fut.result()  # re-raises a task's error (after its retries) here
                 if fut.key in self.renders:
+                    tiles_done += self.renders[fut.key][1]
                     tile_bar.update(self.renders[fut.key][1])
                 else:
+                    chunks_done += 1
                     chunk_bar.update(1)
                 if on_progress is not None:
-                    on_progress("tiles", tile_bar.n, n_tiles)
-                    on_progress("chunks", chunk_bar.n, len(self.chunks))
+                    on_progress("tiles", tiles_done, n_tiles)
+                    on_progress("chunks", chunks_done, len(self.chunks))
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("Stopped on request; finished tiles are kept: resume to continue.")
         except BaseException:
