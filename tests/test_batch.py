@@ -21,9 +21,8 @@ import tifffile
 import zarr
 
 from napari_crafts import batch
-from napari_crafts.batch import (
-    TILE_STORE, SlideArray, configure_parser, generate_slide, main, sample_seam_score,
-)
+from napari_crafts.batch import TILE_STORE, SlideArray, generate_slide
+from napari_crafts.batch_cli import configure_parser, main, sample_seam_score
 from napari_crafts.engine import weights_sha256
 from napari_crafts.export import PROGRESS_GROUP, OmeZarrWriter, mean_downsample_2x, read_provenance
 from napari_crafts.generate import BACKGROUND_RGB, GenerationError, GenerationSettings, Region, generate_region, run

@@ -113,14 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true")
     demo.set_defaults(func=_demo)
 
-    try:
-        from . import batch
-    except ImportError:  # pragma: no cover - batch lands separately
-        batch = None
-    if batch is not None:
-        gen = sub.add_parser("generate", help="whole slide → pyramidal OME-Zarr (dask.distributed, resumable)")
-        batch.configure_parser(gen)
-        gen.set_defaults(func=batch.main)
+    from . import batch_cli
+
+    gen = sub.add_parser("generate", help="whole slide → pyramidal OME-Zarr (dask.distributed, resumable)")
+    batch_cli.configure_parser(gen)
+    gen.set_defaults(func=batch_cli.main)
 
     from . import evaluate
 

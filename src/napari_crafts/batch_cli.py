@@ -1,0 +1,111 @@
+"""``napari-crafts generate``: the whole-slide command line over ``batch.generate_slide``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .batch import Cancelled, generate_slide
+from .engine import SCHEDULERS
+from .export import open_ome_zarr
+from .generate import GenerationError, GenerationSettings
+from .model_card import CRAFTS_MASK_PROMPT
+from .slide import KINDS
+from .tiling import TileGrid, seam_score
+
+#: Side of the level-0 sample the CLI reports a seam score on.
+SEAM_SAMPLE = 2048
+
+
+def sample_seam_score(path: str | Path, side: int = SEAM_SAMPLE) -> tuple[float, float]:
+    """``tiling.seam_score`` on an up to side×side window of level 0, cut along the tile grid near the centre."""
+    writer = open_ome_zarr(path)
+    prov = writer.provenance()
+    tile, overlap = int(prov["tile_size_source_px"]), int(prov["overlap_source_px"])
+    stride = tile - overlap
+    box = []
+    for n in writer.shape_yx:  # a window starting and ending on tile starts sees exactly the grid's edges
+        size = n if n <= side else max(1, side // stride) * stride
+        start = 0 if n <= side else (n - size) // 2 // stride * stride
+        box.append((start, min(start + size, n)))
+    (y0, y1), (x0, x1) = box
+    rgb = writer.read_region(0, y0, x0, y1, x1)
+    return seam_score(rgb, TileGrid(y1 - y0, x1 - x0, tile, min(overlap, tile // 2)))
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``napari-crafts generate`` arguments."""
+    d = GenerationSettings()
+    parser.add_argument("source", help="nuclear labels or fluorescence: (OME-)TIFF, OME-Zarr, SVS/NDPI/…, or "
+                        "nuclei polygons as GeoJSON (QuPath export, level-0 pixels; needs --mpp)")
+    parser.add_argument("output", help="OME-Zarr folder to write (e.g. slide_synthetic.ome.zarr)")
+    parser.add_argument("--model", required=True,
+                        help="diffusers folder or hub id of the CRAFTS model ('tiny-demo': tiny random test model)")
+    parser.add_argument("--controlnet", default=None, help="ControlNet folder or hub id (default: the model's own)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
+    parser.add_argument("--prompt", default=CRAFTS_MASK_PROMPT, help="text prompt (default: the CRAFTS prompt)")
+    parser.add_argument("--negative-prompt", default=d.negative_prompt)
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"global seed (default {d.seed})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps (default {d.steps})")
+    parser.add_argument("--guidance", type=float, default=d.guidance_scale,
+                        help=f"classifier-free guidance scale (default {d.guidance_scale})")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                        help="'default' = the model's own (exact); others for fewer steps (approximate)")
+    parser.add_argument("--cfg-cutoff", type=float, default=d.cfg_cutoff, metavar="FRACTION",
+                        help="guidance only for this fraction of the steps (default 1 = exact; less is approximate)")
+    parser.add_argument("--cache-interval", type=int, default=d.cache_interval, metavar="N",
+                        help="full UNet every N steps, its shallow branch between (default 1 = exact; "
+                        "2-5 is faster and approximate)")
+    parser.add_argument("--tile-size", type=int, default=d.tile_size, help=f"tile side in model px ({d.tile_size})")
+    parser.add_argument("--overlap", type=int, default=d.overlap, help=f"tile overlap in model px ({d.overlap})")
+    parser.add_argument("--batch", type=int, default=d.batch_size,
+                        help="tiles per model call (default 0 = auto: as many as fit in free GPU memory; 1 on CPU)")
+    parser.add_argument("--mpp", type=float, default=None, help="source pixel size in µm/px (overrides the file's)")
+    parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
+                        help="read the source as labels or channels (default: from the file)")
+    parser.add_argument("--scheduler-address", default=None, help="use this dask scheduler instead of a local cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local worker processes (default: one per GPU; on CPU by cores and memory)")
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="torch threads per worker (keep it when resuming: CPU results depend on it)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: one GPU per worker)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the networks in channels-last memory layout (a GPU speed-up; same maths)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet and ControlNet (pays off on long GPU runs; slow first tile)")
+    parser.add_argument("--chunk", type=int, default=512, help="OME-Zarr chunk side in px (default 512)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run (same settings)")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--tiff", type=Path, default=None, metavar="PATH", help="also write a pyramidal OME-TIFF")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``napari-crafts generate``; user errors are one line on stderr (exit code 2), no traceback."""
+    settings = GenerationSettings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
+        guidance_scale=args.guidance, scheduler=args.scheduler, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch, controlnet=args.controlnet, cfg_cutoff=args.cfg_cutoff,
+        cache_interval=args.cache_interval,
+    )
+    try:
+        out = generate_slide(
+            args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
+            scheduler_address=args.scheduler_address, n_workers=args.workers,
+            threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
+            overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
+            channels_last=args.channels_last, compile=args.compile,
+        )
+        border, interior = sample_seam_score(out)
+    except (ValueError, OSError, RuntimeError, GenerationError, Cancelled) as err:  # SlideError, ModelLoadError…
+        message = str(err).replace("\n", " ")
+        print(f"napari-crafts generate: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-crafts generate: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    print(f"seam score (mean step at tile edges / inside tiles; ≈1 is seam-free): {border:.2f}/{interior:.2f}")
+    print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))
+    return 0

@@ -1,0 +1,57 @@
+"""The source of a whole-slide run: level 0 of a labels/fluorescence file (or GeoJSON nuclei) as a picklable,
+lazy control source that dask.distributed workers read window by window (reopening the file by path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .geojson import SUFFIXES as GEOJSON_SUFFIXES
+from .geojson import GeoJSONLabels
+from .slide import SlideRef, open_slide
+from .sources import FluorescenceSource, LabelsSource, WindowedArray
+
+
+class SlideArray(WindowedArray):
+    """One slide level as a picklable, lazy array-like: ``shape``, ``dtype`` and basic slicing.
+
+    Each slice reads only its window through a :class:`SlideRef` (which reopens the file once per process),
+    so a LabelsSource / FluorescenceSource over it can be shipped to dask.distributed workers.
+    """
+
+    def __init__(self, ref: SlideRef, shape: tuple[int, ...], dtype: Any) -> None:
+        self.ref, self.shape, self.dtype = ref, tuple(int(s) for s in shape), np.dtype(dtype)
+
+    def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
+        return self.ref.read(y, x, height, width)
+
+
+def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None = None) -> Any:
+    """Level 0 of a labels or fluorescence file as a picklable control source.
+
+    Only metadata is read (and, for fluorescence, the sample its normalisation limits come from).
+    """
+    if Path(path).suffix.lower() in GEOJSON_SUFFIXES:
+        return _geojson_source(Path(path), mpp)
+    slide = open_slide(path, mpp=mpp, kind=kind)  # SlideError names the file and the problem
+    if slide.mpp is None:
+        raise ValueError(f"{slide.path}: the file does not say its pixel size; pass it with --mpp (µm/px, e.g. "
+                         "--mpp 0.25 for 40x) so tiles are generated at the model's scale.")
+    if slide.kind == "rgb":
+        raise ValueError(f"{slide.path} is an RGB image; generate needs nuclear labels or fluorescence channels "
+                         "(pass --kind labels or --kind channels if it was misread).")
+    level0 = slide.levels[0]
+    data = SlideArray(SlideRef(str(slide.path), 0, mpp=mpp, kind=slide.kind), level0.shape, level0.dtype)
+    if slide.kind == "labels":
+        return LabelsSource(data, name=slide.path.name, mpp=slide.mpp)
+    return FluorescenceSource(data, channel_names=slide.channel_names, name=slide.path.name, mpp=slide.mpp)
+
+
+def _geojson_source(path: Path, mpp: float | None) -> LabelsSource:
+    """Nuclei polygons (QuPath GeoJSON, level-0 pixels) as a labels source, rasterised window by window."""
+    if mpp is None:
+        raise ValueError(f"{path}: GeoJSON does not say the slide's pixel size; pass it with --mpp (µm/px of "
+                         "the slide the polygons were drawn on, e.g. 0.25 for 40x).")
+    return LabelsSource(GeoJSONLabels(path), name=path.name, mpp=mpp)
