@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from napari_crafts.engine import Engine, choose_batch, get_engine
+from napari_crafts.engine import UNMEASURED_DECODE_BATCH, Engine, choose_batch, get_engine
 from napari_crafts.generate import GenerationSettings, Region, generate_region, run
 from napari_crafts.sources import LabelsSource
 from napari_crafts.tiling import noise_field
@@ -44,7 +44,7 @@ def test_compiled_engine_gives_the_same_pixels(tiny_model, engine) -> None:  # t
 def test_decoding_several_tiles_per_call_matches_one_at_a_time(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     noise, control = _tiles(engine, 3)
     one = run(engine.generate(noise, control, prompt="x", steps=2))
-    monkeypatch.setattr(Engine, "decode_batch", property(lambda self: 2))  # chunks of 2 and 1
+    monkeypatch.setattr(Engine, "decode_batch", lambda self, tile_px: 2)  # chunks of 2 and 1
     two = run(engine.generate(noise, control, prompt="x", steps=2))
     assert np.abs(two.astype(int) - one).max() <= 1
 
@@ -61,18 +61,21 @@ def test_auto_batch_is_one_on_cpu_and_measured_once_per_tile_size_on_cuda(engine
     assert engine.auto_batch(128) == 1  # CPU: batching does not pay
     probes = []
 
-    def probe(tile_px, guidance, control):  # type: ignore[no-untyped-def]
-        probes.append(tile_px)
-        return tile_px * 2**20, 3 * tile_px * 2**20  # step, decode bytes
+    def probe(what, nbytes):  # type: ignore[no-untyped-def]
+        return lambda tile_px, *flags: probes.append((what, tile_px)) or nbytes * tile_px * 2**20
 
     monkeypatch.setattr(engine, "device", "cuda")
-    monkeypatch.setattr(engine, "_probe_tile_bytes", probe)
+    monkeypatch.setattr(engine, "_probe_step_bytes", probe("step", 1))
+    monkeypatch.setattr(engine, "_probe_decode_bytes", probe("decode", 3))
     monkeypatch.setattr(engine, "_free_bytes", lambda: 10 * 2**30)
+    assert engine.decode_batch(512) == UNMEASURED_DECODE_BATCH  # nothing measured yet
     assert engine.auto_batch(512) == 16  # 9 GiB / 0.5 GiB = 18, capped at 16
-    assert engine._decode_batch == 6  # 9 GiB / 1.5 GiB
+    assert engine.decode_batch(512) == 6  # 9 GiB / 1.5 GiB
     monkeypatch.setattr(engine, "_free_bytes", lambda: 2 * 2**30)  # other programs took memory
-    assert engine.auto_batch(512) == 3 and engine._decode_batch == 1
-    assert probes == [512]  # measured once; the free memory is asked each time
+    assert engine.auto_batch(512) == 3 and engine.decode_batch(512) == 1
+    assert engine.auto_batch(512, guidance=False) == 3
+    # measured once per tile size (the step also per CFG/ControlNet); the free memory is asked each time
+    assert probes == [("step", 512), ("decode", 512), ("step", 512)]
 
 
 def test_auto_batch_size_drives_generate_region(engine, nuclei, monkeypatch) -> None:  # type: ignore[no-untyped-def]

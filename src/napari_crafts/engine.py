@@ -27,6 +27,8 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 #: Components of a diffusers folder whose weights we load (and hash).
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "controlnet")
 SCHEDULERS = ("default", "ddim", "unipc", "dpm++")
+#: Tiles per VAE decode on CUDA before ``Engine.auto_batch`` has measured one (an explicit batch size).
+UNMEASURED_DECODE_BATCH = 4
 
 
 class ModelLoadError(ValueError):
@@ -192,7 +194,8 @@ class Engine:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self._controlnets: dict[Path, Any] = {}
         self._prompt_cache: dict[tuple[str, str], Any] = {}
-        self._tile_bytes: dict[tuple[int, bool, bool], int] = {}
+        self._step_bytes: dict[tuple[int, bool, bool], int] = {}  # (tile px, CFG, ControlNet) → one tile's step
+        self._decode_bytes: dict[int, int] = {}  # tile px → one tile's VAE decode
 
     def _prepare(self, module: Any, compile_it: bool = True) -> Any:
         """On the device, in eval mode, frozen; channels-last and compiled when asked (exact-mode speed-ups)."""
@@ -410,7 +413,7 @@ class Engine:
     def _decode(self, latents: Any) -> np.ndarray:
         """Latents → RGB uint8, ``decode_batch`` tiles per VAE call (bounds the decoder's memory)."""
         torch = self._torch
-        chunk = max(1, self.decode_batch)
+        chunk = self.decode_batch(latents.shape[-1] * self.vae_scale_factor)
         with torch.inference_mode():
             images = [self.vae.decode(latents[i : i + chunk] / self.vae.config.scaling_factor, return_dict=False)[0]
                       for i in range(0, len(latents), chunk)]
@@ -419,12 +422,14 @@ class Engine:
             return image.permute(0, 2, 3, 1).cpu().numpy()
 
     # -- memory ---------------------------------------------------------------------------------------------
-    @property
-    def decode_batch(self) -> int:
-        """Tiles per VAE decode: 1 off CUDA (as the pipeline at batch 1), else as many as the probe allows."""
-        return self._decode_batch if self.device.startswith("cuda") else 1
-
-    _decode_batch = 4
+    def decode_batch(self, tile_px: int) -> int:
+        """Tiles per VAE decode: 1 off CUDA (as the pipeline at batch 1); on CUDA as many as fit in free memory
+        once ``auto_batch`` has measured a decode of this tile size, else ``UNMEASURED_DECODE_BATCH``."""
+        if not self.device.startswith("cuda"):
+            return 1
+        if tile_px not in self._decode_bytes:
+            return UNMEASURED_DECODE_BATCH
+        return choose_batch(self._free_bytes(), self._decode_bytes[tile_px])
 
     def auto_batch(self, tile_px: int, *, guidance: bool = True, control: bool = True, cap: int = 16) -> int:
         """Tiles per model call that fit in free accelerator memory (1 off CUDA, where batching does not pay).
@@ -435,39 +440,47 @@ class Engine:
         if not self.device.startswith("cuda"):
             return 1
         key = (tile_px, guidance, control)
-        if key not in self._tile_bytes:
-            self._tile_bytes[key] = self._probe_tile_bytes(tile_px, guidance, control)
-        step_bytes, decode_bytes = self._tile_bytes[key]
-        free = self._free_bytes()
-        self._decode_batch = choose_batch(free, decode_bytes, cap=cap)
-        return choose_batch(free, step_bytes, cap=cap)
+        if key not in self._step_bytes:
+            self._step_bytes[key] = self._probe_step_bytes(tile_px, guidance, control)
+        if tile_px not in self._decode_bytes:
+            self._decode_bytes[tile_px] = self._probe_decode_bytes(tile_px)
+        return choose_batch(self._free_bytes(), self._step_bytes[key], cap=cap)
 
     def _free_bytes(self) -> int:
         return self._torch.cuda.mem_get_info(self._torch.device(self.device))[0]
 
-    def _probe_tile_bytes(self, tile_px: int, guidance: bool, control: bool) -> tuple[int, int]:
-        """Peak working memory (bytes) of one tile's denoising step and of its decode, measured on the GPU."""
+    def _probe_step_bytes(self, tile_px: int, guidance: bool, control: bool) -> int:
+        """Peak working memory (bytes) of one tile's denoising step, measured on the GPU."""
         torch = self._torch
-        lat = tile_px // self.vae_scale_factor
-        noise = torch.zeros(1, 4, lat, lat, device=self.device, dtype=self.dtype)
+        noise = self._probe_latents(tile_px)
         cond, uncond = self.encode_prompt("")
         embeds = torch.cat([uncond, cond]) if guidance else cond
         net = self.controlnet() if control else None
         image = torch.zeros(len(embeds), 3, tile_px, tile_px, device=self.device, dtype=self.dtype) if control else None
         sched = self.make_scheduler("ddim")
         sched.set_timesteps(1, device=self.device)
-        peaks = []
-        for work in (lambda: self._step(sched, int(sched.timesteps[0]), sched.timesteps[0], noise, embeds, net, image,
-                                        1.0, 7.5, guidance, None),
-                     lambda: self.vae.decode(noise, return_dict=False)):
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            with torch.inference_mode():
-                work()
-            torch.cuda.synchronize(self.device)
-            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
-        return peaks[0], peaks[1]
+        t = sched.timesteps[0]
+        return self._peak_bytes(lambda: self._step(sched, int(t), t, noise, embeds, net, image, 1.0, 7.5, guidance, None))
+
+    def _probe_decode_bytes(self, tile_px: int) -> int:
+        """Peak working memory (bytes) of one tile's VAE decode, measured on the GPU."""
+        noise = self._probe_latents(tile_px)
+        return self._peak_bytes(lambda: self.vae.decode(noise, return_dict=False))
+
+    def _probe_latents(self, tile_px: int) -> Any:
+        lat = tile_px // self.vae_scale_factor
+        return self._torch.zeros(1, 4, lat, lat, device=self.device, dtype=self.dtype)
+
+    def _peak_bytes(self, work: Any) -> int:
+        """GPU memory ``work()`` allocates at its peak beyond what was allocated before."""
+        torch = self._torch
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        with torch.inference_mode():
+            work()
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - base
 
 
 def choose_batch(free_bytes: int, tile_bytes: int, *, cap: int = 16, reserve: float = 0.1) -> int:
