@@ -197,15 +197,16 @@ def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: l
 
 
 def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan, tiles: list[Tile],
-                          settings: GenerationSettings, on_step: Any) -> Generator[Any, None, list[np.ndarray]]:
-    """``render_tiles`` in batches of ``settings.batch_size``, halving the batch on out-of-memory.
+                          settings: GenerationSettings, on_step: Any,
+                          batch: int | None = None) -> Generator[Any, None, list[np.ndarray]]:
+    """``render_tiles`` in batches of ``batch`` (default: ``tiles_per_call``), halving it on out-of-memory.
 
     Yields ``on_step(step)`` for every engine step.
     """
     from .engine import is_out_of_memory
 
     out: list[np.ndarray] = []
-    batch = tiles_per_call(engine, source, plan, settings)
+    batch = batch or tiles_per_call(engine, source, plan, settings)
     while len(out) < len(tiles):
         chunk = tiles[len(out) : len(out) + batch]
         try:
@@ -285,7 +286,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
     batch = tiles_per_call(engine, source, plan, settings) if todo else 1
     for i in range(0, len(todo), batch):
         chunk = todo[i : i + batch]
-        images = yield from render_tiles_adaptive(engine, source, plan, chunk, settings, progress)
+        images = yield from render_tiles_adaptive(engine, source, plan, chunk, settings, progress, batch)
         for tile, image in zip(chunk, images):
             box = stitcher.add(tile.y, tile.x, image, grid.weights(tile))
             done += 1
