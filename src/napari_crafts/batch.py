@@ -380,8 +380,7 @@ def _provenance(source: Any, plan: Plan, info: ModelInfo, settings: GenerationSe
     # CPU pixels depend (in the last bit) on the thread count: a resume must keep it
     return region_provenance(
         info, source, plan, settings, region_notes(info, plan, settings), settings_extra=extra,
-        source_extra={"path": getattr(source.data, "ref", source.data).path, "level": 0,
-                      "mpp_from": "--mpp" if mpp_given else "file"},
+        source_extra={"path": source.data.path, "level": 0, "mpp_from": "--mpp" if mpp_given else "file"},
     )
 
 

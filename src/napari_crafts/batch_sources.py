@@ -24,6 +24,10 @@ class SlideArray(WindowedArray):
     def __init__(self, ref: SlideRef, shape: tuple[int, ...], dtype: Any) -> None:
         self.ref, self.shape, self.dtype = ref, tuple(int(s) for s in shape), np.dtype(dtype)
 
+    @property
+    def path(self) -> str:
+        return self.ref.path
+
     def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
         return self.ref.read(y, x, height, width)
 

@@ -41,12 +41,13 @@ class ControlSource(Protocol):
 class WindowedArray:
     """Base of lazy, picklable array-likes read window by window: ``shape``, ``dtype`` and basic slicing.
 
-    A subclass sets ``shape`` and ``dtype`` and implements ``read(y, x, height, width)`` over the last two axes;
-    slicing (ints, forward slices, ``...``) becomes one such read.
+    A subclass sets ``shape``, ``dtype`` and ``path`` (the file it reads, recorded in provenance) and implements
+    ``read(y, x, height, width)`` over the last two axes; slicing (ints, forward slices, ``...``) becomes one read.
     """
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    path: str
 
     @property
     def ndim(self) -> int:
