@@ -1,0 +1,568 @@
+"""Training pairs from real slides: (control image, H&E tile) at the model's pixel size, split by region.
+
+The control images are made by the code inference uses (``LabelsSource.control`` / ``FluorescenceSource.control``,
+the functions ``generation.region.render_tiles`` calls) and the H&E window is resampled with
+``generation.sources.resize``, so a model trained on these pairs sees at training what it sees at inference.
+A tile of ``tile_px`` model px covers ``round(tile_px / (source_mpp / mpp))`` source px (``plan_region``'s rule).
+
+Output (the format ``napari-crafts-pairs-v1``; the training code reads it)::
+
+    DATASET/dataset.json                        the card: sources and their sha256, scales, method, split, counts
+    DATASET/{train,test}/metadata.jsonl         one JSON object per tile
+    DATASET/{train,test}/{he,control_labels,control_fluorescence}/<id>.png   tile_px² RGB uint8
+    DATASET/preview.png                         a few train and test tiles beside their controls
+
+The run writes into a hidden folder next to ``out`` and renames it at the end: a failed or cancelled run
+leaves nothing behind, and ``overwrite`` replaces only a folder this builder wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..evaluation.metrics import tissue_mask
+from ..generation.conditioning import FLUORESCENCE_ENCODING
+from ..generation.sources import FluorescenceSource, LabelsSource, read_padded, resize
+from ..io.slide import Slide, open_slide
+from ..model.card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT, ModelCard
+from ..provenance import package_version
+from .nuclei import ALGORITHM, NucleiParams, iter_segment_slide
+from .stain import SIMULATED_IF_HOW, simulated_if_source
+
+FORMAT = "napari-crafts-pairs-v1"
+CARD = "dataset.json"
+SPLITS = ("train", "test")
+LABELS_ENCODING = "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0"
+#: Above this many level-0 pixels, automatic nuclei are kept in a temporary zarr array instead of memory.
+IN_MEMORY_LABELS = 2**28
+#: Relative difference of pixel sizes still taken as the same scale.
+MPP_TOLERANCE = 0.01
+
+
+class PairsError(ValueError):
+    """Input or output the pair builder cannot use; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class PairsOptions:
+    """What to build: which controls, at which scale, how to split. Sizes in model px unless named source."""
+
+    nuclei: str | Path | None = "auto"  # "auto", a labels file (TIFF, OME-Zarr, GeoJSON) or None
+    fluorescence: str | Path | None = None  # co-registered IF channels (C, Y, X) on the H&E's pixel grid
+    channels: dict[str, str] | None = None  # channel name or index → role; None = conditioning.guess_roles
+    simulate_if: bool = False  # nuclear/cytoplasm channels from haematoxylin/eosin OD
+    mpp: float | None = None  # the model's µm/px; None = from ``model``'s napari_crafts.json
+    model: str | Path | None = None
+    source_mpp: float | None = None  # overrides the H&E file's pixel size
+    tile_px: int = 512
+    stride_px: int | None = None  # None = tile_px // 2
+    min_tissue: float = 0.5
+    test_band: tuple[int, int] | None = None  # rows [y0, y1) in source px; None = the last ``test_fraction``
+    test_fraction: float = 0.2
+    caption: str | None = None
+    category: str | None = None
+    nuclei_params: NucleiParams = field(default_factory=NucleiParams)
+
+
+@dataclass(frozen=True)
+class PairsProgress:
+    """``done`` of ``total`` units of ``stage`` ("nuclei": segmentation blocks, "tiles") are finished."""
+
+    stage: str
+    done: int
+    total: int
+    train: int = 0
+    test: int = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows [band_y0, band_y1) are test; train tiles keep ``guard`` source px away from the band."""
+
+    band: tuple[int, int] | None
+    guard: int
+
+    def of(self, y: int, size: int) -> str | None:
+        if self.band is None:
+            return "train"
+        y0, y1 = self.band
+        if y >= y0 and y + size <= y1:
+            return "test"
+        if y + size <= y0 - self.guard or y >= y1 + self.guard:
+            return "train"
+        return None  # too close to the band: dropped, so no training tile touches a test tile
+
+    def record(self) -> dict[str, Any]:
+        return {"rule": "by region: test = tiles inside a band of rows; train = tiles at least guard_px away "
+                        "from it; tiles between are dropped" if self.band else "none: every tile is train",
+                "axis": "y", "band": list(self.band) if self.band else None, "guard_px": self.guard,
+                "units": "level-0 px of the H&E"}
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def parse_band(text: str) -> tuple[int, int] | tuple[int, None]:
+    """'y0:y1' (or 'y0:' for the rest of the slide) in source px."""
+    try:
+        a, b = text.split(":")
+        return (int(a), int(b)) if b.strip() else (int(a), None)
+    except ValueError:
+        raise PairsError(f"Test band '{text}' is not 'y0:y1' (rows in H&E pixels, e.g. 2400:2967).") from None
+
+
+def parse_channels(text: str) -> dict[str, str]:
+    """'DAPI=nuclear,panCK=cytoplasm' → {'DAPI': 'nuclear', 'panCK': 'cytoplasm'}."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, role = item.partition("=")
+        if not sep or not name.strip() or not role.strip():
+            raise PairsError(f"Channel role '{item}' is not NAME=ROLE (e.g. DAPI=nuclear,panCK=cytoplasm).")
+        out[name.strip()] = role.strip()
+    return out
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file's bytes; of a folder (OME-Zarr): of its sorted relative paths and their files' sha256."""
+    import hashlib
+
+    def of_file(p: Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if path.is_file():
+        return of_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(path).as_posix()}\0{of_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _model_mpp(options: PairsOptions) -> float:
+    if options.mpp is not None:
+        if not options.mpp > 0:
+            raise PairsError(f"The model's pixel size must be a positive µm/px, got {options.mpp}.")
+        return float(options.mpp)
+    if options.model is not None:
+        card = ModelCard.read(options.model)
+        if card.mpp_declared:
+            return card.mpp
+        raise PairsError(f"Model folder {options.model} does not declare its pixel size (no 'mpp' in its "
+                         "napari_crafts.json): pass the model's µm/px with --mpp.")
+    raise PairsError("The model's pixel size is unknown: pass --mpp (µm/px the model works at, e.g. 0.5) or "
+                     "--model with a folder whose napari_crafts.json declares it.")
+
+
+def _same_grid(he: Slide, path: Path, shape: tuple[int, int], mpp: float | None, what: str) -> None:
+    """Nuclei/IF must lie on the H&E's level-0 pixel grid: same size and (when known) same scale."""
+    assert he.mpp is not None
+    if mpp is not None and abs(mpp / he.mpp - 1) > MPP_TOLERANCE:
+        raise PairsError(f"{what} {path.name} is at {mpp:g} µm/px but the H&E at {he.mpp:g} µm/px: they must "
+                         "share the H&E's level-0 pixel grid (export them at the H&E's full resolution).")
+    if tuple(shape) != tuple(he.shape):
+        raise PairsError(f"{what} {path.name} is {shape[0]}×{shape[1]} px but the H&E is {he.shape[0]}×"
+                         f"{he.shape[1]} px: they must share the H&E's level-0 pixel grid.")
+
+
+def _open_labels(path: Path, he: Slide) -> tuple[LabelsSource, dict[str, Any]]:
+    from ..io.geojson import SUFFIXES as GEOJSON_SUFFIXES
+    from ..io.geojson import GeoJSONLabels
+
+    if path.suffix.lower() in GEOJSON_SUFFIXES:
+        data: Any = GeoJSONLabels(path, shape=he.shape)
+        extent = data.polygons.extent
+        if extent[0] > he.shape[0] + 1 or extent[1] > he.shape[1] + 1:
+            raise PairsError(f"Nuclei {path.name} reach {extent[0]}×{extent[1]} px, beyond the H&E "
+                             f"({he.shape[0]}×{he.shape[1]} px): were they drawn on another slide or level?")
+        mpp = he.mpp
+    else:
+        slide = open_slide(path, kind="labels")
+        _same_grid(he, path, slide.shape, slide.mpp, "Nuclei")
+        data, mpp = slide.levels[0], he.mpp
+    source = LabelsSource(data, name=path.name, mpp=mpp)
+    return source, {"path": str(path), "role": "labels", "mpp": mpp, "shape": list(he.shape)}
+
+
+def _roles(spec: dict[str, str], names: list[str], path: Path) -> dict[int, str]:
+    lower = {n.lower(): i for i, n in enumerate(names)}
+    roles = {i: "other" for i in range(len(names))}
+    for key, role in spec.items():
+        i = int(key) if key.isdigit() else lower.get(key.lower())
+        if i is None or not 0 <= i < len(names):
+            raise PairsError(f"{path.name} has no channel '{key}'; its channels are: {', '.join(names)}.")
+        roles[i] = role
+    return roles
+
+
+def _open_fluorescence(path: Path, he: Slide, channels: dict[str, str] | None) -> tuple[FluorescenceSource, dict]:
+    slide = open_slide(path, kind="channels")
+    _same_grid(he, path, slide.shape, slide.mpp, "Fluorescence")
+    n = slide.levels[0].shape[0]
+    names = slide.channel_names or [f"channel {i}" for i in range(n)]
+    roles = _roles(channels, names, path) if channels else None
+    source = FluorescenceSource(slide.levels[0], roles=roles, channel_names=names, name=path.name, mpp=he.mpp)
+    return source, {"path": str(path), "role": "fluorescence", "mpp": he.mpp, "shape": [n, *he.shape]}
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    for p in inputs:
+        if out == p or out.is_relative_to(p):
+            raise PairsError(f"Output {out} lies inside the input {p}: choose a folder outside it.")
+        if p.is_relative_to(out):
+            raise PairsError(f"Output {out} holds the input {p}: choose another output folder.")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise PairsError(f"{out} already exists: choose a new folder, or pass --overwrite to replace a dataset "
+                         "that napari-crafts pairs wrote.")
+    if not is_pairs_dataset(out):
+        raise PairsError(f"{out} exists and is not a dataset written by napari-crafts pairs (no {CARD} with "
+                         f"format '{FORMAT}'): refusing to overwrite it; choose another output folder.")
+
+
+def is_pairs_dataset(path: Path) -> bool:
+    """True for a folder (not a link) whose dataset.json says it is this builder's format."""
+    try:
+        card = json.loads((path / CARD).read_text())
+    except (OSError, ValueError):
+        return False
+    return path.is_dir() and not path.is_symlink() and isinstance(card, dict) and card.get("format") == FORMAT
+
+
+def _save_png(path: Path, rgb: np.ndarray, note: str | None = None) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", f"napari-crafts {package_version()}")
+    if note:
+        info.add_text("Description", note)
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(path, pnginfo=info)
+
+
+def _preview(folder: Path, rows: dict[str, list[dict[str, Any]]], kinds: list[str], per_split: int = 4) -> None:
+    """A few train (left) and test (right) tiles, each as H&E then its controls, at ≤ 128 px."""
+    from PIL import Image
+
+    def pick(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        idx = np.linspace(0, len(items) - 1, min(per_split, len(items))).round().astype(int) if items else []
+        return [items[i] for i in idx]
+
+    chosen = {s: pick(rows[s]) for s in SPLITS}
+    n = max(1, *(len(v) for v in chosen.values()))
+    side, gap = 128, 4
+    cols = len(kinds)
+    width = 2 * cols * (side + gap) + 4 * gap
+    sheet = np.full((n * (side + gap) + gap, width, 3), 255, np.uint8)
+    for s_i, split in enumerate(SPLITS):
+        x0 = gap + s_i * (cols * (side + gap) + 3 * gap)
+        for r, row in enumerate(chosen[split]):
+            for c, kind in enumerate(kinds):
+                img = np.asarray(Image.open(folder / split / row[kind]).convert("RGB"))
+                y, x = gap + r * (side + gap), x0 + c * (side + gap)
+                sheet[y : y + side, x : x + side] = resize(img, side)
+    _save_png(folder / "preview.png", sheet, "left: train, right: test; each tile: " + ", ".join(kinds))
+
+
+# ------------------------------------------------------------------------------------------------ builder
+
+
+def _positions(shape: tuple[int, int], size: int, stride: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row, col, y, x) of every whole tile of ``size`` source px on a ``stride`` grid from (0, 0)."""
+    H, W = shape
+    for r, y in enumerate(range(0, H - size + 1, stride)):
+        for c, x in enumerate(range(0, W - size + 1, stride)):
+            yield r, c, y, x
+
+
+def _band(options: PairsOptions, shape: tuple[int, int], size: int) -> tuple[int, int] | None:
+    H = shape[0]
+    if options.test_band is not None:
+        y0, y1 = options.test_band
+        y1 = H if y1 is None else y1
+        if not 0 <= y0 < y1 <= H:
+            raise PairsError(f"Test band {y0}:{y1} lies outside the H&E's rows 0:{H}.")
+    elif options.test_fraction > 0:
+        if not options.test_fraction < 1:
+            raise PairsError(f"Test fraction must be in [0, 1), got {options.test_fraction}.")
+        y0, y1 = H - round(H * options.test_fraction), H
+    else:
+        return None
+    if y1 - y0 < size:
+        raise PairsError(f"Test band {y0}:{y1} is {y1 - y0} rows high, less than one tile ({size} source px): "
+                         "make it taller or the tiles smaller.")
+    return y0, y1
+
+
+def _check_options(options: PairsOptions) -> None:
+    if options.tile_px < 8:
+        raise PairsError(f"Tile size must be at least 8 px, got {options.tile_px}.")
+    if options.stride_px is not None and not 0 < options.stride_px:
+        raise PairsError(f"Stride must be a positive number of px, got {options.stride_px}.")
+    if not 0 <= options.min_tissue <= 1:
+        raise PairsError(f"--min-tissue is a fraction in [0, 1], got {options.min_tissue}.")
+    if options.simulate_if and options.fluorescence is not None:
+        raise PairsError("Pass either real fluorescence (--fluorescence) or --simulate-if, not both.")
+    if options.nuclei is None and options.fluorescence is None and not options.simulate_if:
+        raise PairsError("No control to pair with the H&E: give nuclei (--nuclei auto or a labels file), "
+                         "--fluorescence, or --simulate-if.")
+
+
+def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = PairsOptions(), *,
+               overwrite: bool = False) -> Generator[PairsProgress, None, Path]:
+    """Build the dataset, yielding progress (segmentation blocks, then tiles); returns the dataset folder."""
+    _check_options(options)
+    he_path = Path(he_path).expanduser().absolute()
+    out = Path(out).expanduser().absolute()
+    he = open_slide(he_path, mpp=options.source_mpp, kind="rgb")
+    if he.mpp is None:
+        raise PairsError(f"{he_path.name} does not say its pixel size: pass it with --source-mpp (µm/px).")
+    mpp = _model_mpp(options)
+    nuclei_path = None if options.nuclei in (None, "auto") else Path(options.nuclei).expanduser().absolute()
+    if_path = None if options.fluorescence is None else Path(options.fluorescence).expanduser().absolute()
+    inputs = [p for p in (he_path, nuclei_path, if_path) if p is not None]
+    _check_output(out.resolve(), [p.resolve() for p in inputs], overwrite)
+    size = max(1, round(options.tile_px / (he.mpp / mpp)))  # plan_region's rule
+    stride_px = options.stride_px or max(1, options.tile_px // 2)
+    stride = max(1, round(stride_px / (he.mpp / mpp)))
+    if size > min(he.shape):
+        raise PairsError(f"{he_path.name} ({he.shape[0]}×{he.shape[1]} px) is smaller than one tile "
+                         f"({size} source px = {options.tile_px} px at {mpp:g} µm/px): use smaller tiles.")
+    split = Split(_band(options, he.shape, size), guard=size)
+    read_rgb = _reader(he)
+
+    created = _make_parents(out.parent)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        sources: list[dict[str, Any]] = [{"path": str(he_path), "role": "he", "mpp": he.mpp,
+                                          "shape": [*he.shape, 3]}]
+        labels, nuclei_card = None, None
+        if options.nuclei == "auto":
+            labels, nuclei_card = yield from _auto_nuclei(he, read_rgb, work, options.nuclei_params)
+        elif nuclei_path is not None:
+            labels, record = _open_labels(nuclei_path, he)
+            sources.append(record)
+            nuclei_card = {"method": "labels", "path": str(nuclei_path)}
+        fluo, fluo_card = None, None
+        if if_path is not None:
+            fluo, record = _open_fluorescence(if_path, he, options.channels)
+            sources.append(record)
+            fluo_card = {"simulated": False, "how": f"real immunofluorescence from {if_path.name}"}
+        elif options.simulate_if:
+            fluo = simulated_if_source(read_rgb, he.shape, mpp=he.mpp, name=he_path.name, path=str(he_path))
+            fluo_card = {"simulated": True, "how": SIMULATED_IF_HOW}
+        if fluo is not None and fluo_card is not None:
+            info = fluo.describe()
+            fluo_card |= {"channels": info["channels"], "limits": {str(k): list(v) for k, v in fluo.limits.items()},
+                          "limits_from": info["limits_from"], "encoding": FLUORESCENCE_ENCODING}
+        caption = options.caption or (CRAFTS_MASK_PROMPT if labels is not None else FLUORESCENCE_PROMPT)
+        tiles = _Tiles(work, labels, fluo, size, options.tile_px, caption, options.category,
+                       simulated=bool(options.simulate_if))
+        counts = yield from tiles.cut(read_rgb, list(_positions(he.shape, size, stride)), split, options.min_tissue)
+        if counts["train"] + counts["test"] == 0:
+            raise _nothing_left(he_path, counts, options.min_tissue)
+        for s in sources:
+            s["sha256"] = sha256_path(Path(s["path"]))
+        card = {
+            "format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "generator": f"napari-crafts {package_version()}",
+            "sources": [{k: s[k] for k in ("path", "sha256", "role", "mpp", "shape")} for s in sources],
+            "source_mpp": he.mpp, "mpp": mpp, "tile_px": options.tile_px, "stride_px": stride_px,
+            "size_source_px": size, "stride_source_px": stride, "resampling": "generation.sources.resize (area "
+            "when shrinking) for the H&E; the controls by LabelsSource/FluorescenceSource.control, as at inference",
+            "nuclei": nuclei_card, "fluorescence": fluo_card, "split": split.record(), "counts": counts,
+            "conditioning": {"labels": LABELS_ENCODING if labels is not None else None,
+                             "fluorescence": FLUORESCENCE_ENCODING if fluo is not None else None},
+            "min_tissue": options.min_tissue, "tissue_rule": "metrics.tissue_mask (max channel OD > 0.1) on the "
+            "H&E window at source resolution", "caption": caption, "category": options.category,
+            "controls": tiles.kinds[1:],
+        }
+        (work / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+        _preview(work, tiles.rows, tiles.kinds)
+        shutil.rmtree(work / ".work", ignore_errors=True)
+        _move_into_place(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        for d in reversed(created):
+            _rmdir(d)
+        raise
+    return out
+
+
+def build_pairs(he_path: str | Path, out: str | Path, *, overwrite: bool = False,
+                on_progress: Callable[[PairsProgress], None] | None = None, **options: Any) -> Path:
+    """Build a training set from an H&E slide (see :class:`PairsOptions` for ``options``); returns its folder.
+
+    ``build_pairs("slide.svs", "pairs", nuclei="auto", simulate_if=True, mpp=0.5, tile_px=128)``
+    """
+    unknown = set(options) - {f.name for f in dataclasses.fields(PairsOptions)}
+    if unknown:
+        raise TypeError(f"build_pairs() got unknown options: {', '.join(sorted(unknown))}")
+    gen = iter_pairs(he_path, out, PairsOptions(**options), overwrite=overwrite)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if on_progress is not None:
+            on_progress(event)
+
+
+def _reader(he: Slide) -> Callable[[int, int, int, int], np.ndarray]:
+    def read(y: int, x: int, h: int, w: int) -> np.ndarray:
+        return he.read(0, y, x, h, w)
+
+    return read
+
+
+def _auto_nuclei(he: Slide, read_rgb: Any, work: Path, params: NucleiParams,
+                 ) -> Generator[PairsProgress, None, tuple[LabelsSource, dict[str, Any]]]:
+    assert he.mpp is not None
+    H, W = he.shape
+    if H * W <= IN_MEMORY_LABELS:
+        store: Any = np.zeros((H, W), np.int32)
+    else:
+        import zarr
+
+        store = zarr.create_array(work / ".work" / "nuclei.zarr", shape=(H, W), chunks=(2048, 2048),
+                                  dtype="int32", fill_value=0)
+    gen = iter_segment_slide(read_rgb, he.shape, store, mpp=he.mpp, params=params)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as stop:
+            threshold, stats = stop.value
+            break
+        yield PairsProgress("nuclei", done, total)
+    if stats.count == 0:
+        raise PairsError(f"Automatic segmentation found no nuclei in {he.path.name} (haematoxylin threshold "
+                         f"{threshold:.3f}): check the stain, or pass nuclei labels with --nuclei FILE.")
+    card = {"method": "auto", "algorithm": ALGORITHM, "parameters": params.record(),
+            "threshold_h_od": round(threshold, 5), "found": stats.record(he.mpp)}
+    return LabelsSource(store, name=f"{he.path.name} (auto nuclei)", mpp=he.mpp), card
+
+
+class _Tiles:
+    """Cuts tiles and writes their PNGs and metadata lines into ``folder/<split>/``."""
+
+    def __init__(self, folder: Path, labels: LabelsSource | None, fluo: FluorescenceSource | None, size: int,
+                 tile_px: int, caption: str, category: str | None, *, simulated: bool) -> None:
+        self.folder, self.labels, self.fluo, self.size, self.tile_px = folder, labels, fluo, size, tile_px
+        self.caption, self.category, self.simulated = caption, category, simulated
+        self.kinds = ["he"] + ["control_labels"] * (labels is not None) + ["control_fluorescence"] * (fluo is not None)
+        self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+
+    def cut(self, read_rgb: Any, positions: list[tuple[int, int, int, int]], split: Split,
+            min_tissue: float) -> Generator[PairsProgress, None, dict[str, int]]:
+        counts = {"train": 0, "test": 0, "skipped_no_tissue": 0, "skipped_no_nuclei": 0, "dropped_near_band": 0}
+        files = {}
+        for s in SPLITS:
+            for kind in self.kinds:
+                (self.folder / s / kind).mkdir(parents=True)
+            files[s] = open(self.folder / s / "metadata.jsonl", "w")  # noqa: SIM115  (closed below)
+        try:
+            for i, (r, c, y, x) in enumerate(positions):
+                which = split.of(y, self.size)
+                if which is None:
+                    counts["dropped_near_band"] += 1
+                else:
+                    row = self._tile(read_rgb, which, f"r{r:04d}_c{c:04d}", y, x, min_tissue, counts)
+                    if row is not None:
+                        files[which].write(json.dumps(row, ensure_ascii=False) + "\n")
+                        self.rows[which].append(row)
+                        counts[which] += 1
+                yield PairsProgress("tiles", i + 1, len(positions), counts["train"], counts["test"])
+        finally:
+            for f in files.values():
+                f.close()
+        return counts
+
+    def _tile(self, read_rgb: Any, split: str, tile_id: str, y: int, x: int, min_tissue: float,
+              counts: dict[str, int]) -> dict[str, Any] | None:
+        S, out_px = self.size, self.tile_px
+        rgb = read_rgb(y, x, S, S)
+        tissue = float(tissue_mask(rgb).mean())
+        if tissue < min_tissue or tissue == 0:
+            counts["skipped_no_tissue"] += 1
+            return None
+        nuclei = None
+        if self.labels is not None:
+            window = read_padded(self.labels.data, y, x, S, S)
+            nuclei = int(np.unique(window).size - (window.min() == 0))
+            if nuclei == 0:
+                counts["skipped_no_nuclei"] += 1
+                return None
+        base = self.folder / split
+        row: dict[str, Any] = {"id": tile_id, "y": y, "x": x, "size_source_px": S, "he": f"he/{tile_id}.png"}
+        _save_png(base / row["he"], resize(rgb, out_px))
+        if self.labels is not None:
+            row["control_labels"] = f"control_labels/{tile_id}.png"
+            _save_png(base / row["control_labels"], self.labels.control(y, x, S, out_px))
+        if self.fluo is not None:
+            row["control_fluorescence"] = f"control_fluorescence/{tile_id}.png"
+            _save_png(base / row["control_fluorescence"], self.fluo.control(y, x, S, out_px),
+                      SIMULATED_IF_HOW if self.simulated else None)
+        row |= {"caption": self.caption, "category": self.category, "tissue_fraction": round(tissue, 4),
+                "nuclei": nuclei}
+        return row
+
+
+def _nothing_left(he_path: Path, counts: dict[str, int], min_tissue: float) -> PairsError:
+    if counts["skipped_no_nuclei"]:
+        return PairsError(f"No tile of {he_path.name} has both tissue and nuclei ({counts['skipped_no_nuclei']} "
+                          "tissue tiles hold no nucleus): check that the nuclei belong to this slide.")
+    return PairsError(f"No tile of {he_path.name} has at least {min_tissue:.0%} tissue: check the image, or "
+                      "lower --min-tissue.")
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; returns those created (outermost first)."""
+    missing = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing.append(p)
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+def _rmdir(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; an old dataset there (checked as ours) goes only after that."""
+    if not out.exists():
+        work.rename(out)
+        return
+    if not is_pairs_dataset(out):  # checked again: the folder may have changed during the run
+        raise PairsError(f"{out} changed during the run and is no longer a napari-crafts pairs dataset: "
+                         "refusing to overwrite it.")
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        work.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
