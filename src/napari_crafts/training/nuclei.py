@@ -94,7 +94,7 @@ def slide_threshold(read_rgb: ReadRGB, shape: tuple[int, int], *, mpp: float,
         raise NucleiError("The H&E shows no tissue (every pixel looks like glass): nothing to segment; "
                           "check that this is a brightfield H&E image.")
     if float(tissue.max()) <= float(tissue.min()):
-        raise NucleiError("The H&E's tissue has a single haematoxylin level: no nuclei to threshold.")
+        return float(tissue.max())  # one haematoxylin level: nothing lies above it, so no nuclei
     return float(threshold_otsu(tissue)) * params.threshold_scale
 
 

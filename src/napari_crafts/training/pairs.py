@@ -36,7 +36,7 @@ from ..generation.sources import FluorescenceSource, LabelsSource, read_padded, 
 from ..io.slide import Slide, open_slide
 from ..model.card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT, ModelCard
 from ..provenance import package_version
-from .nuclei import ALGORITHM, NucleiParams, iter_segment_slide
+from .nuclei import ALGORITHM, NucleiError, NucleiParams, iter_segment_slide
 from .stain import SIMULATED_IF_HOW, simulated_if_source
 
 FORMAT = "napari-crafts-pairs-v1"
@@ -67,7 +67,7 @@ class PairsOptions:
     tile_px: int = 512
     stride_px: int | None = None  # None = tile_px // 2
     min_tissue: float = 0.5
-    test_band: tuple[int, int] | None = None  # rows [y0, y1) in source px; None = the last ``test_fraction``
+    test_band: tuple[int, int | None] | None = None  # rows [y0, y1) in source px; None = the last ``test_fraction``
     test_fraction: float = 0.2
     caption: str | None = None
     category: str | None = None
@@ -415,13 +415,16 @@ def build_pairs(he_path: str | Path, out: str | Path, *, overwrite: bool = False
     if unknown:
         raise TypeError(f"build_pairs() got unknown options: {', '.join(sorted(unknown))}")
     gen = iter_pairs(he_path, out, PairsOptions(**options), overwrite=overwrite)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        if on_progress is not None:
-            on_progress(event)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if on_progress is not None:
+                on_progress(event)
+    finally:
+        gen.close()  # a callback that raised (Ctrl-C, a cancel) still cleans up what the run wrote
 
 
 def _reader(he: Slide) -> Callable[[int, int, int, int], np.ndarray]:
@@ -449,6 +452,8 @@ def _auto_nuclei(he: Slide, read_rgb: Any, work: Path, params: NucleiParams,
         except StopIteration as stop:
             threshold, stats = stop.value
             break
+        except NucleiError as err:
+            raise PairsError(f"{he.path.name}: {err}") from None
         yield PairsProgress("nuclei", done, total)
     if stats.count == 0:
         raise PairsError(f"Automatic segmentation found no nuclei in {he.path.name} (haematoxylin threshold "

@@ -1,0 +1,123 @@
+"""``napari-crafts pairs``: an H&E slide (+ nuclei or fluorescence) → a training set (``training.pairs``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .nuclei import NucleiParams
+from .pairs import PairsOptions, PairsProgress, iter_pairs, parse_band, parse_channels
+
+EXAMPLE = ("example: napari-crafts pairs slide.svs pairs/ --nuclei auto --simulate-if --mpp 0.5 --tile-px 128 "
+           "--stride-px 64")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``napari-crafts pairs`` arguments."""
+    d = PairsOptions()
+    parser.epilog = EXAMPLE
+    parser.add_argument("he", help="H&E slide or image: SVS/NDPI/…, (OME-)TIFF or OME-Zarr")
+    parser.add_argument("output", help="dataset folder to write (must not exist, see --overwrite)")
+    parser.add_argument("--nuclei", default="auto", metavar="auto|FILE|none",
+                        help="'auto' (default): built-in classical segmentation of the H&E; FILE: nuclear labels "
+                        "on the H&E's pixel grid (TIFF, OME-Zarr, or GeoJSON polygons in level-0 px); "
+                        "'none': no labels control")
+    parser.add_argument("--fluorescence", type=Path, default=None, metavar="FILE",
+                        help="co-registered immunofluorescence channels on the H&E's pixel grid")
+    parser.add_argument("--channels", default=None, metavar="NAME=ROLE,...",
+                        help="roles of the fluorescence channels, e.g. DAPI=nuclear,panCK=cytoplasm "
+                        "(names or indices; roles nuclear, cytoplasm, membrane, other; default: guessed by name)")
+    parser.add_argument("--simulate-if", action="store_true",
+                        help="no real IF: derive a nuclear channel from haematoxylin and a cytoplasm channel from "
+                        "eosin (colour deconvolution; recorded as simulated)")
+    parser.add_argument("--model", default=None, metavar="FOLDER",
+                        help="model folder whose napari_crafts.json gives the model's pixel size")
+    parser.add_argument("--mpp", type=float, default=None,
+                        help="the model's pixel size in µm/px (default: from --model); tiles are cut at this scale")
+    parser.add_argument("--source-mpp", type=float, default=None,
+                        help="the H&E's pixel size in µm/px (overrides the file's)")
+    parser.add_argument("--tile-px", type=int, default=d.tile_px, help=f"tile side in model px (default {d.tile_px})")
+    parser.add_argument("--stride-px", type=int, default=None,
+                        help="distance between tile origins in model px (default: half a tile)")
+    parser.add_argument("--min-tissue", type=float, default=d.min_tissue,
+                        help=f"minimum tissue fraction of a tile (default {d.min_tissue})")
+    parser.add_argument("--test-band", default=None, metavar="Y0:Y1",
+                        help="held-out rows in H&E level-0 px (default: the last --test-fraction of the rows)")
+    parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                        help=f"held-out fraction of the rows, at the bottom (default {d.test_fraction}; 0: no test)")
+    parser.add_argument("--nuclei-threshold", type=float, default=None, metavar="OD",
+                        help="haematoxylin OD threshold for --nuclei auto (default: Otsu over the slide's tissue)")
+    parser.add_argument("--caption", default=None, help="caption of every tile (default: the CRAFTS prompt)")
+    parser.add_argument("--category", default=None, help="optional category text of every tile")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT if it is a dataset napari-crafts pairs wrote (nothing else)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace) -> PairsOptions:
+    """The :class:`PairsOptions` of parsed arguments (PairsError for malformed values)."""
+    nuclei: Any = None if str(args.nuclei).lower() == "none" else (
+        "auto" if str(args.nuclei).lower() == "auto" else Path(args.nuclei))
+    band = parse_band(args.test_band) if args.test_band else None
+    return PairsOptions(
+        nuclei=nuclei, fluorescence=args.fluorescence,
+        channels=parse_channels(args.channels) if args.channels else None, simulate_if=args.simulate_if,
+        mpp=args.mpp, model=args.model, source_mpp=args.source_mpp, tile_px=args.tile_px, stride_px=args.stride_px,
+        min_tissue=args.min_tissue, test_band=band, test_fraction=args.test_fraction,  # type: ignore[arg-type]
+        caption=args.caption, category=args.category, nuclei_params=NucleiParams(threshold=args.nuclei_threshold),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``napari-crafts pairs``; user errors are one line on stderr (exit code 2), no traceback."""
+    bars: dict[str, Any] = {}
+    try:
+        gen = iter_pairs(args.he, args.output, options_from_args(args), overwrite=args.overwrite)
+        try:
+            while True:
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    out = stop.value
+                    break
+                if not args.quiet:
+                    _show(bars, event)
+        finally:
+            gen.close()
+            for bar in bars.values():
+                bar.close()
+    except (ValueError, OSError) as err:  # PairsError, SlideError, ConditioningError, GeoJSONError, file errors
+        print(f"napari-crafts pairs: error: {str(err).replace(chr(10), ' ')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-crafts pairs: interrupted; nothing was left behind", file=sys.stderr)
+        return 130
+    import json
+
+    card = json.loads((out / "dataset.json").read_text())
+    c = card["counts"]
+    print(f"train {c['train']} tiles, test {c['test']} tiles ({card['tile_px']} px at {card['mpp']:g} µm/px); "
+          f"skipped: {c['skipped_no_tissue']} without tissue, {c['skipped_no_nuclei']} without nuclei, "
+          f"{c['dropped_near_band']} next to the test band")
+    if card["nuclei"] and card["nuclei"]["method"] == "auto":
+        f = card["nuclei"]["found"]
+        print(f"auto nuclei: {f['count']}, mean area {f['mean_area_um2']} µm², haematoxylin inside/outside "
+              f"{f['h_od_ratio']}")
+    if card["fluorescence"] and card["fluorescence"]["simulated"]:
+        print("fluorescence controls are SIMULATED from the H&E (colour deconvolution), not real IF")
+    print(f"dataset: {out} (preview: {out / 'preview.png'})")
+    return 0
+
+
+def _show(bars: dict[str, Any], event: PairsProgress) -> None:
+    from tqdm import tqdm
+
+    what = {"nuclei": "segmenting nuclei (blocks)", "tiles": "cutting tiles"}.get(event.stage, event.stage)
+    bar = bars.get(event.stage)
+    if bar is None:
+        bar = bars[event.stage] = tqdm(total=event.total, desc=what, unit="", file=sys.stderr, leave=False)
+    bar.update(event.done - bar.n)
+    if event.stage == "tiles":
+        bar.set_postfix(train=event.train, test=event.test, refresh=False)
