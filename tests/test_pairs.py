@@ -120,7 +120,7 @@ def test_split_holds_out_a_band_with_a_gap(labelled):
     train, test = rows(labelled, "train"), rows(labelled, "test")
     s = card["size_source_px"]
     assert train and test
-    assert all(270 <= r["y"] and r["y"] + s <= 420 for r in test)
+    assert all(r["y"] >= 270 and r["y"] + s <= 420 for r in test)
     for t in test:  # no test tile within one tile of any train tile's box
         for r in train:
             gap = max(t["y"] - (r["y"] + s), r["y"] - (t["y"] + s), t["x"] - (r["x"] + s), r["x"] - (t["x"] + s))
@@ -151,13 +151,15 @@ def test_card_records_sources_scales_and_counts(scene, labelled):
         assert by_role[role]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert by_role[role]["mpp"] == pytest.approx(SRC_MPP)
     assert by_role["he"]["shape"] == [*SHAPE, 3] and by_role["labels"]["shape"] == list(SHAPE)
-    assert card["counts"]["train"] == len(rows(labelled, "train")) and card["counts"]["test"] == len(rows(labelled, "test"))
+    assert card["counts"]["train"] == len(rows(labelled, "train"))
+    assert card["counts"]["test"] == len(rows(labelled, "test"))
     assert card["nuclei"]["method"] == "labels" and card["fluorescence"] is None
     assert card["conditioning"]["labels"] == LabelsSource(np.zeros((2, 2), np.int32)).describe()["encoding"]
     row = rows(labelled, "train")[0]
     assert list(row) == ["id", "y", "x", "size_source_px", "he", "control_labels", "caption", "category",
                          "tissue_fraction", "nuclei"]
-    assert row["caption"].startswith("translate the given nuclear segmentation mask") and row["category"] == "synthetic discs"
+    assert row["caption"].startswith("translate the given nuclear segmentation mask")
+    assert row["category"] == "synthetic discs"
     window = scene["labels_array"][row["y"] : row["y"] + 50, row["x"] : row["x"] + 50]
     assert row["nuclei"] == len(np.unique(window[window > 0]))
     assert Image.open(labelled / "preview.png").mode == "RGB"
@@ -176,8 +178,8 @@ def test_simulated_if_is_haematoxylin_and_shared_across_tiles(scene, tmp_path):
     assert [c["role"] for c in card["fluorescence"]["channels"]] == ["nuclear", "cytoplasm"]
     assert card["caption"].startswith("translate the given immunofluorescence image")
     tiles = {(r["y"], r["x"]): png(out, "train", r["control_fluorescence"]) for r in rows(out, "train")}
-    first = rows(out, "train")[0]
-    assert "not real immunofluorescence" in Image.open(out / "train" / first["control_fluorescence"]).info["Description"]
+    first = Image.open(out / "train" / rows(out, "train")[0]["control_fluorescence"])
+    assert "not real immunofluorescence" in first.info["Description"]
     labels = scene["labels_array"]
     inside, outside = [], []
     for (y, x), ctl in tiles.items():
@@ -197,7 +199,8 @@ def test_real_fluorescence_channels_with_roles(scene, tmp_path):
     ck = 500 + rng.integers(0, 300, SHAPE)
     other = rng.integers(0, 1000, SHAPE)
     stack = np.stack([ck, dapi, other]).astype(np.uint16)
-    path = write_tiff(tmp_path / "if.ome.tif", stack, metadata={"axes": "CYX", "Channel": {"Name": ["panCK", "DAPI", "CD45"]}})
+    names = {"Name": ["panCK", "DAPI", "CD45"]}
+    path = write_tiff(tmp_path / "if.ome.tif", stack, metadata={"axes": "CYX", "Channel": names})
     out = build_pairs(scene["he"], tmp_path / "if", nuclei=scene["labels"], fluorescence=path,
                       channels={"DAPI": "nuclear", "panck": "cytoplasm"}, mpp=MODEL_MPP, tile_px=40, stride_px=40,
                       test_fraction=0)
@@ -237,6 +240,56 @@ def test_auto_nuclei_and_simulated_if_on_real_cmu1(tmp_path):
     assert len(h_in) >= 4
     assert np.mean(h_in) > 3 * np.mean(h_out)  # the auto nuclei sit on the haematoxylin of their H&E tile
     assert np.mean(r_in) > 2 * np.mean(r_out)  # simulated nuclear channel is bright there too
+
+
+def test_geojson_nuclei(scene, tmp_path):
+    """QuPath-style polygons (x, y in H&E level-0 px) rasterised window by window give the same controls."""
+    from napari_crafts.io.geojson import GeoJSONLabels
+
+    square = [[[60, 40], [75, 40], [75, 52], [60, 52], [60, 40]]]  # x 60–75, y 40–52
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}},
+        {"type": "Feature", "geometry": {"type": "Polygon",
+                                         "coordinates": [[[x + 10, y + 70] for x, y in square[0]]]}}]}
+    path = tmp_path / "nuclei.geojson"
+    path.write_text(json.dumps(doc))
+    out = build_pairs(scene["he"], tmp_path / "gj", nuclei=path, mpp=MODEL_MPP, tile_px=40, stride_px=20,
+                      test_fraction=0)
+    source = LabelsSource(GeoJSONLabels(path, shape=SHAPE), mpp=SRC_MPP)
+    got = rows(out, "train")
+    assert got and all(r["nuclei"] in (1, 2) for r in got)
+    for row in got:
+        want = source.control(row["y"], row["x"], 50, 40)
+        np.testing.assert_array_equal(png(out, "train", row["control_labels"]), want)
+    far = tmp_path / "far.geojson"
+    far.write_text(json.dumps({"type": "Polygon", "coordinates": [[[900, 10], [910, 10], [910, 20], [900, 10]]]}))
+    with pytest.raises(PairsError, match="far.geojson reach 21×911 px, beyond the H&E"):
+        build_pairs(scene["he"], tmp_path / "o", nuclei=far, mpp=MODEL_MPP, tile_px=40)
+
+
+def test_auto_nuclei_find_the_discs_in_memory_or_on_disk(scene, tmp_path, monkeypatch):
+    """Auto nuclei on the drawn scene match its true labels; a slide too big for memory (here: any) gives the
+    same dataset through a temporary zarr array, which is gone afterwards."""
+    from napari_crafts.training import pairs
+
+    kw = {"nuclei": "auto", "mpp": MODEL_MPP, "tile_px": 40, "stride_px": 40, "test_fraction": 0}
+    memory = build_pairs(scene["he"], tmp_path / "memory", **kw)
+    monkeypatch.setattr(pairs, "IN_MEMORY_LABELS", 0)
+    disk_ = build_pairs(scene["he"], tmp_path / "disk", **kw)
+    truth = LabelsSource(scene["labels_array"], mpp=SRC_MPP)
+    a, b = rows(memory, "train"), rows(disk_, "train")
+    assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) > 10
+    inter = union = 0
+    for ra, rb in zip(a, b, strict=True):
+        ctl = png(memory, "train", ra["control_labels"])
+        np.testing.assert_array_equal(ctl, png(disk_, "train", rb["control_labels"]))
+        want = truth.control(ra["y"], ra["x"], 50, 40)
+        inter += ((ctl > 0) & (want > 0)).sum()
+        union += ((ctl > 0) | (want > 0)).sum()
+    assert inter / union > 0.85
+    found = [json.loads((p / "dataset.json").read_text())["nuclei"]["found"] for p in (memory, disk_)]
+    assert found[0] == found[1]
+    assert not (disk_ / ".work").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["disk", "memory"]
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -18,6 +18,7 @@ leaves nothing behind, and ``overwrite`` replaces only a folder this builder wro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -261,8 +262,9 @@ def _preview(folder: Path, rows: dict[str, list[dict[str, Any]]], kinds: list[st
     from PIL import Image
 
     def pick(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        idx = np.linspace(0, len(items) - 1, min(per_split, len(items))).round().astype(int) if items else []
-        return [items[i] for i in idx]
+        if not items:
+            return []
+        return [items[i] for i in np.linspace(0, len(items) - 1, min(per_split, len(items))).round().astype(int)]
 
     chosen = {s: pick(rows[s]) for s in SPLITS}
     n = max(1, *(len(v) for v in chosen.values()))
@@ -313,7 +315,7 @@ def _band(options: PairsOptions, shape: tuple[int, int], size: int) -> tuple[int
 def _check_options(options: PairsOptions) -> None:
     if options.tile_px < 8:
         raise PairsError(f"Tile size must be at least 8 px, got {options.tile_px}.")
-    if options.stride_px is not None and not 0 < options.stride_px:
+    if options.stride_px is not None and options.stride_px <= 0:
         raise PairsError(f"Stride must be a positive number of px, got {options.stride_px}.")
     if not 0 <= options.min_tissue <= 1:
         raise PairsError(f"--min-tissue is a fraction in [0, 1], got {options.min_tissue}.")
@@ -369,7 +371,8 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
             fluo_card = {"simulated": True, "how": SIMULATED_IF_HOW}
         if fluo is not None and fluo_card is not None:
             info = fluo.describe()
-            fluo_card |= {"channels": info["channels"], "limits": {str(k): list(v) for k, v in fluo.limits.items()},
+            limits = {str(c["index"]): c["limits"] for c in info["channels"] if c["limits"] is not None}
+            fluo_card |= {"channels": info["channels"], "limits": limits,
                           "limits_from": info["limits_from"], "encoding": FLUORESCENCE_ENCODING}
         caption = options.caption or (CRAFTS_MASK_PROMPT if labels is not None else FLUORESCENCE_PROMPT)
         tiles = _Tiles(work, labels, fluo, size, options.tile_px, caption, options.category,
@@ -548,10 +551,8 @@ def _make_parents(folder: Path) -> list[Path]:
 
 
 def _rmdir(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not empty (someone else wrote there): leave it
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def _move_into_place(work: Path, out: Path) -> None:

@@ -7,7 +7,8 @@ real immunofluorescence. Everything here works window by window on RGB uint8; no
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
