@@ -64,7 +64,7 @@ def build_full_model(path: Path) -> None:
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from napari_crafts.tiny_model import _byte_level_vocab
+    from napari_crafts.model.tiny import _byte_level_vocab
 
     torch.manual_seed(0)
     vocab = path / "_vocab"
@@ -107,7 +107,7 @@ def build_full_model(path: Path) -> None:
 def prepare_model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     """(diffusers folder, label for the tables)."""
     if args.model == "tiny":
-        from napari_crafts.tiny_model import build_tiny_model
+        from napari_crafts.model.tiny import build_tiny_model
 
         return build_tiny_model(tmp / "tiny"), "tiny random"
     if args.model == "full":
@@ -116,7 +116,7 @@ def prepare_model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
         subprocess.run([sys.executable, __file__, "--build-full", str(tmp / "full")], check=True)
         print(f"built the full-size random model in {time.perf_counter() - t0:.0f} s")
         return tmp / "full", "SD1.5-size random"
-    from napari_crafts.engine import resolve_model
+    from napari_crafts.model.engine import resolve_model
 
     path = resolve_model(args.model)
     return path, path.name
@@ -134,8 +134,8 @@ def make_tiles(n: int, size: int, vae_factor: int, seed: int) -> tuple[np.ndarra
     the slide-wide noise field at each tile's position, exactly what ``generate_region`` would use.
     """
     from napari_crafts._sample_data import load_nuclei
-    from napari_crafts.sources import LabelsSource
-    from napari_crafts.tiling import noise_field
+    from napari_crafts.generation.sources import LabelsSource
+    from napari_crafts.generation.tiling import noise_field
 
     cols = int(np.ceil(np.sqrt(n)))
     rows = -(-n // cols)
@@ -329,8 +329,8 @@ def run_pipeline(folder: Path, noise: np.ndarray, control: np.ndarray, args: arg
 def run_engine(folder: Path, noise: np.ndarray, control: np.ndarray, args: argparse.Namespace, ctx: dict,
                mode: str, approx: list[str]) -> list[tuple[Row, np.ndarray]]:
     """(b) for ``mode`` at every batch size, then the ``approx`` (c) rows at the largest batch."""
-    from napari_crafts.engine import Engine
-    from napari_crafts.generate import run
+    from napari_crafts.model.engine import Engine
+    from napari_crafts.generation.region import run
 
     t0 = time.perf_counter()
     engine = Engine(folder, device=ctx["device"], dtype=dtype_label(ctx["dtype"]), **ENGINE_MODES[mode])
@@ -519,8 +519,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     import transformers
     from diffusers.utils import logging as dlog
 
-    from napari_crafts.engine import pick_device, pick_dtype
-    from napari_crafts.model_card import CRAFTS_MASK_PROMPT
+    from napari_crafts.model.engine import pick_device, pick_dtype
+    from napari_crafts.model.card import CRAFTS_MASK_PROMPT
 
     dlog.set_verbosity_error()
     if args.threads:

@@ -78,10 +78,10 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_crafts._sample_data import load_nuclei
-    from napari_crafts.engine import get_engine
+    from napari_crafts.model.engine import get_engine
 
     get_engine(args.model)  # build/cache the tiny model outside the measurement; loading is timed below anyway
-    from napari_crafts import engine as engine_module
+    from napari_crafts.model import engine as engine_module
 
     engine_module._ENGINES.clear()  # the worker loads it again, as on a user's first click
 

@@ -3,7 +3,7 @@
 Hardware-independent companion to ``bench_engine.py``: the networks are built on PyTorch's ``meta`` device (no
 weights, no memory, no arithmetic) and ``torch.utils.flop_counter.FlopCounterMode`` adds up the FLOPs of every
 matrix multiply and convolution of the real diffusers forward passes, including our shallow branch of feature
-reuse (``napari_crafts.deepcache``). A FLOP ratio is the speed-up a mode can give where the GPU is busy with
+reuse (``napari_crafts.model.deepcache``). A FLOP ratio is the speed-up a mode can give where the GPU is busy with
 matrix work; the time ratio measured by ``bench_engine.py`` is what it does give.
 
     python benchmarks/count_flops.py [--tile 512] [--json flops.json]
@@ -45,7 +45,7 @@ def step_flops(unet: Any, net: Any, tile_px: int, batch: int, *, shallow: bool) 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_crafts.deepcache import FeatureCache, shallow_controlnet, shallow_unet, skip_count
+    from napari_crafts.model.deepcache import FeatureCache, shallow_controlnet, shallow_unet, skip_count
 
     dev = next(unet.parameters()).device
     lat = tile_px // 8
@@ -79,7 +79,7 @@ def decode_flops(vae: Any, tile_px: int) -> float:
 
 def tile_flops(steps: int, interval: int, cutoff: float, per_step: dict[tuple[int, bool], float], decode: float) -> float:
     """One tile's FLOPs: each step full or shallow, with CFG (batch 2) or after the cut-off without (batch 1)."""
-    from napari_crafts.deepcache import full_step_indices
+    from napari_crafts.model.deepcache import full_step_indices
 
     full = full_step_indices(steps, interval)
     guided = round(cutoff * steps)

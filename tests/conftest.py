@@ -18,14 +18,14 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_crafts.tiny_model import build_tiny_model
+    from napari_crafts.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_model: Path):  # type: ignore[no-untyped-def]
-    from napari_crafts.engine import Engine
+    from napari_crafts.model.engine import Engine
 
     return Engine(tiny_model)
 
@@ -41,7 +41,7 @@ def nuclei() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def fast():  # type: ignore[no-untyped-def]
     """Settings small enough for CPU tests (tiles of 64 px, 2 steps)."""
-    from napari_crafts.generate import GenerationSettings
+    from napari_crafts.generation.region import GenerationSettings
 
     return GenerationSettings(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7)
 
@@ -69,7 +69,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from transformers import CLIPImageProcessorPil as Processor
     except ImportError:
         from transformers import CLIPImageProcessor as Processor
-    from napari_crafts.tiny_model import _byte_level_vocab
+    from napari_crafts.model.tiny import _byte_level_vocab
 
     path = tmp_path_factory.mktemp("clip")
     (path / "vocab.json").write_text(json.dumps(_byte_level_vocab()))
@@ -92,7 +92,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def scorer(tiny_clip: Path):  # type: ignore[no-untyped-def]
     """The tiny CLIP as a PLIP scorer."""
-    from napari_crafts.plip import ClipScorer
+    from napari_crafts.evaluation.plip import ClipScorer
 
     return ClipScorer(tiny_clip, device="cpu", batch_size=8)
 

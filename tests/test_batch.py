@@ -20,14 +20,14 @@ import pytest
 import tifffile
 import zarr
 
-from napari_crafts import batch
-from napari_crafts.batch import TILE_STORE, SlideArray, generate_slide
-from napari_crafts.batch_cli import configure_parser, main, sample_seam_score
-from napari_crafts.engine import weights_sha256
+from napari_crafts.wsi import job as batch
+from napari_crafts.wsi.job import TILE_STORE, SlideArray, generate_slide
+from napari_crafts.cli.generate import configure_parser, main, sample_seam_score
+from napari_crafts.model.engine import weights_sha256
 from napari_crafts.export import PROGRESS_GROUP, OmeZarrWriter, mean_downsample_2x, read_provenance
-from napari_crafts.generate import BACKGROUND_RGB, GenerationError, GenerationSettings, Region, generate_region, run
-from napari_crafts.slide import SlideError, SlideRef, open_slide
-from napari_crafts.sources import LabelsSource
+from napari_crafts.generation.region import BACKGROUND_RGB, GenerationError, GenerationSettings, Region, generate_region, run
+from napari_crafts.io.slide import SlideError, SlideRef, open_slide
+from napari_crafts.generation.sources import LabelsSource
 
 FAST = dict(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=2)
 SETTINGS = GenerationSettings(**FAST)  # 5×5 tiles of 64 px (stride 48) over 256², rendered two per model call
@@ -156,7 +156,7 @@ def test_two_workers_give_byte_identical_chunks(straight: Path, source: Path, ti
 def test_killed_run_resumes_to_byte_identical_chunks(straight: Path, source: Path, tiny_model: Path,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "killed.ome.zarr"
-    code = (f"from napari_crafts.batch import generate_slide; from napari_crafts.generate import GenerationSettings; "
+    code = (f"from napari_crafts.wsi.job import generate_slide; from napari_crafts.generation.region import GenerationSettings; "
             f"generate_slide({str(source)!r}, {str(out)!r}, model={str(tiny_model)!r}, "
             f"settings=GenerationSettings(**{FAST!r}), n_workers=1, chunk=128, progress=False)")
     log = (tmp_path / "run.log").open("w")
@@ -284,8 +284,8 @@ def test_fluorescence_source_matches_generate_region(nuclei: tuple[np.ndarray, n
                          kind="channels", scheduler_address=inproc, progress=False)
     prov = read_provenance(out)
     assert prov["mode"] == "fluorescence" and prov["model"]["controlnet"] == "controlnet_fluorescence"
-    from napari_crafts.engine import get_engine
-    from napari_crafts.sources import FluorescenceSource
+    from napari_crafts.model.engine import get_engine
+    from napari_crafts.generation.sources import FluorescenceSource
 
     fluo = FluorescenceSource(img, name="dapi.tif", mpp=MPP)
     with one_torch_thread():
@@ -324,7 +324,7 @@ def test_slide_array_reads_windows_like_numpy_and_pickles(labels: np.ndarray, tm
 def test_geojson_nuclei_generate_like_the_labels_they_rasterise_to(labels: np.ndarray, tmp_path: Path,
                                                                    tiny_model: Path, inproc: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from napari_crafts.geojson import GeoJSONLabels
+    from napari_crafts.io.geojson import GeoJSONLabels
     from test_geojson import polygons_of, write_geojson
 
     geo = write_geojson(tmp_path / "nuclei.geojson", polygons_of(labels))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr.storage._local as local_store  # LocalStore writes every file through its _put
 
-from napari_crafts.batch import TILE_STORE, generate_slide
+from napari_crafts.wsi.job import TILE_STORE, generate_slide
 from napari_crafts.export import PROGRESS_GROUP, read_provenance
 from test_batch import SETTINGS, chunk_files, inproc, write_labels  # noqa: F401 (inproc is a fixture)
 

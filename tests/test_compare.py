@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_crafts import metrics as M
+from napari_crafts.evaluation import metrics as M
 
 pytest.importorskip("napari")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

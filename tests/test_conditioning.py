@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_crafts.conditioning import ConditioningError, check_labels, labels_to_control
-from napari_crafts.sources import LabelsSource
+from napari_crafts.generation.conditioning import ConditioningError, check_labels, labels_to_control
+from napari_crafts.generation.sources import LabelsSource
 
 
 def test_touching_instances_stay_separate_by_a_one_pixel_line():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_crafts.deepcache import (DeepCacheUnsupported, FeatureCache, check_supported, full_step_indices,
+from napari_crafts.model.deepcache import (DeepCacheUnsupported, FeatureCache, check_supported, full_step_indices,
                                      shallow_controlnet, shallow_unet, skip_count)
-from napari_crafts.generate import GenerationSettings, run
-from napari_crafts.tiling import noise_field
+from napari_crafts.generation.region import GenerationSettings, run
+from napari_crafts.generation.tiling import noise_field
 
 
 def _sd15_like_nets():

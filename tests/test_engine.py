@@ -4,9 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_crafts.engine import Engine, ModelLoadError, PickleRefused, get_engine, weights_sha256
-from napari_crafts.generate import run
-from napari_crafts.tiling import noise_field
+from napari_crafts.model.engine import Engine, ModelLoadError, PickleRefused, get_engine, weights_sha256
+from napari_crafts.generation.region import run
+from napari_crafts.generation.tiling import noise_field
 
 
 def _batch(seed=0, size=64, n=1):
@@ -141,7 +141,7 @@ def test_cfg_cutoff_is_a_fast_approximation_of_the_exact_result(engine):
 
 
 def test_fast_mode_is_labelled_approximate_in_the_provenance():
-    from napari_crafts.generate import GenerationSettings
+    from napari_crafts.generation.region import GenerationSettings
 
     assert GenerationSettings().record()["exact"] is True
     rec = GenerationSettings(scheduler="unipc", steps=20, cfg_cutoff=0.6).record()

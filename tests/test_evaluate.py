@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_crafts import evaluate as E
-from napari_crafts import metrics as M
-from napari_crafts import plip as P
+from napari_crafts import evaluation as E
+from napari_crafts.cli import evaluate as evaluate_cli
+from napari_crafts.evaluation import metrics as M
+from napari_crafts.evaluation import plip as P
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,8 +26,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="napari-crafts evaluate")
-    E.configure_parser(parser)
-    code = E.main(parser.parse_args([str(a) for a in argv]))
+    evaluate_cli.configure_parser(parser)
+    code = evaluate_cli.main(parser.parse_args([str(a) for a in argv]))
     out, err = capsys.readouterr()
     return code, out, err
 

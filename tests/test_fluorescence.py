@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_crafts.conditioning import (
+from napari_crafts.generation.conditioning import (
     ConditioningError,
     as_channels_first,
     channel_limits,
@@ -19,7 +19,7 @@ from napari_crafts.conditioning import (
     guess_roles,
     normalize_percentile,
 )
-from napari_crafts.sources import LIMITS_SAMPLE_PIXELS, FluorescenceSource, limits_sample
+from napari_crafts.generation.sources import LIMITS_SAMPLE_PIXELS, FluorescenceSource, limits_sample
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 

@@ -3,11 +3,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from napari_crafts.generate import (
+from napari_crafts.generation.region import (
     BACKGROUND_RGB, GenerationError, Progress, Region, TileDone, generate_region, plan_region, run,
 )
-from napari_crafts.sources import LabelsSource
-from napari_crafts.tiling import seam_score
+from napari_crafts.generation.sources import LabelsSource
+from napari_crafts.generation.tiling import seam_score
 
 
 def _events(gen):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_crafts.geojson import GeoJSONError, GeoJSONLabels, geojson_levels, read_polygons
+from napari_crafts.io.geojson import GeoJSONError, GeoJSONLabels, geojson_levels, read_polygons
 
 
 def polygons_of(labels: np.ndarray) -> list[list[list[float]]]:

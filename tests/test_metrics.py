@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_crafts import metrics as M
-from napari_crafts import plip as P
+from napari_crafts.evaluation import metrics as M
+from napari_crafts.evaluation import plip as P
 
 from conftest import tile_crops
 
@@ -213,6 +213,6 @@ def test_import_is_cheap() -> None:
     import subprocess
     import sys
 
-    code = "import sys, napari_crafts.metrics; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = "import sys, napari_crafts.evaluation.metrics; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_crafts.generate import GenerationSettings, Region, generate_region, run
-from napari_crafts.prompts import TCGA_CANCER_TYPES, preset_prompt
-from napari_crafts.sources import FluorescenceSource
+from napari_crafts.generation.region import GenerationSettings, Region, generate_region, run
+from napari_crafts.generation.prompts import TCGA_CANCER_TYPES, preset_prompt
+from napari_crafts.generation.sources import FluorescenceSource
 
 WAIT_MS = 180_000
 
@@ -59,7 +59,7 @@ def _small(controls, model):
 
 def test_fluorescence_widget_previews_exactly_what_the_model_receives(make_napari_viewer, qtbot, tiny_model, nuclei,
                                                                       monkeypatch):
-    from napari_crafts.engine import Engine
+    from napari_crafts.model.engine import Engine
 
     image, _ = nuclei
     viewer = make_napari_viewer()

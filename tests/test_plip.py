@@ -1,4 +1,4 @@
-"""napari_crafts.plip: Fréchet distance, PLIP-FID/-I/-T and CLIP embeddings (a tiny random CLIP, offline)."""
+"""napari_crafts.evaluation.plip: Fréchet distance, PLIP-FID/-I/-T and CLIP embeddings (a tiny random CLIP, offline)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tile_crops
-from napari_crafts import plip as P
+from napari_crafts.evaluation import plip as P
 
 
 # --- Fréchet distance ----------------------------------------------------------------------------------
@@ -65,6 +65,6 @@ def test_import_is_cheap() -> None:
     import subprocess
     import sys
 
-    code = "import sys, napari_crafts.plip; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = "import sys, napari_crafts.evaluation.plip; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,9 +12,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_crafts import slide as slide_mod
+from napari_crafts.io import slide as slide_mod
 from napari_crafts._reader import napari_get_reader
-from napari_crafts.slide import SlideError, SlideRef, level_for_mpp, open_slide, read_window
+from napari_crafts.io.slide import SlideError, SlideRef, level_for_mpp, open_slide, read_window
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 SVS = DATA / "CMU-1-Small-Region.svs"

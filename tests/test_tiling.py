@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_crafts.tiling import Stitcher, TileGrid, noise_field, seam_score, tile_seed
+from napari_crafts.generation.tiling import Stitcher, TileGrid, noise_field, seam_score, tile_seed
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (100, 230), (300, 129), (10, 500)])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_crafts.generate import GenerationSettings, Region, generate_region, run
-from napari_crafts.sources import LabelsSource
+from napari_crafts.generation.region import GenerationSettings, Region, generate_region, run
+from napari_crafts.generation.sources import LabelsSource
 
 pytest.importorskip("napari")
 WAIT_MS = 180_000

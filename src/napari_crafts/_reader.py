@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .slide import Slide, is_supported, open_slide
+from .io.slide import Slide, is_supported, open_slide
 
 PathOrPaths = str | Path | Sequence[str | Path]
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -27,7 +27,7 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
 
 def read_geojson(path: PathOrPaths) -> list[LayerDataTuple]:
     """Nuclei polygons (QuPath GeoJSON, level-0 px) as a lazy multiscale Labels layer, rasterised on view."""
-    from .geojson import geojson_levels
+    from .io.geojson import geojson_levels
 
     if isinstance(path, (list, tuple)):
         path = path[0]

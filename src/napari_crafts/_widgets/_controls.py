@@ -8,11 +8,11 @@ from typing import Any
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
 
-from ..engine import SCHEDULERS
-from ..generate import GenerationError, GenerationSettings, Region, generate_region
-from ..model_card import CRAFTS_MASK_PROMPT
+from ..model.engine import SCHEDULERS
+from ..generation.region import GenerationError, GenerationSettings, Region, generate_region
+from ..model.card import CRAFTS_MASK_PROMPT
 from ..provenance import synthetic_name
-from ..tiny_model import TINY_MODEL_ID
+from ..model.tiny import TINY_MODEL_ID
 from ._regions import layer_mpp, region_for
 from ._runner import JobRunner, add_output_layer
 from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE, TOO_LARGE, TOOLTIPS, WIDGET_REGION_LIMIT
@@ -97,7 +97,7 @@ class RegionControls(Container):
 
 def engine_job(engine_args: dict[str, Any], make_job: Any) -> Generator[Any, None, Any]:
     """A generator that loads (or reuses) the engine inside the worker, then runs ``make_job(engine)``."""
-    from ..engine import get_engine
+    from ..model.engine import get_engine
 
     engine = get_engine(engine_args["model"], device=engine_args.get("device"),
                         allow_pickle=engine_args.get("allow_pickle", False))

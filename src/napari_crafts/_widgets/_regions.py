@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..generate import GenerationError, Region
+from ..generation.region import GenerationError, Region
 from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE
 
 

@@ -1,6 +1,6 @@
 """One worker pattern for every generation widget: thread, progress, Cancel, live output layer, provenance.
 
-The job is a Qt-free generator (``generate.generate_region``) started in napari's ``thread_worker``; layers
+The job is a Qt-free generator (``generation.region.generate_region``) started in napari's ``thread_worker``; layers
 are touched only in the ``yielded``/``returned``/``errored`` handlers, which run on the main thread.
 """
 
@@ -72,7 +72,7 @@ class JobRunner(Container):
 
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
-        from ..generate import BatchProgress, Progress, TileDone  # light: batch (dask) stays out of the UI thread
+        from ..generation.region import BatchProgress, Progress, TileDone  # light: batch (dask) stays out of the UI thread
 
         if isinstance(event, BatchProgress):
             if event.what == "tiles":

@@ -3,7 +3,7 @@
 The two layers are compared in world coordinates: the real layer's pixels over the chosen region, and the
 synthetic layer sampled at the same places (a plain slice when the grids coincide, else resampled onto the
 real layer's grid — said in a notification). Only scale and translate are taken into account (not rotate,
-shear or affine). Scoring runs :func:`napari_crafts.evaluate.iter_evaluate_images` in a worker; the result
+shear or affine). Scoring runs :func:`napari_crafts.evaluation.iter_evaluate_images` in a worker; the result
 is shown in the widget and as a per-tile SSIM heat map laid over the region.
 """
 
@@ -19,10 +19,10 @@ from magicgui.widgets import (
     CheckBox, ComboBox, Container, FloatSlider, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
 )
 
-from .. import metrics as M
-from .. import plip as P
-from ..evaluate import EvalProgress, EvaluationError, ImageEvaluation, ResampledImage, iter_evaluate_images, load_scorer
-from ..generate import GenerationError, Region
+from ..evaluation import metrics as M
+from ..evaluation import plip as P
+from ..evaluation import EvalProgress, EvaluationError, ImageEvaluation, ResampledImage, iter_evaluate_images, load_scorer
+from ..generation.region import GenerationError, Region
 from ._regions import region_for
 from ._text import (
     COMPARE_TOO_LARGE, COMPARE_TOOLTIPS, HEAT_NAME, NO_LAYERS, NO_OVERLAP, NOT_RGB, REGION_SHAPES, REGION_VIEW,

@@ -8,12 +8,12 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton, create_widget
 
-from ..conditioning import PERCENTILES, ROLES, as_channels_first, guess_roles
-from ..generate import GenerationError
+from ..generation.conditioning import PERCENTILES, ROLES, as_channels_first, guess_roles
+from ..generation.region import GenerationError
 from ._controls import GenerationControls, RegionControls, spin, start_region_job
 from ._regions import layer_plane
 from ._runner import JobRunner
-from ..model_card import FLUORESCENCE_PROMPT
+from ..model.card import FLUORESCENCE_PROMPT
 from ._text import NO_CHANNELS, TOOLTIPS
 
 
@@ -76,7 +76,7 @@ class FluorescenceToHE(Container):
 
     def source(self) -> tuple[Any, Any]:
         """(FluorescenceSource over the displayed (C, Y, X) planes, the layer the output is placed over)."""
-        from ..sources import FluorescenceSource
+        from ..generation.sources import FluorescenceSource
 
         layers = list(self._channel_layers.value or [])
         if not layers:

@@ -10,8 +10,8 @@ from pathlib import Path
 import napari
 from magicgui.widgets import CheckBox, Container, FileEdit, create_widget
 
-from ..generate import GenerationError
-from ..tiny_model import TINY_MODEL_ID, ensure_tiny_model
+from ..generation.region import GenerationError
+from ..model.tiny import TINY_MODEL_ID, ensure_tiny_model
 from ..provenance import synthetic_name
 from ._controls import GenerationControls, RegionControls, spin, start_region_job
 from ._regions import layer_plane
@@ -51,7 +51,7 @@ class LabelsToHE(Container):
         """Start generation; returns the worker (None when the input was refused with a message)."""
         from napari.utils.notifications import show_error, show_info
 
-        from ..sources import LabelsSource
+        from ..generation.sources import LabelsSource
 
         try:
             layer = self._labels_layer.value
@@ -72,7 +72,7 @@ class LabelsToHE(Container):
 
     def start_background(self, layer: Any, plane: Any) -> Any:
         """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
-        from ..batch import background_job
+        from ..wsi.job import background_job
 
         out = str(self._batch_output.value or "").strip()
         if not out or out == ".":

@@ -10,8 +10,8 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
-from ..generate import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
-from ..prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
+from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
+from ..generation.prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
 from ..provenance import SYNTHETIC_SUFFIX
 from ._controls import GenerationControls, engine_job, spin
 from ._runner import JobRunner, add_output_layer

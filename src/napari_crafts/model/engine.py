@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .deepcache import FeatureCache, check_supported, full_step_indices, shallow_controlnet, shallow_unet, skip_count
-from .model_card import ModelCard
+from .card import ModelCard
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 #: Components of a diffusers folder whose weights we load (and hash).
@@ -511,7 +511,7 @@ def get_engine(
 
     ``model`` may be ``"tiny-demo"``: the tiny random model, built on first use.
     """
-    from .tiny_model import TINY_MODEL_ID, ensure_tiny_model
+    from .tiny import TINY_MODEL_ID, ensure_tiny_model
 
     if str(model) == TINY_MODEL_ID:
         model = ensure_tiny_model()

@@ -26,7 +26,7 @@ import zarr
 from numcodecs import Blosc
 from zarr.errors import NodeNotFoundError
 
-from .provenance import PROVENANCE_KEY, json_record
+from ..provenance import PROVENANCE_KEY, json_record
 from .pyramid import DOWNSAMPLING, default_levels, level_shapes, mean_downsample_2x
 
 PROGRESS_GROUP = "_napari_crafts_progress"

@@ -1,4 +1,4 @@
-"""``napari-crafts generate``: the whole-slide command line over ``batch.generate_slide``."""
+"""``napari-crafts generate``: the whole-slide command line over ``wsi.job.generate_slide``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .batch import Cancelled, generate_slide
-from .engine import SCHEDULERS
-from .export import open_ome_zarr
-from .generate import GenerationError, GenerationSettings
-from .model_card import CRAFTS_MASK_PROMPT
-from .slide import KINDS
-from .tiling import TileGrid, seam_score
+from ..wsi.job import Cancelled, generate_slide
+from ..model.engine import SCHEDULERS
+from ..export import open_ome_zarr
+from ..generation.region import GenerationError, GenerationSettings
+from ..model.card import CRAFTS_MASK_PROMPT
+from ..io.slide import KINDS
+from ..generation.tiling import TileGrid, seam_score
 
 #: Side of the level-0 sample the CLI reports a seam score on.
 SEAM_SAMPLE = 2048

@@ -19,9 +19,9 @@ import numpy as np
 
 from . import metrics as M
 from . import plip as P
-from .evaluate_inputs import EvaluationError, align_images, input_kind, open_image
-from .evaluate_plip import MAX_EMBED_TILES, EvalProgress, iter_plip, pick_tiles
-from .generate import run  # drives any of our generators (evaluation, generation) to its result
+from .inputs import EvaluationError, align_images, input_kind, open_image
+from .plip_eval import MAX_EMBED_TILES, EvalProgress, iter_plip, pick_tiles
+from ..generation.region import run  # drives any of our generators (evaluation, generation) to its result
 from .metrics import EvaluationResult, MaskSpec, TileResult
 
 #: Default tile side in pixels (the paper's models work on 512 px tiles).

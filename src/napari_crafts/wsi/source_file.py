@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .geojson import SUFFIXES as GEOJSON_SUFFIXES
-from .geojson import GeoJSONLabels
-from .slide import SlideRef, open_slide
-from .sources import FluorescenceSource, LabelsSource, WindowedArray
+from ..io.geojson import SUFFIXES as GEOJSON_SUFFIXES
+from ..io.geojson import GeoJSONLabels
+from ..io.slide import SlideRef, open_slide
+from ..generation.sources import FluorescenceSource, LabelsSource
+from ..io.windows import WindowedArray
 
 
 class SlideArray(WindowedArray):

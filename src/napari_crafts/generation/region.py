@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .model_card import CRAFTS_MASK_PROMPT
-from .provenance import make_provenance
+from ..model.card import CRAFTS_MASK_PROMPT
+from ..provenance import make_provenance
 from .sources import ControlSource, resize
 from .tiling import Stitcher, Tile, TileGrid, noise_field
 
@@ -160,7 +160,7 @@ class TileDone:
 
 @dataclass(frozen=True)
 class BatchProgress:
-    """``done`` of ``total`` tiles (or chunks) of a whole-slide run (``batch.generate_slide``) are finished."""
+    """``done`` of ``total`` tiles (or chunks) of a whole-slide run (``wsi.job.generate_slide``) are finished."""
 
     what: str
     done: int
@@ -203,7 +203,7 @@ def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan,
 
     Yields ``on_step(step)`` for every engine step.
     """
-    from .engine import is_out_of_memory
+    from ..model.engine import is_out_of_memory
 
     out: list[np.ndarray] = []
     batch = batch or tiles_per_call(engine, source, plan, settings)

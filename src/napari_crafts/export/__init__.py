@@ -3,8 +3,8 @@
 The public face of three modules, whose names it re-exports (import from here):
 
 - :mod:`.pyramid`      level count and shapes, the 2×2 area mean between levels;
-- :mod:`.export_zarr`  the resumable chunk-wise OME-Zarr writer (NGFF 0.4, zarr v2) and its done markers;
-- :mod:`.export_tiff`  pyramidal OME-TIFF writing, also from a finished OME-Zarr;
+- :mod:`.ome_zarr`     the resumable chunk-wise OME-Zarr writer (NGFF 0.4, zarr v2) and its done markers;
+- :mod:`.ome_tiff`     pyramidal OME-TIFF writing, also from a finished OME-Zarr;
 
 and reads the provenance back from either format (:func:`read_provenance`, :func:`is_complete`).
 """
@@ -20,8 +20,8 @@ import tifffile
 import zarr
 from zarr.errors import NodeNotFoundError
 
-from .export_tiff import TIFF_NAMESPACE, ome_zarr_to_tiff, write_pyramidal_tiff
-from .export_zarr import (
+from .ome_tiff import TIFF_NAMESPACE, ome_zarr_to_tiff, write_pyramidal_tiff
+from .ome_zarr import (
     CHANNEL_COLORS,
     PROGRESS_GROUP,
     RESUME_VOLATILE_KEYS,
@@ -32,7 +32,7 @@ from .export_zarr import (
     open_ome_zarr_for_resume,
     save_ome_zarr,
 )
-from .provenance import PROVENANCE_KEY
+from ..provenance import PROVENANCE_KEY
 from .pyramid import DOWNSAMPLING, default_levels, level_shapes, mean_downsample_2x
 
 __all__ = [

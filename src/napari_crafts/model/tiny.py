@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .model_card import MODEL_CARD_FILE
+from .card import MODEL_CARD_FILE
 
 #: Model name that means "the tiny random demo model, built on first use in the user cache".
 TINY_MODEL_ID = "tiny-demo"
@@ -103,7 +103,7 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
     vocab_dir = path / "_vocab"
     vocab_dir.mkdir(exist_ok=True)
     # Whole-word tokens for the default prompts, so they fit CLIP's 77 tokens as with a real vocabulary.
-    from .model_card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT
+    from .card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT
 
     merges = _word_merges(CRAFTS_MASK_PROMPT + " " + FLUORESCENCE_PROMPT)
     (vocab_dir / "vocab.json").write_text(json.dumps(_byte_level_vocab(merges)))

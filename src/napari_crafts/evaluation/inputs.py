@@ -1,6 +1,6 @@
 """What an evaluation compares: open an image file, say what kind of input a path is, align two images.
 
-Images are whole-slide files, (OME-)TIFF, OME-Zarr (read lazily through :mod:`.slide`) or PNG/JPEG pictures
+Images are whole-slide files, (OME-)TIFF, OME-Zarr (read lazily through :mod:`napari_crafts.io.slide`) or PNG/JPEG pictures
 (read whole); a folder that is none of these is a folder of tiles. :func:`align_images` checks that two
 images are RGB and cover the same pixels, resampling the generated one (:class:`ResampledImage`) when asked.
 """
@@ -148,7 +148,7 @@ def align_images(generated: Any, real: Any, *, generated_mpp: float | None = Non
 
 def input_kind(path: Path) -> str:
     """"picture" (PNG/JPEG, read whole), "image" (a file or a store the slide reader knows) or "tiles"."""
-    from .slide import is_supported
+    from ..io.slide import is_supported
 
     if not path.exists():
         raise EvaluationError(f"{path}: no such file or folder.")
@@ -167,7 +167,7 @@ def open_image(path: str | Path) -> tuple[Any, float | None]:
 
         with Image.open(p) as im:
             return np.asarray(im.convert("RGB")), None
-    from .slide import open_slide
+    from ..io.slide import open_slide
 
     slide = open_slide(p)
     if slide.kind != "rgb":

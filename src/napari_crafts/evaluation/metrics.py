@@ -5,7 +5,7 @@ Pixel metrics compare a generated and a real RGB image of the same shape, on a 0
 image's tissue, see :func:`tissue_mask`). Large aligned images (numpy, dask, zarr) are scored tile by tile,
 reading one tile at a time (:func:`tile_metrics`, :func:`aggregate`, :func:`metric_map`).
 
-The embedding metrics (PLIP-FID↓, PLIP-I↑, PLIP-T↑ with a CLIP-family model) are in :mod:`napari_crafts.plip`.
+The embedding metrics (PLIP-FID↓, PLIP-I↑, PLIP-T↑ with a CLIP-family model) are in :mod:`napari_crafts.evaluation.plip`.
 :func:`evaluate_pairs` computes all of them for one dataset (the PLIP ones when given a
 :class:`~napari_crafts.plip.ClipScorer`), :func:`format_table` prints the paper's table.
 
@@ -368,7 +368,7 @@ def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], 
 
     ``mask``: "tissue" (each real tile's :func:`tissue_mask`), None, or one boolean array for all pairs.
     PLIP metrics need a ``scorer`` (PLIP-T also a ``prompt``), else they are nan. PLIP-FID is nan with a
-    warning and a note when the sets are too small (see :func:`~napari_crafts.plip.plip_fid`). PSNR's mean is
+    warning and a note when the sets are too small (see :func:`~napari_crafts.evaluation.plip.plip_fid`). PSNR's mean is
     inf if any pair is identical.
     """
     if len(generated) != len(real):

@@ -17,7 +17,8 @@ Every task checks its done marker first and returns at once when it is set, so r
 Batches of tiles are fixed by the grid (not by what is left to do), and every worker uses the same number
 of torch threads, so the pixels do not depend on the number of workers or on interruptions.
 
-The source is opened by ``batch_sources`` (slides, OME-Zarr, GeoJSON nuclei); the command line is ``batch_cli``.
+The source is opened by ``wsi.source_file`` (slides, OME-Zarr, GeoJSON nuclei); the command line is
+``cli.generate``.
 """
 
 from __future__ import annotations
@@ -41,16 +42,16 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .engine import Engine, get_engine, pick_device, pick_dtype, resolve_model
-from .export import OmeZarrWriter, create_ome_zarr, ome_zarr_to_tiff
-from .generate import (
+from ..model.engine import Engine, get_engine, pick_device, pick_dtype, resolve_model
+from ..export import OmeZarrWriter, create_ome_zarr, ome_zarr_to_tiff
+from ..generation.region import (
     BatchProgress, region_notes, region_provenance,
     BACKGROUND_RGB, GenerationError, GenerationSettings, Plan, Region, plan_region, render_tiles_adaptive, run,
 )
-from .model_card import ModelCard
-from .batch_sources import SlideArray, open_source  # noqa: F401  (SlideArray: part of this module's API)
-from .slide import clear_cache
-from .tiling import Stitcher, TileGrid
+from ..model.card import ModelCard
+from .source_file import SlideArray, open_source  # noqa: F401  (SlideArray: part of this module's API)
+from ..io.slide import clear_cache
+from ..generation.tiling import Stitcher, TileGrid
 
 #: Private tile store inside the output folder (deleted when the image is finished).
 TILE_STORE = "_napari_crafts_tiles"
@@ -109,7 +110,7 @@ class ModelInfo(Engine):
 
     def __init__(self, model: str | Path, *, device: str | None = None,  # no Engine.__init__: no weights
                  allow_pickle: bool = False, channels_last: bool = False, compile: bool = False) -> None:
-        from .tiny_model import TINY_MODEL_ID, ensure_tiny_model
+        from ..model.tiny import TINY_MODEL_ID, ensure_tiny_model
 
         self.model_ref = str(model)
         self.allow_pickle = allow_pickle
@@ -157,7 +158,7 @@ class ModelPlugin(WorkerPlugin):
         self.options = options or {}  # Engine.options: channels_last, compile
 
     async def setup(self, worker: Any) -> None:
-        from . import export
+        from .. import export
 
         for store in self.stores:  # a long-lived cluster may hold stores of an earlier run at the same path
             export.forget_cached(store)

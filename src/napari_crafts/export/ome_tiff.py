@@ -18,8 +18,8 @@ import tifffile
 import zarr
 from numcodecs import Blosc
 
-from .export_zarr import open_ome_zarr
-from .provenance import PROVENANCE_KEY, json_record
+from .ome_zarr import open_ome_zarr
+from ..provenance import PROVENANCE_KEY, json_record
 from .pyramid import default_levels, level_shapes, mean_downsample_2x
 
 TIFF_NAMESPACE = "napari-crafts/provenance"  # OME MapAnnotation namespace holding the JSON

@@ -7,20 +7,18 @@ GENERATED and REAL are either two folders of tiles paired by file name (scored p
 read lazily and scored tile by tile on level 0 (:func:`evaluate_images`, also behind the napari "Compare"
 widget). Qt-free; torch and transformers load only when a CLIP model is asked for (:func:`load_scorer`).
 
-The public face of four modules, whose names it re-exports (import from here):
+The public face of three modules, whose names it re-exports (import from here):
 
-- :mod:`.evaluate_inputs`   open an image, tell images from folders of tiles, align two images (resampling);
-- :mod:`.evaluate_plip`     load the CLIP scorer, embed tiles, PLIP-I / PLIP-FID / PLIP-T;
-- :mod:`.evaluate_scoring`  score two images tile by tile, two folders pair by pair, or two paths of either;
-- :mod:`.evaluate_cli`      the ``napari-crafts evaluate`` command.
+- :mod:`.inputs`            open an image, tell images from folders of tiles, align two images (resampling);
+- :mod:`.plip_eval`         load the CLIP scorer, embed tiles, PLIP-I / PLIP-FID / PLIP-T;
+- :mod:`.scoring`           score two images tile by tile, two folders pair by pair, or two paths of either;
 """
 
 from __future__ import annotations
 
-from .evaluate_cli import configure_parser, main
-from .evaluate_inputs import PICTURE_SUFFIXES, EvaluationError, ResampledImage, align_images, open_image
-from .evaluate_plip import CLI_ADVICE, MAX_EMBED_TILES, NO_MODEL, EvalProgress, iter_plip, load_scorer, pick_tiles
-from .evaluate_scoring import (
+from .inputs import PICTURE_SUFFIXES, EvaluationError, ResampledImage, align_images, open_image
+from .plip_eval import CLI_ADVICE, MAX_EMBED_TILES, NO_MODEL, EvalProgress, iter_plip, load_scorer, pick_tiles
+from .scoring import (
     DEFAULT_TILE,
     NO_TISSUE,
     ImageEvaluation,
@@ -29,12 +27,12 @@ from .evaluate_scoring import (
     evaluate_paths,
     iter_evaluate_images,
 )
-from .generate import run  # drives any of our generators (evaluation, generation) to its result
+from ..generation.region import run  # drives any of our generators (evaluation, generation) to its result
 from .metrics import EvaluationResult, MaskSpec, TileResult
 
 __all__ = [
     "CLI_ADVICE", "DEFAULT_TILE", "MAX_EMBED_TILES", "NO_MODEL", "NO_TISSUE", "PICTURE_SUFFIXES",
     "EvalProgress", "EvaluationError", "EvaluationResult", "ImageEvaluation", "MaskSpec", "ResampledImage",
-    "TileResult", "align_images", "configure_parser", "evaluate_folders", "evaluate_images", "evaluate_paths",
-    "iter_evaluate_images", "iter_plip", "load_scorer", "main", "open_image", "pick_tiles", "run",
+    "TileResult", "align_images", "evaluate_folders", "evaluate_images", "evaluate_paths",
+    "iter_evaluate_images", "iter_plip", "load_scorer", "open_image", "pick_tiles", "run",
 ]

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .model_card import CRAFTS_MASK_PROMPT
+from ..model.card import CRAFTS_MASK_PROMPT
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault: printed as one line, no traceback."""
-    from .generate import GenerationError
+    from ..generation.region import GenerationError
 
     return (ValueError, GenerationError, FileExistsError, FileNotFoundError, RuntimeError)
 
@@ -28,12 +28,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._sample_data import load_nuclei
-    from .engine import get_engine
-    from .export import save_ome_zarr
-    from .generate import GenerationSettings, Progress, Region, TileDone, generate_region, plan_region, run
-    from .sources import LabelsSource
-    from .tiling import seam_score
+    from .._sample_data import load_nuclei
+    from ..model.engine import get_engine
+    from ..export import save_ome_zarr
+    from ..generation.region import GenerationSettings, Progress, Region, TileDone, generate_region, plan_region, run
+    from ..generation.sources import LabelsSource
+    from ..generation.tiling import seam_score
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def _save_png(path: Path, rgb: Any, provenance: dict[str, Any]) -> None:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from .tiny_model import build_tiny_model
+    from ..model.tiny import build_tiny_model
 
     print(build_tiny_model(args.path, seed=args.seed))
     return 0
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true")
     demo.set_defaults(func=_demo)
 
-    from . import batch_cli
+    from . import generate as batch_cli
 
     gen = sub.add_parser("generate", help="whole slide → pyramidal OME-Zarr (dask.distributed, resumable)")
     batch_cli.configure_parser(gen)

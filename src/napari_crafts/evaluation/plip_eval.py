@@ -1,7 +1,7 @@
 """The PLIP part of an evaluation: load the CLIP scorer, embed tiles, fill PLIP-I, PLIP-FID and PLIP-T.
 
 torch and transformers load only when a CLIP model is asked for (:func:`load_scorer`). :class:`EvalProgress`,
-yielded per embedded batch here and per scored tile by :mod:`.evaluate_scoring`, is defined here, the lower
+yielded per embedded batch here and per scored tile by :mod:`.scoring`, is defined here, the lower
 of the two layers.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plip as P
-from .evaluate_inputs import EvaluationError
+from .inputs import EvaluationError
 from .metrics import EvaluationResult, TileResult
 
 #: At most this many tiles of an image pair are embedded for the PLIP metrics (chosen evenly, deterministic).

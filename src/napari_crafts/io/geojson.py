@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import WindowedArray
+from .windows import WindowedArray
 
 SUFFIXES = (".geojson", ".json")
 

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import metrics as M
-from . import plip as P
-from .evaluate_plip import MAX_EMBED_TILES, EvalProgress, load_scorer
-from .evaluate_scoring import DEFAULT_TILE, evaluate_paths
+from ..evaluation import metrics as M
+from ..evaluation import plip as P
+from ..evaluation.plip_eval import MAX_EMBED_TILES, EvalProgress, load_scorer
+from ..evaluation.scoring import DEFAULT_TILE, evaluate_paths
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _row_name(path: str | Path) -> str:
-    from ._reader import layer_name
+    from .._reader import layer_name
 
     return layer_name(Path(path).expanduser().absolute())
 
