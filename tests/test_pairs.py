@@ -326,6 +326,19 @@ def test_no_tissue_no_nuclei_unreadable_no_scale(scene, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif", "glass.tif", "junk.tif", "nompp.tif", "pink.tif"]
 
 
+def test_model_pixel_size_comes_from_the_model_folder(scene, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "napari_crafts.json").write_text(json.dumps({"name": "m", "mpp": 0.8}))
+    out = build_pairs(scene["he"], tmp_path / "p", nuclei=scene["labels"], model=model, tile_px=40, stride_px=40,
+                      test_fraction=0)
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["mpp"] == 0.8 and card["size_source_px"] == 80 and rows(out, "train")[0]["size_source_px"] == 80
+    (model / "napari_crafts.json").write_text(json.dumps({"name": "m"}))
+    with pytest.raises(PairsError, match="does not declare its pixel size .* pass the model's µm/px with --mpp"):
+        build_pairs(scene["he"], tmp_path / "q", nuclei=scene["labels"], model=model, tile_px=40)
+
+
 def test_output_rules(scene, labelled, tmp_path):
     other = tmp_path / "mine"
     other.mkdir()

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Generator, Iterator
@@ -38,12 +39,14 @@ from ..io.slide import Slide, open_slide
 from ..model.card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT, ModelCard
 from ..provenance import package_version
 from .nuclei import ALGORITHM, NucleiError, NucleiParams, iter_segment_slide
-from .stain import SIMULATED_IF_HOW, simulated_if_source
+from .stain import SIMULATED_IF_HOW, ReadRGB, simulated_if_source
 
 FORMAT = "napari-crafts-pairs-v1"
 CARD = "dataset.json"
 SPLITS = ("train", "test")
-LABELS_ENCODING = "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0"
+RESAMPLING = ("H&E: generation.sources.resize (area-averaged when shrinking), as generated tiles are; controls: "
+              "LabelsSource.control / FluorescenceSource.control, the functions inference calls")
+TISSUE_RULE = "metrics.tissue_mask (largest channel OD > 0.1) on the H&E window at source resolution"
 #: Above this many level-0 pixels, automatic nuclei are kept in a temporary zarr array instead of memory.
 IN_MEMORY_LABELS = 2**28
 #: Relative difference of pixel sizes still taken as the same scale.
@@ -222,10 +225,11 @@ def _open_fluorescence(path: Path, he: Slide, channels: dict[str, str] | None) -
 
 
 def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    real = out.resolve()
     for p in inputs:
-        if out == p or out.is_relative_to(p):
+        if real == p or real.is_relative_to(p):
             raise PairsError(f"Output {out} lies inside the input {p}: choose a folder outside it.")
-        if p.is_relative_to(out):
+        if p.is_relative_to(real):
             raise PairsError(f"Output {out} holds the input {p}: choose another output folder.")
     if not out.exists() and not out.is_symlink():
         return
@@ -330,16 +334,16 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
                overwrite: bool = False) -> Generator[PairsProgress, None, Path]:
     """Build the dataset, yielding progress (segmentation blocks, then tiles); returns the dataset folder."""
     _check_options(options)
-    he_path = Path(he_path).expanduser().absolute()
-    out = Path(out).expanduser().absolute()
+    he_path = Path(he_path).expanduser().resolve()
+    out = Path(os.path.abspath(Path(out).expanduser()))  # '..' folded, links kept (a linked output is refused)
     he = open_slide(he_path, mpp=options.source_mpp, kind="rgb")
     if he.mpp is None:
         raise PairsError(f"{he_path.name} does not say its pixel size: pass it with --source-mpp (µm/px).")
     mpp = _model_mpp(options)
-    nuclei_path = None if options.nuclei in (None, "auto") else Path(options.nuclei).expanduser().absolute()
-    if_path = None if options.fluorescence is None else Path(options.fluorescence).expanduser().absolute()
+    nuclei_path = None if options.nuclei in (None, "auto") else Path(options.nuclei).expanduser().resolve()
+    if_path = None if options.fluorescence is None else Path(options.fluorescence).expanduser().resolve()
     inputs = [p for p in (he_path, nuclei_path, if_path) if p is not None]
-    _check_output(out.resolve(), [p.resolve() for p in inputs], overwrite)
+    _check_output(out, inputs, overwrite)
     size = max(1, round(options.tile_px / (he.mpp / mpp)))  # plan_region's rule
     stride_px = options.stride_px or max(1, options.tile_px // 2)
     stride = max(1, round(stride_px / (he.mpp / mpp)))
@@ -352,49 +356,23 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
     created = _make_parents(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        sources: list[dict[str, Any]] = [{"path": str(he_path), "role": "he", "mpp": he.mpp,
-                                          "shape": [*he.shape, 3]}]
-        labels, nuclei_card = None, None
-        if options.nuclei == "auto":
-            labels, nuclei_card = yield from _auto_nuclei(he, read_rgb, work, options.nuclei_params)
-        elif nuclei_path is not None:
-            labels, record = _open_labels(nuclei_path, he)
-            sources.append(record)
-            nuclei_card = {"method": "labels", "path": str(nuclei_path)}
-        fluo, fluo_card = None, None
-        if if_path is not None:
-            fluo, record = _open_fluorescence(if_path, he, options.channels)
-            sources.append(record)
-            fluo_card = {"simulated": False, "how": f"real immunofluorescence from {if_path.name}"}
-        elif options.simulate_if:
-            fluo = simulated_if_source(read_rgb, he.shape, mpp=he.mpp, name=he_path.name, path=str(he_path))
-            fluo_card = {"simulated": True, "how": SIMULATED_IF_HOW}
-        if fluo is not None and fluo_card is not None:
-            info = fluo.describe()
-            limits = {str(c["index"]): c["limits"] for c in info["channels"] if c["limits"] is not None}
-            fluo_card |= {"channels": info["channels"], "limits": limits,
-                          "limits_from": info["limits_from"], "encoding": FLUORESCENCE_ENCODING}
-        caption = options.caption or (CRAFTS_MASK_PROMPT if labels is not None else FLUORESCENCE_PROMPT)
-        tiles = _Tiles(work, labels, fluo, size, options.tile_px, caption, options.category,
+        controls = yield from _open_controls(he, read_rgb, work, options, nuclei_path, if_path)
+        caption = options.caption or (CRAFTS_MASK_PROMPT if controls.labels is not None else FLUORESCENCE_PROMPT)
+        tiles = _Tiles(work, controls.labels, controls.fluo, size, options.tile_px, caption, options.category,
                        simulated=bool(options.simulate_if))
         counts = yield from tiles.cut(read_rgb, list(_positions(he.shape, size, stride)), split, options.min_tissue)
         if counts["train"] + counts["test"] == 0:
             raise _nothing_left(he_path, counts, options.min_tissue)
-        for s in sources:
-            s["sha256"] = sha256_path(Path(s["path"]))
         card = {
             "format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "generator": f"napari-crafts {package_version()}",
-            "sources": [{k: s[k] for k in ("path", "sha256", "role", "mpp", "shape")} for s in sources],
+            "sources": [{"path": str(s["path"]), "sha256": sha256_path(Path(s["path"])), "role": s["role"],
+                         "mpp": s["mpp"], "shape": s["shape"]} for s in controls.sources],
             "source_mpp": he.mpp, "mpp": mpp, "tile_px": options.tile_px, "stride_px": stride_px,
-            "size_source_px": size, "stride_source_px": stride, "resampling": "generation.sources.resize (area "
-            "when shrinking) for the H&E; the controls by LabelsSource/FluorescenceSource.control, as at inference",
-            "nuclei": nuclei_card, "fluorescence": fluo_card, "split": split.record(), "counts": counts,
-            "conditioning": {"labels": LABELS_ENCODING if labels is not None else None,
-                             "fluorescence": FLUORESCENCE_ENCODING if fluo is not None else None},
-            "min_tissue": options.min_tissue, "tissue_rule": "metrics.tissue_mask (max channel OD > 0.1) on the "
-            "H&E window at source resolution", "caption": caption, "category": options.category,
-            "controls": tiles.kinds[1:],
+            "size_source_px": size, "stride_source_px": stride, "resampling": RESAMPLING,
+            "nuclei": controls.nuclei_card, "fluorescence": controls.fluo_card, "split": split.record(),
+            "counts": counts, "conditioning": controls.encodings(), "min_tissue": options.min_tissue,
+            "tissue_rule": TISSUE_RULE, "caption": caption, "category": options.category, "controls": tiles.kinds[1:],
         }
         (work / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
         _preview(work, tiles.rows, tiles.kinds)
@@ -406,6 +384,46 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
             _rmdir(d)
         raise
     return out
+
+
+@dataclass
+class _Controls:
+    """The control sources of a run and what the card says about them."""
+
+    sources: list[dict[str, Any]]
+    labels: LabelsSource | None = None
+    fluo: FluorescenceSource | None = None
+    nuclei_card: dict[str, Any] | None = None
+    fluo_card: dict[str, Any] | None = None
+
+    def encodings(self) -> dict[str, Any]:
+        return {"labels": self.labels.describe()["encoding"] if self.labels is not None else None,
+                "fluorescence": self.fluo.describe()["encoding"] if self.fluo is not None else None}
+
+
+def _open_controls(he: Slide, read_rgb: ReadRGB, work: Path, options: PairsOptions, nuclei_path: Path | None,
+                   if_path: Path | None) -> Generator[PairsProgress, None, _Controls]:
+    """Nuclei (auto: segmented here, yielding progress; or a file) and fluorescence (a file or simulated)."""
+    c = _Controls([{"path": he.path, "role": "he", "mpp": he.mpp, "shape": [*he.shape, 3]}])
+    if options.nuclei == "auto":
+        c.labels, c.nuclei_card = yield from _auto_nuclei(he, read_rgb, work, options.nuclei_params)
+    elif nuclei_path is not None:
+        c.labels, record = _open_labels(nuclei_path, he)
+        c.sources.append(record)
+        c.nuclei_card = {"method": "labels", "path": str(nuclei_path)}
+    if if_path is not None:
+        c.fluo, record = _open_fluorescence(if_path, he, options.channels)
+        c.sources.append(record)
+        c.fluo_card = {"simulated": False, "how": f"real immunofluorescence from {if_path.name}"}
+    elif options.simulate_if:
+        c.fluo = simulated_if_source(read_rgb, he.shape, mpp=he.mpp, name=he.path.name, path=str(he.path))
+        c.fluo_card = {"simulated": True, "how": SIMULATED_IF_HOW}
+    if c.fluo is not None and c.fluo_card is not None:
+        info = c.fluo.describe()
+        limits = {str(ch["index"]): ch["limits"] for ch in info["channels"] if ch["limits"] is not None}
+        c.fluo_card |= {"channels": info["channels"], "limits": limits, "limits_from": info["limits_from"],
+                        "encoding": FLUORESCENCE_ENCODING}
+    return c
 
 
 def build_pairs(he_path: str | Path, out: str | Path, *, overwrite: bool = False,
@@ -430,14 +448,14 @@ def build_pairs(he_path: str | Path, out: str | Path, *, overwrite: bool = False
         gen.close()  # a callback that raised (Ctrl-C, a cancel) still cleans up what the run wrote
 
 
-def _reader(he: Slide) -> Callable[[int, int, int, int], np.ndarray]:
+def _reader(he: Slide) -> ReadRGB:
     def read(y: int, x: int, h: int, w: int) -> np.ndarray:
         return he.read(0, y, x, h, w)
 
     return read
 
 
-def _auto_nuclei(he: Slide, read_rgb: Any, work: Path, params: NucleiParams,
+def _auto_nuclei(he: Slide, read_rgb: ReadRGB, work: Path, params: NucleiParams,
                  ) -> Generator[PairsProgress, None, tuple[LabelsSource, dict[str, Any]]]:
     assert he.mpp is not None
     H, W = he.shape
@@ -476,7 +494,7 @@ class _Tiles:
         self.kinds = ["he"] + ["control_labels"] * (labels is not None) + ["control_fluorescence"] * (fluo is not None)
         self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
 
-    def cut(self, read_rgb: Any, positions: list[tuple[int, int, int, int]], split: Split,
+    def cut(self, read_rgb: ReadRGB, positions: list[tuple[int, int, int, int]], split: Split,
             min_tissue: float) -> Generator[PairsProgress, None, dict[str, int]]:
         counts = {"train": 0, "test": 0, "skipped_no_tissue": 0, "skipped_no_nuclei": 0, "dropped_near_band": 0}
         files = {}
@@ -501,7 +519,7 @@ class _Tiles:
                 f.close()
         return counts
 
-    def _tile(self, read_rgb: Any, split: str, tile_id: str, y: int, x: int, min_tissue: float,
+    def _tile(self, read_rgb: ReadRGB, split: str, tile_id: str, y: int, x: int, min_tissue: float,
               counts: dict[str, int]) -> dict[str, Any] | None:
         S, out_px = self.size, self.tile_px
         rgb = read_rgb(y, x, S, S)

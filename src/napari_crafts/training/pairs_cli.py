@@ -116,8 +116,10 @@ def _show(bars: dict[str, Any], event: PairsProgress) -> None:
 
     what = {"nuclei": "segmenting nuclei (blocks)", "tiles": "cutting tiles"}.get(event.stage, event.stage)
     bar = bars.get(event.stage)
-    if bar is None:
-        bar = bars[event.stage] = tqdm(total=event.total, desc=what, unit="", file=sys.stderr, leave=False)
+    if bar is None:  # a new stage: the previous one is finished
+        for old in bars.values():
+            old.close()
+        bar = bars[event.stage] = tqdm(total=event.total, desc=what, unit="", file=sys.stderr)
     bar.update(event.done - bar.n)
     if event.stage == "tiles":
         bar.set_postfix(train=event.train, test=event.test, refresh=False)
