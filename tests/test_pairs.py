@@ -133,9 +133,12 @@ def test_split_holds_out_a_band_with_a_gap(labelled):
 
 
 def test_default_band_is_the_bottom_rows(scene, tmp_path):
+    events = []
     out = build_pairs(scene["he"], tmp_path / "p", nuclei=scene["labels"], mpp=MODEL_MPP, tile_px=40,
-                      stride_px=20, test_fraction=0.25)
+                      stride_px=20, test_fraction=0.25, on_progress=events.append)
     card = json.loads((out / "dataset.json").read_text())
+    assert [e.done for e in events] == list(range(1, events[-1].total + 1))  # one event per tile position
+    assert (events[-1].train, events[-1].test) == (card["counts"]["train"], card["counts"]["test"])
     assert card["split"]["band"] == [SHAPE[0] - 105, SHAPE[0]]
     assert min(r["y"] for r in rows(out, "test")) >= SHAPE[0] - 105
     assert max(r["y"] for r in rows(out, "train")) + 50 <= SHAPE[0] - 105 - 50
