@@ -3,6 +3,7 @@
     napari-crafts demo              offline demo: tiny model, real nuclei labels → synthetic H&E (OME-Zarr + PNG)
     napari-crafts generate ...      whole slide → pyramidal OME-Zarr on dask.distributed (resumable)
     napari-crafts evaluate GEN REAL the paper's metrics (SSIM, PSNR, MSE, NCC, PLIP-FID/I/T) as a table
+    napari-crafts pairs HE OUT      H&E slide (+ nuclei, IF) → training pairs with a held-out band
     napari-crafts tiny-model PATH   write the tiny random model as a diffusers folder
 
 Errors are printed as one line (no traceback) and the exit code is 2.
@@ -124,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score synthetic H&E against real H&E: the CRAFTS paper's metrics table")
     evaluate.configure_parser(ev)
     ev.set_defaults(func=evaluate.main)
+
+    from ..training import pairs_cli
+
+    pairs = sub.add_parser("pairs", help="H&E slide (+ nuclei or IF) → training pairs at the model's pixel size")
+    pairs_cli.configure_parser(pairs)
+    pairs.set_defaults(func=pairs_cli.main)
 
     tiny = sub.add_parser("tiny-model", help="write the tiny random model as a diffusers folder")
     tiny.add_argument("path")
