@@ -367,6 +367,11 @@ def test_output_rules(scene, labelled, tmp_path):
     assert first["train"] > 0
     build_pairs(scene["he"], ours, overwrite=True, **{**kw, "stride_px": 20})  # ours: may be replaced
     assert json.loads((ours / "dataset.json").read_text())["counts"]["train"] > first["train"]
+    (ours / "train" / "my_notes.txt").write_text("keep me")  # a file the builder did not write
+    with pytest.raises(PairsError, match=r"holds files napari-crafts pairs did not write \(train/my_notes.txt\)"):
+        build_pairs(scene["he"], ours, overwrite=True, **kw)
+    assert (ours / "train" / "my_notes.txt").read_text() == "keep me"
+    (ours / "train" / "my_notes.txt").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.ome.zarr", "mine", "ours"]
 
 

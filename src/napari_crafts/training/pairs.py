@@ -43,6 +43,9 @@ from .stain import SIMULATED_IF_HOW, ReadRGB, simulated_if_source
 
 FORMAT = "napari-crafts-pairs-v1"
 CARD = "dataset.json"
+#: The split folders and the tile folders inside each (all that the builder writes, with the card,
+#: preview.png and each split's metadata.jsonl).
+TILE_KINDS = ("he", "control_labels", "control_fluorescence")
 SPLITS = ("train", "test")
 RESAMPLING = ("H&E: generation.sources.resize (area-averaged when shrinking), as generated tiles are; controls: "
               "LabelsSource.control / FluorescenceSource.control, the functions inference calls")
@@ -239,6 +242,33 @@ def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     if not is_pairs_dataset(out):
         raise PairsError(f"{out} exists and is not a dataset written by napari-crafts pairs (no {CARD} with "
                          f"format '{FORMAT}'): refusing to overwrite it; choose another output folder.")
+    _refuse_foreign_files(out)
+
+
+def _foreign_files(dataset: Path) -> list[Path]:
+    """Files and links in a pairs dataset that this builder does not write (someone else put them there)."""
+    ours = {Path(CARD), Path("preview.png")}
+    foreign = []
+    for f in sorted(dataset.rglob("*")):
+        rel = f.relative_to(dataset)
+        if f.is_dir() and not f.is_symlink() and (len(rel.parts) == 1 and rel.name in SPLITS
+                                                  or len(rel.parts) == 2 and rel.parts[0] in SPLITS
+                                                  and rel.name in TILE_KINDS):
+            continue
+        tile = (len(rel.parts) == 3 and rel.parts[0] in SPLITS and rel.parts[1] in TILE_KINDS
+                and rel.suffix == ".png")
+        listed = len(rel.parts) == 2 and rel.parts[0] in SPLITS and rel.name == "metadata.jsonl"
+        if f.is_symlink() or not (rel in ours or tile or listed):
+            foreign.append(f)
+    return foreign
+
+
+def _refuse_foreign_files(dataset: Path) -> None:
+    """--overwrite replaces only what this builder wrote: a dataset holding anything else is left alone."""
+    if foreign := _foreign_files(dataset):
+        shown = ", ".join(str(f.relative_to(dataset)) for f in foreign[:3]) + (" …" if len(foreign) > 3 else "")
+        raise PairsError(f"{dataset} holds files napari-crafts pairs did not write ({shown}): refusing to overwrite "
+                         "it; move them out or choose another output folder.")
 
 
 def is_pairs_dataset(path: Path) -> bool:
@@ -581,6 +611,7 @@ def _move_into_place(work: Path, out: Path) -> None:
     if not is_pairs_dataset(out):  # checked again: the folder may have changed during the run
         raise PairsError(f"{out} changed during the run and is no longer a napari-crafts pairs dataset: "
                          "refusing to overwrite it.")
+    _refuse_foreign_files(out)
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     old.rmdir()
     out.rename(old)
