@@ -47,7 +47,8 @@ PACKAGE = __name__.rpartition(".")[0]
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Resolves ``napari_crafts.<old>`` to the module that now holds the code."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.rpartition(".")
         if package != PACKAGE or name not in MOVED:
             return None

@@ -8,11 +8,11 @@ from typing import Any
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
 
-from ..model.engine import SCHEDULERS
 from ..generation.region import GenerationError, GenerationSettings, Region, generate_region
 from ..model.card import CRAFTS_MASK_PROMPT
-from ..provenance import synthetic_name
+from ..model.engine import SCHEDULERS
 from ..model.tiny import TINY_MODEL_ID
+from ..provenance import synthetic_name
 from ._regions import layer_mpp, region_for
 from ._runner import JobRunner, add_output_layer
 from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE, TOO_LARGE, TOOLTIPS, WIDGET_REGION_LIMIT
@@ -34,7 +34,8 @@ class GenerationControls(Container):
         self._seed = spin("seed", 0, 0, 2**31 - 1, key="seed")
         self._steps = spin("steps", 50, 1, 500, key="steps")
         self._cfg = spin("guidance (CFG)", 7.5, 1.0, 30.0, 0.5, key="guidance_scale")
-        self._scheduler = ComboBox(choices=SCHEDULERS, value="default", label="scheduler", tooltip=TOOLTIPS["scheduler"])
+        self._scheduler = ComboBox(choices=SCHEDULERS, value="default", label="scheduler",
+                                   tooltip=TOOLTIPS["scheduler"])
         self._cfg_cutoff = spin("CFG for first (fraction)", 1.0, 0.0, 1.0, 0.05, key="cfg_cutoff")
         self._cache_interval = spin("full UNet every N steps", 1, 1, 10, key="cache_interval")
         self._tile = spin("tile size", 512, 64, 2048, 64, key="tile_size")
@@ -44,7 +45,8 @@ class GenerationControls(Container):
                                 tooltip=TOOLTIPS["device"])
         self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])
         widgets = [self._model, self._controlnet, self._prompt, self._negative, self._seed, self._steps, self._cfg,
-                   self._scheduler, self._cfg_cutoff, self._cache_interval, self._tile, self._overlap, self._batch, self._device,
+                   self._scheduler, self._cfg_cutoff, self._cache_interval, self._tile, self._overlap, self._batch,
+                   self._device,
                    self._allow_pickle]
         if not controlnet:
             widgets.remove(self._controlnet)
@@ -67,6 +69,14 @@ class GenerationControls(Container):
         return {"model": model, "device": device, "allow_pickle": bool(self._allow_pickle.value)}
 
 
+def layer_box(kind: type, label: str, tooltip: str) -> ComboBox:
+    """A chooser of the viewer's layers of one kind (magicgui fills it and refreshes it on reset_choices)."""
+    box = create_widget(annotation=kind, label=label, options={"tooltip": tooltip})
+    if not isinstance(box, ComboBox):
+        raise TypeError(f"magicgui made a {type(box).__name__} for {kind.__name__}, not a ComboBox.")
+    return box
+
+
 class RegionControls(Container):
     """Pixel size of the input, and which part of it to render (whole layer, view, rectangle)."""
 
@@ -74,8 +84,7 @@ class RegionControls(Container):
         self._mpp_box = spin("µm/px", 0.0, 0.0, 100.0, 0.001, key="mpp")
         self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
                                     label="region", tooltip=TOOLTIPS["region"])
-        self._shapes_layer = create_widget(annotation=napari.layers.Shapes, label="rectangle from",
-                                           options={"tooltip": TOOLTIPS["shapes"]})
+        self._shapes_layer = layer_box(napari.layers.Shapes, "rectangle from", TOOLTIPS["shapes"])
         self._shapes_layer.visible = False
         super().__init__(widgets=[self._mpp_box, self._region_box, self._shapes_layer], labels=True)
         self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
@@ -108,7 +117,7 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
                      settings: GenerationSettings, engine_args: dict[str, Any]) -> Any:
     """Add the output layer exactly over ``region`` of ``layer`` and generate into it in the background."""
     scale = tuple(layer.scale[-2:])
-    translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale))
+    translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale, strict=True))
     output = add_output_layer(
         viewer, (region.height, region.width), scale=scale, translate=translate,
         name=synthetic_name(layer.name) + ("" if settings.exact else " [approximate]"),

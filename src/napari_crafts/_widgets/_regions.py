@@ -16,7 +16,7 @@ def layer_plane(layer: Any, viewer: Any) -> tuple[Any, str | None]:
     if data.ndim == 2:
         return data, None
     point = layer.world_to_data(viewer.dims.point)
-    index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-2]))
+    index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-2], strict=False))
     note = f"'{layer.name}' is {data.ndim}-D: using the displayed slice {index}."
     return data[index], note
 

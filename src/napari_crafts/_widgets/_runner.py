@@ -72,7 +72,11 @@ class JobRunner(Container):
 
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
-        from ..generation.region import BatchProgress, Progress, TileDone  # light: batch (dask) stays out of the UI thread
+        from ..generation.region import (  # light: batch (dask) stays out of the UI thread
+            BatchProgress,
+            Progress,
+            TileDone,
+        )
 
         if isinstance(event, BatchProgress):
             if event.what == "tiles":
@@ -85,7 +89,8 @@ class JobRunner(Container):
             self.status(f"tile {event.tiles_done + 1}/{event.tiles}, step {event.step}/{event.steps}")
         elif isinstance(event, TileDone):
             y0, x0, y1, x1 = event.box
-            self.output.data[(*event.plane, slice(y0, y1), slice(x0, x1))] = event.rgb
+            window = (*event.plane, slice(y0, y1), slice(x0, x1))
+            self.output.data[window] = event.rgb
             self.output.refresh()
             self._tiles = (event.tiles_done, event.tiles)
             meta = self.output.metadata["napari_crafts"]

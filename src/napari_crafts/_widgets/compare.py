@@ -16,19 +16,46 @@ from typing import Any
 import napari
 import numpy as np
 from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FloatSlider, Label, LineEdit, ProgressBar, PushButton, SpinBox, create_widget,
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
 )
 
+from ..evaluation import (
+    EvalProgress,
+    EvaluationError,
+    ImageEvaluation,
+    ResampledImage,
+    iter_evaluate_images,
+    load_scorer,
+)
 from ..evaluation import metrics as M
 from ..evaluation import plip as P
-from ..evaluation import EvalProgress, EvaluationError, ImageEvaluation, ResampledImage, iter_evaluate_images, load_scorer
 from ..generation.region import GenerationError, Region
+from ._controls import layer_box
 from ._regions import region_for
 from ._text import (
-    COMPARE_TOO_LARGE, COMPARE_TOOLTIPS, HEAT_NAME, NO_LAYERS, NO_OVERLAP, NOT_RGB, REGION_SHAPES, REGION_VIEW,
-    REGION_WHOLE, RESAMPLED, SAME_LAYER, SHIFTED, WIDGET_ADVICE, WIDGET_REGION_LIMIT,
+    COMPARE_TOO_LARGE,
+    COMPARE_TOOLTIPS,
+    HEAT_NAME,
+    NO_LAYERS,
+    NO_OVERLAP,
+    NOT_RGB,
+    REGION_SHAPES,
+    REGION_VIEW,
+    REGION_WHOLE,
+    RESAMPLED,
+    SAME_LAYER,
+    SHIFTED,
+    WIDGET_ADVICE,
+    WIDGET_REGION_LIMIT,
 )
-
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,7 +74,7 @@ def _rgb_plane(layer: Any, viewer: Any) -> tuple[Any, str | None]:
     data, note = data[..., :3], None
     if data.ndim > 3:
         point = layer.world_to_data(viewer.dims.point)
-        index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-3]))
+        index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-3], strict=False))
         note = f"'{layer.name}' is {data.ndim - 1}-D: using the displayed slice {index}."
         data = data[index]
     return data, note
@@ -100,16 +127,14 @@ class Compare(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._synthetic_layer = create_widget(annotation=napari.layers.Image, label="synthetic",
-                                              options={"tooltip": COMPARE_TOOLTIPS["synthetic"]})
-        self._real_layer = create_widget(annotation=napari.layers.Image, label="real H&E",
-                                         options={"tooltip": COMPARE_TOOLTIPS["real"]})
+        self._synthetic_layer = layer_box(napari.layers.Image, "synthetic", COMPARE_TOOLTIPS["synthetic"])
+        self._real_layer = layer_box(napari.layers.Image, "real H&E", COMPARE_TOOLTIPS["real"])
         self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
                                     label="region", tooltip=COMPARE_TOOLTIPS["region"])
-        self._shapes_layer = create_widget(annotation=napari.layers.Shapes, label="rectangle from",
-                                           options={"tooltip": COMPARE_TOOLTIPS["shapes"]})
+        self._shapes_layer = layer_box(napari.layers.Shapes, "rectangle from", COMPARE_TOOLTIPS["shapes"])
         self._shapes_layer.visible = False
-        self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size", tooltip=COMPARE_TOOLTIPS["tile"])
+        self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size",
+                                 tooltip=COMPARE_TOOLTIPS["tile"])
         self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=COMPARE_TOOLTIPS["mask"])
         self._clip_box = LineEdit(value="", label="CLIP model", tooltip=COMPARE_TOOLTIPS["clip"])
         self._prompt_box = LineEdit(value="", label="prompt", tooltip=COMPARE_TOOLTIPS["prompt"])
@@ -143,7 +168,7 @@ class Compare(Container):
         super().reset_choices()
         if self._synthetic_layer.value is None or self._synthetic_layer.value is not self._real_layer.value:
             return
-        rgb = [layer for layer in self._real_layer.choices if getattr(layer, "rgb", False)]
+        rgb = [layer for layer in self._real_layer.choices if layer is not None and getattr(layer, "rgb", False)]
         if len(rgb) < 2:
             return
         marked = [layer for layer in rgb if (layer.metadata.get("napari_crafts") or {}).get("synthetic") is True]

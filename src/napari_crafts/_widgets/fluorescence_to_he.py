@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, PushButton, create_widget
+from magicgui.widgets import ComboBox, Container, ListEdit, PushButton, create_widget
 
 from ..generation.conditioning import PERCENTILES, ROLES, as_channels_first, guess_roles
 from ..generation.region import GenerationError
+from ..model.card import FLUORESCENCE_PROMPT
 from ._controls import GenerationControls, RegionControls, spin, start_region_job
 from ._regions import layer_plane
 from ._runner import JobRunner
-from ..model.card import FLUORESCENCE_PROMPT
 from ._text import NO_CHANNELS, TOOLTIPS
-
 
 #: More planes than this along the chosen axis means it is not the channel axis.
 MAX_CHANNELS = 64
@@ -26,10 +25,10 @@ class FluorescenceToHE(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._channel_layers = create_widget(annotation=list[napari.layers.Image], label="channels",
-                                             options={"tooltip": TOOLTIPS["channels"]})
+        self._channel_layers = cast(ListEdit, create_widget(annotation=list[napari.layers.Image], label="channels",
+                                                            options={"tooltip": TOOLTIPS["channels"]}))
         self._channel_axis = spin("channel axis", 0, 0, 3, key="channel_axis")
-        self._roles = Container(labels=True, label="roles")
+        self._roles: Container[ComboBox] = Container(labels=True, label="roles")
         self._low = spin("low %", PERCENTILES[0], 0.0, 50.0, 0.1, key="percentiles")
         self._high = spin("high %", PERCENTILES[1], 50.0, 100.0, 0.1, key="percentiles")
         self._preview = PushButton(text="Preview control image")
@@ -121,7 +120,7 @@ class FluorescenceToHE(Container):
         control = source.control(region.y, region.x, side, side)[: region.height, : region.width]
         name = f"control preview · {layer.name}"
         scale = tuple(layer.scale[-2:])
-        translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale))
+        translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale, strict=True))
         meta = {"napari_crafts": {"control_preview": True, "source": source.describe()}}
         if name in self._viewer.layers:
             out = self._viewer.layers[name]

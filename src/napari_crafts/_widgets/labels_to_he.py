@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import napari
-from magicgui.widgets import CheckBox, Container, FileEdit, create_widget
+from magicgui.types import FileDialogMode
+from magicgui.widgets import CheckBox, Container, FileEdit
 
 from ..generation.region import GenerationError
 from ..model.tiny import TINY_MODEL_ID, ensure_tiny_model
 from ..provenance import synthetic_name
-from ._controls import GenerationControls, RegionControls, spin, start_region_job
+from ._controls import GenerationControls, RegionControls, layer_box, spin, start_region_job
 from ._regions import layer_plane
 from ._runner import JobRunner
 from ._text import NO_BATCH_OUTPUT, NO_LABELS, TOOLTIPS
@@ -24,13 +24,13 @@ class LabelsToHE(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels",
-                                           options={"tooltip": TOOLTIPS["labels"]})
+        self._labels_layer = layer_box(napari.layers.Labels, "labels", TOOLTIPS["labels"])
         self.where = RegionControls()
         self.controls = GenerationControls()
         self._background = CheckBox(value=False, text="background job → OME-Zarr (large regions, whole slides)",
                                     tooltip=TOOLTIPS["background"])
-        self._batch_output = FileEdit(mode="w", filter="*.zarr", label="OME-Zarr output", visible=False)
+        self._batch_output = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="OME-Zarr output",
+                                      visible=False)
         self._workers = spin("workers", 1, 1, 64, key="workers")
         self._workers.visible = False
         self.runner = JobRunner("Generate H&&E")
@@ -96,7 +96,7 @@ class LabelsToHE(Container):
                 meta["name"] = synthetic_name(layer.name)
                 meta["scale"] = tuple(layer.scale[-2:])
                 meta["translate"] = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x),
-                                                                         layer.scale[-2:]))
+                                                                         layer.scale[-2:], strict=True))
                 self._viewer.add_layer(napari.layers.Layer.create(data, meta, kind))
 
         return self.runner.start(job, self._viewer, None, on_done=opened)
@@ -111,7 +111,7 @@ def _as_file(layer: Any, plane: Any, region: Any, fallback: Path, mpp: float | N
     if path and plane.ndim == 2 and (region.y, region.x, region.height, region.width) == (0, 0, *plane.shape):
         return str(path)
     crop = plane[region.y : region.y + region.height, region.x : region.x + region.width]
-    kw = dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER") if mpp else {}
+    kw: dict[str, Any] = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if mpp else {}
     fallback.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(fallback, crop, tile=(512, 512), compression="zlib", **kw)
     return str(fallback)

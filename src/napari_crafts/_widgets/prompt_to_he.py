@@ -10,8 +10,8 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton
 
-from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
 from ..generation.prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
+from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
 from ..provenance import SYNTHETIC_SUFFIX
 from ._controls import GenerationControls, engine_job, spin
 from ._runner import JobRunner, add_output_layer
@@ -68,7 +68,8 @@ def prompt_images(engine: Any, settings: Any, count: int, height: int, width: in
     """``count`` images from the prompt alone, seeds seed, seed+1, …; events carry the image index as plane."""
     images, records = [], []
     for i in range(count):
-        gen = generate_region(engine, None, Region(0, 0, height, width), dataclasses.replace(settings, seed=settings.seed + i))
+        gen = generate_region(engine, None, Region(0, 0, height, width),
+                              dataclasses.replace(settings, seed=settings.seed + i))
         while True:
             try:
                 event = next(gen)
@@ -77,7 +78,10 @@ def prompt_images(engine: Any, settings: Any, count: int, height: int, width: in
                 break
             total = event.tiles * count
             done = event.tiles_done + i * event.tiles
-            yield dataclasses.replace(event, tiles_done=done, tiles=total, **({"plane": (i,)} if isinstance(event, TileDone) else {}))
+            if isinstance(event, TileDone):
+                yield dataclasses.replace(event, tiles_done=done, tiles=total, plane=(i,))
+            else:
+                yield dataclasses.replace(event, tiles_done=done, tiles=total)
         images.append(result.rgb)
         records.append(result.provenance)
     prov = {"synthetic": True, "mode": "prompt", "images": records, "warning": records[0]["warning"],

@@ -16,7 +16,9 @@ The public face of three modules, whose names it re-exports (import from here):
 
 from __future__ import annotations
 
+from ..generation.region import run  # drives any of our generators (evaluation, generation) to its result
 from .inputs import PICTURE_SUFFIXES, EvaluationError, ResampledImage, align_images, open_image
+from .metrics import EvaluationResult, MaskSpec, TileResult
 from .plip_eval import CLI_ADVICE, MAX_EMBED_TILES, NO_MODEL, EvalProgress, iter_plip, load_scorer, pick_tiles
 from .scoring import (
     DEFAULT_TILE,
@@ -27,8 +29,6 @@ from .scoring import (
     evaluate_paths,
     iter_evaluate_images,
 )
-from ..generation.region import run  # drives any of our generators (evaluation, generation) to its result
-from .metrics import EvaluationResult, MaskSpec, TileResult
 
 __all__ = [
     "CLI_ADVICE", "DEFAULT_TILE", "MAX_EMBED_TILES", "NO_MODEL", "NO_TISSUE", "PICTURE_SUFFIXES",

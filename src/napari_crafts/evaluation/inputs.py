@@ -1,6 +1,7 @@
 """What an evaluation compares: open an image file, say what kind of input a path is, align two images.
 
-Images are whole-slide files, (OME-)TIFF, OME-Zarr (read lazily through :mod:`napari_crafts.io.slide`) or PNG/JPEG pictures
+Images are whole-slide files, (OME-)TIFF, OME-Zarr (read lazily through :mod:`napari_crafts.io.slide`) or PNG/JPEG
+pictures
 (read whole); a folder that is none of these is a folder of tiles. :func:`align_images` checks that two
 images are RGB and cover the same pixels, resampling the generated one (:class:`ResampledImage`) when asked.
 """
@@ -52,12 +53,14 @@ class ResampledImage:
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         ys, xs = (tuple(key) + (slice(None), slice(None)))[:2]
-        if not (isinstance(ys, slice) and isinstance(xs, slice)) or ys.step not in (None, 1) or xs.step not in (None, 1):
+        contiguous = isinstance(ys, slice) and isinstance(xs, slice) and ys.step in (None, 1) and xs.step in (None, 1)
+        if not contiguous:
             raise IndexError("ResampledImage supports only contiguous slices of rows and columns.")
         i0, i1, _ = ys.indices(self.shape[0])
         j0, j1, _ = xs.indices(self.shape[1])
         out = self._window(i0, max(i0, i1), j0, max(j0, j1))
-        return out[(slice(None), slice(None), *key[2:])] if len(key) > 2 else out
+        rest = (slice(None), slice(None), *key[2:])
+        return out[rest] if len(key) > 2 else out
 
     def _axis(self, axis: int, start: int, stop: int) -> tuple[np.ndarray, int, int]:
         """Source coordinates of output pixels [start, stop) on ``axis`` and the source rows to read."""
@@ -130,9 +133,9 @@ def align_images(generated: Any, real: Any, *, generated_mpp: float | None = Non
     if g_shape != r_shape:
         dy, dx = abs(g_shape[0] - r_shape[0]), abs(g_shape[1] - r_shape[1])
         if not (resampled and dy <= 1 and dx <= 1):
-            after = " after resampling" if resampled else ""
+            how = " after resampling" if resampled else ""
             raise EvaluationError(
-                f"Generated image {g_shape}{after} and real image {r_shape} differ in size: they must cover the "
+                f"Generated image {g_shape}{how} and real image {r_shape} differ in size: they must cover the "
                 "same area pixel for pixel. Crop both to the same region (and use --resample if their pixel "
                 "sizes differ)."
             )

@@ -5,7 +5,8 @@ Pixel metrics compare a generated and a real RGB image of the same shape, on a 0
 image's tissue, see :func:`tissue_mask`). Large aligned images (numpy, dask, zarr) are scored tile by tile,
 reading one tile at a time (:func:`tile_metrics`, :func:`aggregate`, :func:`metric_map`).
 
-The embedding metrics (PLIP-FID↓, PLIP-I↑, PLIP-T↑ with a CLIP-family model) are in :mod:`napari_crafts.evaluation.plip`.
+The embedding metrics (PLIP-FID↓, PLIP-I↑, PLIP-T↑ with a CLIP-family model) are in
+:mod:`napari_crafts.evaluation.plip`.
 :func:`evaluate_pairs` computes all of them for one dataset (the PLIP ones when given a
 :class:`~napari_crafts.plip.ClipScorer`), :func:`format_table` prints the paper's table.
 
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -44,7 +45,7 @@ SSIM_WIN = 7
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 #: A mask argument: "tissue" (of the real image), None (every pixel) or a boolean (H, W) array.
-MaskSpec = Union[Literal["tissue"], np.ndarray, None]
+MaskSpec = Literal["tissue"] | np.ndarray | None
 
 
 # --- pixel metrics -------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], 
     if not generated:
         raise ValueError("No image pairs to evaluate.")
     per_pair: dict[str, list[float]] = {k: [] for k in PIXEL_METRICS}
-    for i, (g, r) in enumerate(zip(generated, real)):
+    for i, (g, r) in enumerate(zip(generated, real, strict=True)):
         m = tissue_mask(r) if isinstance(mask, str) else mask
         try:
             values = pixel_metrics(g, r, mask=m)
@@ -386,9 +387,10 @@ def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], 
             per_pair[k].append(values[k])
     notes: list[str] = []
     stats = {k: _mean_std(per_pair[k], k, notes) for k in PIXEL_METRICS}
+    means_stds: dict[str, Any] = {k.lower(): stats[k][0] for k in PIXEL_METRICS}
+    means_stds.update({f"{k.lower()}_std": stats[k][1] for k in PIXEL_METRICS})
     result = EvaluationResult(
-        n=len(generated), **{k.lower(): stats[k][0] for k in PIXEL_METRICS},
-        **{f"{k.lower()}_std": stats[k][1] for k in PIXEL_METRICS},
+        n=len(generated), **means_stds,
         prompt=prompt, mask=mask if isinstance(mask, str) or mask is None else "custom", notes=notes,
     )
     if scorer is not None:

@@ -3,8 +3,9 @@
 The embedding metrics of the CRAFTS paper, with PLIP ("vinid/plip", CLIP ViT-B/32 fine-tuned on pathology)
 by default (:class:`ClipScorer`): PLIP-FID↓ (Fréchet distance between generated and real embedding sets,
 :func:`plip_fid`), PLIP-I↑ (mean cosine of paired image embeddings, :func:`plip_i`) and PLIP-T↑ (mean cosine
-of image vs prompt embeddings, :func:`plip_t`). The pixel metrics, :func:`napari_crafts.evaluation.metrics.evaluate_pairs`
-and the paper's table are in :mod:`napari_crafts.evaluation.metrics`.
+of image vs prompt embeddings, :func:`plip_t`). The pixel metrics,
+:func:`napari_crafts.evaluation.metrics.evaluate_pairs` and the paper's table are in
+:mod:`napari_crafts.evaluation.metrics`.
 
 numpy only at import time; scipy loads in :func:`frechet_distance`, torch and transformers when a
 :class:`ClipScorer` is made.
@@ -58,7 +59,7 @@ class ClipScorer:
             device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
         self.device = device
         try:
-            clip = CLIPModel.from_pretrained(self.name, use_safetensors=use_safetensors,
+            clip: Any = CLIPModel.from_pretrained(self.name, use_safetensors=use_safetensors,
                                              local_files_only=local_files_only)
             self._tokenizer = AutoTokenizer.from_pretrained(self.name, local_files_only=local_files_only)
         except OSError as err:
@@ -119,16 +120,17 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 def _image_processor(name: str, image_size: int, local_files_only: bool) -> Any:
+    processor: Any
     try:  # transformers >= 5: the PIL/numpy backend (the default backend needs torchvision)
-        from transformers import CLIPImageProcessorPil as Processor
+        from transformers import CLIPImageProcessorPil as processor
     except ImportError:  # transformers 4: the "slow" CLIPImageProcessor is already PIL/numpy
-        from transformers import CLIPImageProcessor as Processor
+        from transformers import CLIPImageProcessor as processor
     try:
-        return Processor.from_pretrained(name, local_files_only=local_files_only)
+        return processor.from_pretrained(name, local_files_only=local_files_only)
     except OSError:
         warnings.warn(f"No preprocessor_config.json for '{name}': using CLIP's defaults at {image_size} px.",
                       stacklevel=3)
-        return Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+        return processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
 
 
 # --- PLIP metrics --------------------------------------------------------------------------------------

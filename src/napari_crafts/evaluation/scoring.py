@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from ..generation.region import run  # drives any of our generators (evaluation, generation) to its result
 from . import metrics as M
 from . import plip as P
 from .inputs import EvaluationError, align_images, input_kind, open_image
-from .plip_eval import MAX_EMBED_TILES, EvalProgress, iter_plip, pick_tiles
-from ..generation.region import run  # drives any of our generators (evaluation, generation) to its result
 from .metrics import EvaluationResult, MaskSpec, TileResult
+from .plip_eval import MAX_EMBED_TILES, EvalProgress, iter_plip, pick_tiles
 
 #: Default tile side in pixels (the paper's models work on 512 px tiles).
 DEFAULT_TILE = 512
@@ -93,9 +93,9 @@ def iter_evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE,
     agg = M.aggregate(tiles)
     if len(tiles) < total:
         notes.append(f"{total - len(tiles)} of {total} tiles had no tissue and were skipped.")
+    stds: dict[str, Any] = {f"{k.lower()}_std": _weighted_std(tiles, k, agg[k]) for k in ("SSIM", "MSE", "NCC")}
     result = EvaluationResult(
-        n=len(tiles), ssim=agg["SSIM"], psnr=agg["PSNR"], mse=agg["MSE"], ncc=agg["NCC"],
-        **{f"{k.lower()}_std": _weighted_std(tiles, k, agg[k]) for k in ("SSIM", "MSE", "NCC")},
+        n=len(tiles), ssim=agg["SSIM"], psnr=agg["PSNR"], mse=agg["MSE"], ncc=agg["NCC"], **stds,
         prompt=prompt or None, mask=_mask_name(mask), notes=notes,
     )
     # 4. PLIP metrics on a deterministic sample of tiles

@@ -20,6 +20,7 @@ import tifffile
 import zarr
 from zarr.errors import NodeNotFoundError
 
+from ..provenance import PROVENANCE_KEY
 from .ome_tiff import TIFF_NAMESPACE, ome_zarr_to_tiff, write_pyramidal_tiff
 from .ome_zarr import (
     CHANNEL_COLORS,
@@ -32,7 +33,6 @@ from .ome_zarr import (
     open_ome_zarr_for_resume,
     save_ome_zarr,
 )
-from ..provenance import PROVENANCE_KEY
 from .pyramid import DOWNSAMPLING, default_levels, level_shapes, mean_downsample_2x
 
 __all__ = [

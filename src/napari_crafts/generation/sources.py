@@ -32,7 +32,9 @@ class ControlSource(Protocol):
     mode: str
     name: str
     mpp: float | None
-    shape: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
 
     def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray: ...
     def is_empty(self, y: int, x: int, size: int) -> bool: ...
@@ -69,7 +71,7 @@ class LabelsSource:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.data.shape)  # type: ignore[return-value]
+        return tuple(self.data.shape)
 
     def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray:
         # One pixel of context on each side so boundaries between nuclei cut by the tile edge stay right.
@@ -100,7 +102,8 @@ class _Plane:
 
     def __getitem__(self, key: Any) -> Any:
         key = tuple(k for k in (key if isinstance(key, tuple) else (key,)) if k is not Ellipsis)
-        return self.data[(self.index, *key)]
+        index = (self.index, *key)
+        return self.data[index]
 
 
 def limits_sample(plane: Any, max_pixels: int = LIMITS_SAMPLE_PIXELS) -> tuple[np.ndarray, str]:
@@ -182,7 +185,7 @@ class FluorescenceSource:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.data.shape[-2:])  # type: ignore[return-value]
+        return tuple(self.data.shape[-2:])
 
     @property
     def _active(self) -> list[int]:

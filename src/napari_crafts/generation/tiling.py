@@ -149,7 +149,8 @@ def noise_field(seed: int, ly: int, lx: int, height: int, width: int, channels: 
             )
             y0, x0 = max(by * b, ly), max(bx * b, lx)
             y1, x1 = min((by + 1) * b, ly + height), min((bx + 1) * b, lx + width)
-            out[:, y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block[:, y0 - by * b : y1 - by * b, x0 - bx * b : x1 - bx * b]
+            oy, ox = by * b, bx * b
+            out[:, y0 - ly : y1 - ly, x0 - lx : x1 - lx] = block[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     return out
 
 

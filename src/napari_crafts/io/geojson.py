@@ -56,7 +56,7 @@ def read_polygons(path: str | Path) -> Polygons:
     for geometry in _geometries(doc):
         kind = geometry.get("type") if isinstance(geometry, dict) else None
         coords = geometry.get("coordinates") if kind else None
-        polys = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else None
+        polys: list[Any] | None = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else None
         if not polys:
             skipped[str(kind)] = skipped.get(str(kind), 0) + 1
             continue

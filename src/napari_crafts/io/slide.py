@@ -22,7 +22,7 @@ import numpy as np
 KINDS = ("rgb", "labels", "channels")
 #: Formats read through tiffslide (whole-slide TIFF flavours); .tif/.tiff go there when they hold RGB.
 TIFFSLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".svslide")
-TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff", ".qptiff")  # .qptiff: Akoya/PerkinElmer immunofluorescence (io.qptiff)
 #: Formats only OpenSlide (or Bio-Formats) reads: refused with a clear message.
 OPENSLIDE_ONLY = {".mrxs": "MIRAX (.mrxs)", ".vms": "Hamamatsu VMS (.vms)", ".vmu": "Hamamatsu VMU (.vmu)",
                   ".dcm": "DICOM (.dcm)"}
@@ -172,11 +172,22 @@ def _open_tiff(p: Path) -> _Opened:
                 node, zarr.Group) else [da.from_zarr(node)]
             levels, rgb_like = _to_yxc(p, levels, axes)
             mpp, names, props = _tiff_mpp(tif), _ome_channel_names(tif), {"tifffile.series-axes": axes}
+            names, props["channel_colors"] = _if_channels(tif, names, shape[axes.index("C")] if "C" in axes else 1)
         if tif.ome_metadata:
             props["ome-xml"] = tif.ome_metadata
             props.update(_ome_map_annotations(tif.ome_metadata))
             mpp = _ome_mpp(tif.ome_metadata) or mpp
     return levels, mpp, rgb_like, names, props
+
+
+def _if_channels(tif: Any, names: list[str] | None, n: int) -> tuple[list[str] | None, list[Any] | None]:
+    """Channel names and colours of an immunofluorescence TIFF (QPTIFF pages, or OME-XML colours)."""
+    from .qptiff import ome_channel_colors, qpi_channels
+
+    qpi = qpi_channels(tif)
+    if qpi is not None and len(qpi) == n:
+        return [c.name for c in qpi], [c.color for c in qpi]
+    return names, ome_channel_colors(tif.ome_metadata, n) if tif.ome_metadata else None
 
 
 def _tiff_mpp(tif: Any) -> float | None:
@@ -211,7 +222,7 @@ def _ome_mpp(xml: str) -> float | None:
         pixels = _ome_pixels(xml)
         size = pixels.get("PhysicalSizeX")
         factor = _UNIT_TO_UM.get(str(pixels.get("PhysicalSizeXUnit", "µm")).lower())
-    except Exception:  # malformed OME-XML: fall back to the resolution tags
+    except (SyntaxError, ValueError, TypeError, AttributeError):  # malformed OME-XML: use the resolution tags
         return None
     return float(size) * factor if size and factor else None
 
@@ -221,7 +232,7 @@ def _ome_channel_names(tif: Any) -> list[str] | None:
         return None
     try:
         channels = _ome_pixels(tif.ome_metadata).get("Channel", [])
-    except Exception:
+    except (SyntaxError, ValueError, TypeError, AttributeError):  # malformed OME-XML: no names
         return None
     channels = channels if isinstance(channels, list) else [channels]
     names = [str(c.get("Name", "")) for c in channels if isinstance(c, dict)]
@@ -267,8 +278,8 @@ def _open_ngff(p: Path) -> _Opened:
     import zarr
 
     group = zarr.open_group(p, mode="r")
-    props = group.attrs.asdict()
-    ome = props.get("ome", props)
+    props: dict[str, Any] = group.attrs.asdict()  # JSON
+    ome: dict[str, Any] = props.get("ome", props)
     if not ome.get("multiscales"):
         raise SlideError(f"{p}: a zarr store without 'multiscales' metadata, not an OME-Zarr image; "
                          "write it as OME-Zarr (NGFF 0.4 or 0.5).")
@@ -289,8 +300,8 @@ def _open_ngff(p: Path) -> _Opened:
     c = levels[0].shape[2] if levels[0].ndim == 3 else 1
     rgb_like = c in (3, 4) and levels[0].dtype == np.uint8
     channels = ome.get("omero", {}).get("channels") or []
-    names = [str(ch.get("label", "")) for ch in channels]
-    names = names if len(names) == c and all(names) else None
+    labels = [str(ch.get("label", "")) for ch in channels]
+    names = labels if len(labels) == c and all(labels) else None
     return levels, mpp, rgb_like, names, props
 
 

@@ -34,8 +34,9 @@ class WindowedArray:
             i = next(i for i, k in enumerate(key) if k is Ellipsis)
             key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
         key = key + (slice(None),) * (self.ndim - len(key))
-        (y0, y1, ky), (x0, x1, kx) = (_span(k, n) for k, n in zip(key[-2:], self.shape[-2:]))
-        return self.read(y0, x0, y1 - y0, x1 - x0)[(*key[:-2], ky, kx)]
+        (y0, y1, ky), (x0, x1, kx) = (_span(k, n) for k, n in zip(key[-2:], self.shape[-2:], strict=True))
+        window = (*key[:-2], ky, kx)
+        return self.read(y0, x0, y1 - y0, x1 - x0)[window]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[...]

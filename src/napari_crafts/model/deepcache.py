@@ -73,7 +73,8 @@ def shallow_controlnet(net: Any, sample: Any, timestep: Any, encoder_hidden_stat
     emb = net.time_embedding(t_emb, None)
     h = net.conv_in(sample) + net.controlnet_cond_embedding(controlnet_cond)
     skips = (h,) + _first_down_block(net.down_blocks[0], h, emb, encoder_hidden_states)
-    return [block(r) * conditioning_scale for r, block in zip(skips[:n_skips], net.controlnet_down_blocks)]
+    blocks = net.controlnet_down_blocks
+    return [block(r) * conditioning_scale for r, block in zip(skips[:n_skips], blocks, strict=False)]
 
 
 def shallow_unet(unet: Any, cache: FeatureCache, sample: Any, timestep: Any, encoder_hidden_states: Any,
@@ -88,7 +89,7 @@ def shallow_unet(unet: Any, cache: FeatureCache, sample: Any, timestep: Any, enc
     n = skip_count(unet)
     skips = skips[:n]
     if down_residuals is not None:
-        skips = tuple(s + r for s, r in zip(skips, down_residuals))
+        skips = tuple(s + r for s, r in zip(skips, down_residuals, strict=False))
     up = unet.up_blocks[-1]
     kw = {"encoder_hidden_states": encoder_hidden_states} if getattr(up, "has_cross_attention", False) else {}
     h = up(hidden_states=cache.for_batch(sample.shape[0]), temb=emb, res_hidden_states_tuple=skips, **kw)

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .deepcache import FeatureCache, check_supported, full_step_indices, shallow_controlnet, shallow_unet, skip_count
 from .card import ModelCard
+from .deepcache import FeatureCache, check_supported, full_step_indices, shallow_controlnet, shallow_unet, skip_count
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 #: Components of a diffusers folder whose weights we load (and hash).
@@ -97,7 +97,7 @@ def _download(repo_id: str, allow_pickle: bool) -> Path:
     patterns = ["*.json", "*.txt", "*.safetensors", "*.model"] + (["*.bin"] if allow_pickle else [])
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as exc:  # network, auth, missing repo: one message for all
+    except Exception as exc:  # noqa: BLE001 -- network (httpx), auth, missing repo: one message for all
         raise ModelLoadError(
             f"Could not fetch '{repo_id}' from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
             "Check the id and your connection, or download the model and give its folder."
@@ -188,7 +188,8 @@ class Engine:
             raise ModelLoadError(f"Could not load the base model from {self.path}: {exc}") from None
         self._torch = torch
         self.channels_last, self.compile = channels_last, compile
-        self.text_encoder.to(self.device).eval().requires_grad_(False)
+        text_encoder: Any = self.text_encoder  # transformers types PreTrainedModel.to as an unbound wrapper
+        text_encoder.to(self.device).eval().requires_grad_(False)
         self.vae = self._prepare(self.vae, compile_it=False)
         self.unet = self._prepare(self.unet)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -342,7 +343,8 @@ class Engine:
         b, _, lh, lw = noise.shape
         h, w = lh * self.vae_scale_factor, lw * self.vae_scale_factor
         if control is not None and control.shape != (b, h, w, 3):
-            raise ValueError(f"Control batch {control.shape} does not match noise {noise.shape} (expected {(b, h, w, 3)}).")
+            raise ValueError(f"Control batch {control.shape} does not match noise {noise.shape} "
+                             f"(expected {(b, h, w, 3)}).")
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"Tile {h}×{w} px is not a multiple of {self.size_multiple} px.")
         cfg = guidance_scale > 1.0
@@ -381,7 +383,7 @@ class Engine:
         # 6. Decode.
         return self._decode(latents)
 
-    def _step(self, sched, step_t, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache):  # type: ignore[no-untyped-def]
+    def _step(self, sched, step_t, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache):
         """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` only their shallow branch.
 
         ``step_t`` is the timestep as a number (for the scheduler), ``t`` the same on the device (for the nets).
@@ -460,7 +462,8 @@ class Engine:
         sched = self.make_scheduler("ddim")
         sched.set_timesteps(1, device=self.device)
         t = sched.timesteps[0]
-        return self._peak_bytes(lambda: self._step(sched, int(t), t, noise, embeds, net, image, 1.0, 7.5, guidance, None))
+        return self._peak_bytes(
+            lambda: self._step(sched, int(t), t, noise, embeds, net, image, 1.0, 7.5, guidance, None))
 
     def _probe_decode_bytes(self, tile_px: int) -> int:
         """Peak working memory (bytes) of one tile's VAE decode, measured on the GPU."""

@@ -25,7 +25,7 @@ TINY_MODEL_MPP = 0.25
 def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply BPE merges (lowest rank first) to a word's symbols, as CLIP's tokenizer does."""
     while len(symbols) > 1:
-        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(symbols, symbols[1:], strict=False))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
@@ -170,6 +170,7 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, with_controlnet: bool =
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipe: Any  # diffusers' lazy module hides the pipelines' types from mypy
     if with_controlnet:
         controlnet = _tiny_controlnet(unet)
         pipe = StableDiffusionControlNetPipeline(controlnet=controlnet, **parts)

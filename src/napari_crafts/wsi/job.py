@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -42,23 +43,39 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..model.engine import Engine, get_engine, pick_device, pick_dtype, resolve_model
-from ..export import OmeZarrWriter, create_ome_zarr, ome_zarr_to_tiff
+from ..export import PROGRESS_GROUP, OmeZarrWriter, create_ome_zarr, is_complete, ome_zarr_to_tiff
+from ..export.safety import OutputExists, check_output, remove_output
 from ..generation.region import (
-    BatchProgress, region_notes, region_provenance,
-    BACKGROUND_RGB, GenerationError, GenerationSettings, Plan, Region, plan_region, render_tiles_adaptive, run,
+    BACKGROUND_RGB,
+    BatchProgress,
+    GenerationError,
+    GenerationSettings,
+    Plan,
+    Region,
+    plan_region,
+    region_notes,
+    region_provenance,
+    render_tiles_adaptive,
+    run,
 )
-from ..model.card import ModelCard
-from .source_file import SlideArray, open_source  # noqa: F401  (SlideArray: part of this module's API)
-from ..io.slide import clear_cache
 from ..generation.tiling import Stitcher, TileGrid
+from ..io.slide import clear_cache
+from ..model.card import ModelCard
+from ..model.engine import Engine, get_engine, pick_device, pick_dtype, resolve_model
+from ..model.threads import torch_threads
+from .scan import scan_empty
+from .source_file import SlideArray, open_source  # noqa: F401  (SlideArray: part of this module's API)
 
 #: Private tile store inside the output folder (deleted when the image is finished).
 TILE_STORE = "_napari_crafts_tiles"
 
 
-class Cancelled(Exception):
+class Cancelled(GenerationError):
     """The run was stopped on request; what finished is kept (resume to continue)."""
+
+
+class DiskFull(GenerationError):
+    """The disk filled up while writing; what finished is kept (free space and resume)."""
 
 
 def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -> Generator[BatchProgress, None, Path]:
@@ -75,7 +92,7 @@ def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -
         try:
             events.put(("done", generate_slide(source_path, output, progress=False, cancel=stop,
                                                on_progress=lambda *a: events.put(("progress", a)), **kwargs)))
-        except BaseException as exc:  # handed to the caller's thread
+        except BaseException as exc:  # noqa: BLE001 -- not swallowed: re-raised in the caller's thread
             events.put(("error", exc))
 
     threading.Thread(target=run, name="napari-crafts batch", daemon=True).start()
@@ -92,8 +109,6 @@ def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -
 
 #: Cached result of the empty-tile scan, inside the tile store.
 EMPTY_MASK = "empty_tiles.npy"
-#: Tiles checked for nuclei per scan task.
-SCAN_TILES_PER_TASK = 256
 
 # --------------------------------------------------------------------------------------------- model
 
@@ -127,7 +142,7 @@ class ModelInfo(Engine):
         self._prompt_cache: dict[tuple[str, str], Any] = {}
 
     @cached_property
-    def tokenizer(self) -> Any:  # type: ignore[override]
+    def tokenizer(self) -> Any:
         from transformers import CLIPTokenizer
 
         return CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
@@ -146,7 +161,7 @@ _WORKER: dict[str, Any] = {}  # per worker process: the device the plugin chose
 class ModelPlugin(WorkerPlugin):
     """Loads the model once per worker (on its own GPU when a local cluster has several).
 
-    torch's thread count is per thread, so every task sets it again (``_engine``) in the thread it runs in.
+    torch's thread count is per thread, so every render task pins it (``model.threads``) in the thread it runs in.
     """
 
     name = "napari-crafts-model"
@@ -180,20 +195,9 @@ def _worker_device(device: str | None, worker_name: Any) -> str | None:
 
 
 def _engine(model: str, device: str | None, threads: int) -> Any:
-    """This worker's cached engine, with ``threads`` torch threads in the calling thread (same math anywhere)."""
-    import torch
-
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    """This worker's cached engine (generation pins ``threads`` torch threads: see ``_render_task``)."""
     return get_engine(model, device=_WORKER.get("device", device), allow_pickle=_WORKER.get("allow_pickle", False),
                       **_WORKER.get("options", {}))
-
-
-def _scan_task(source: Any, plan: Plan, rows: list[int]) -> np.ndarray:
-    """Empty flags (len(rows), cols) for these rows of tiles (no nuclei, or no signal)."""
-    g, (y, x) = plan.grid, plan.region.box[:2]
-    return np.array([[source.is_empty(y + r * g.stride, x + c * g.stride, g.tile) for c in range(g.cols)]
-                     for r in rows], dtype=bool).reshape(len(rows), g.cols)
 
 
 def _render_task(model: str, device: str | None, threads: int, source: Any, plan: Plan,
@@ -204,8 +208,9 @@ def _render_task(model: str, device: str | None, threads: int, source: Any, plan
         return 0
     engine = _engine(model, device, threads)
     tiles = [plan.grid.at(r, c) for r, c in cells]
-    images = run(render_tiles_adaptive(engine, source, plan, tiles, settings, on_step=lambda step: step))
-    for rc, image in zip(cells, images):
+    with torch_threads(threads):  # every worker computes with the same count, in whatever thread it runs
+        images = run(render_tiles_adaptive(engine, source, plan, tiles, settings, on_step=lambda step: step))
+    for rc, image in zip(cells, images, strict=True):
         if rc in todo:  # never rewrite a tile already marked done (a kill mid-write would leave it marked)
             store.write_chunk(0, *rc, image)
     return len(todo)
@@ -276,8 +281,10 @@ def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterato
         # One task at a time per worker: a task is a model batch that already uses the worker's torch threads
         # (or its GPU); two at once would oversubscribe the cores or double the GPU memory. The nanny's default
         # MALLOC_TRIM_THRESHOLD_=65536 makes torch on CPU ~2.5× slower (measured): leave glibc's default.
+        # A failing task is reported once, by the client (the worker's "Compute Failed" block would repeat it).
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True)
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         try:
@@ -321,25 +328,32 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     """
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
-    if tiff is not None and Path(tiff).exists() and not overwrite:  # refused now, not after the whole run
-        advice = "remove it or choose another --tiff path" if resume else "use --overwrite to replace it"
-        raise FileExistsError(f"{tiff} already exists: {advice}.")
     if threads_per_worker < 1:
         raise ValueError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
+    # 0. The output rule (export.safety), before anything starts: never over an input, replace only our own.
+    inputs = [source_path] + [p for p in (model, settings.controlnet) if p and Path(p).expanduser().exists()]
+    check_output(out, kind="ome-zarr", inputs=inputs, overwrite=overwrite or resume, advice="pass --resume to "
+                 "continue it")
+    if tiff is not None:
+        if resume and os.path.lexists(tiff):  # refused now, not after the whole run
+            raise OutputExists(f"--tiff {tiff} already exists: remove it or choose another --tiff path.")
+        check_output(tiff, kind="ome-tiff", inputs=[*inputs, out], overwrite=overwrite, flag="--tiff")
     # 1. Open the source and read the model's metadata (errors here cost seconds, not a cluster start).
     source = open_source(source_path, mpp=mpp, kind=kind)
     info = ModelInfo(model, device=device, allow_pickle=allow_pickle, channels_last=channels_last, compile=compile)
     plan = plan_region(source, Region(0, 0, *source.shape), info, settings)
     # 2. Create the output, or reopen it after export has checked it was made with these settings.
     provenance = _provenance(source, plan, info, settings, threads_per_worker, mpp_given=mpp is not None)
-    fresh = not (resume and out.exists())
+    creates = not (resume and os.path.lexists(out))
+    made = False  # this run created the store: a failure before any tile removes it (and only it)
     try:
         writer = create_ome_zarr(out, source.shape, mpp=source.mpp, provenance=provenance, chunk=chunk,
                                  resume=resume, overwrite=overwrite)
+        made = creates
         grid = plan.grid
-        say(f"{out}: {grid.height}×{grid.width} px at {source.mpp} µm/px from {source.name} ({source.mode}); "
-            f"{len(grid)} tiles of {grid.tile} px (model {plan.model_tile} px), overlap {grid.overlap} px; "
-            f"{writer.levels} levels of {chunk}-px chunks")
+        say(f"{out}: {grid.height}×{grid.width} px at {source.mpp} µm/px from {source.name} "
+            f"({_read_as(source, kind)}); {len(grid)} tiles of {grid.tile} px (model {plan.model_tile} px), "
+            f"overlap {grid.overlap} px; {writer.levels} levels of {chunk}-px chunks")
         for note in provenance["notes"]:
             say(f"note: {note}")
         # 3. Run whatever is not done on the workers, then flag the image complete.
@@ -352,13 +366,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                 client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores, allow_pickle,
                                                    info.options))
                 job = _Job(client, writer, source, plan, settings, (str(info.path), device, threads_per_worker),
-                           provenance, say)
-                try:
-                    job.submit_level0()
-                except GenerationError:
-                    if fresh:  # nothing was generated: leave no output behind
-                        shutil.rmtree(out, ignore_errors=True)
-                    raise
+                           provenance, say, progress)
+                job.submit_level0()
                 job.submit_pyramid()
                 job.wait(progress, on_progress, cancel)
             writer.finish()
@@ -367,11 +376,32 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         if tiff is not None:
             say(f"writing {tiff} …")
             ome_zarr_to_tiff(out, tiff, overwrite=overwrite)
-    except OSError as err:
+    except Exception as err:
+        if made and not isinstance(err, Cancelled) and not _holds_work(out):
+            remove_output(out, kind="ome-zarr")  # nothing was generated: leave nothing behind
         if _is_disk_full(err):
-            raise RuntimeError(f"disk full while writing {out}; free space and rerun with --resume.") from err
+            raise DiskFull(f"disk full while writing {out}; free space and rerun with --resume.") from err
         raise
     return out
+
+
+def _read_as(source: Any, kind: str | None) -> str:
+    """How the source is read, for the header line; says so when one float channel was taken for fluorescence."""
+    dtype = np.dtype(source.data.dtype)
+    if kind is None and source.mode == "fluorescence" and source.n_channels == 1 and dtype.kind == "f":
+        return f"fluorescence: one channel of {dtype} values; if it is a labels image, rerun with --kind labels"
+    return source.mode
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether a store holds a finished tile or chunk (then a failed run keeps it, for --resume)."""
+    if is_complete(out):
+        return True
+    for markers in (out / TILE_STORE / PROGRESS_GROUP / "0", out / PROGRESS_GROUP / "0"):
+        for folder, _, files in os.walk(markers):
+            if any(f.isdigit() and os.path.getsize(os.path.join(folder, f)) == 1 for f in files):
+                return True
+    return False
 
 
 def _provenance(source: Any, plan: Plan, info: ModelInfo, settings: GenerationSettings, threads: int, *,
@@ -397,6 +427,7 @@ class _Job:
     engine_args: tuple[str, str | None, int]  # model folder, device, torch threads
     provenance: dict[str, Any]
     say: Any
+    progress: bool = False  # progress bars on the terminal
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # keys unique to this run
     chunks: dict[tuple[int, int, int], Any] = field(default_factory=dict)  # (level, cy, cx) → future
     renders: dict[str, tuple[Any, int]] = field(default_factory=dict)  # key → (future, tiles in its batch)
@@ -433,7 +464,7 @@ class _Job:
         batches = [batch for i in range(0, len(full), b) if needed & set(batch := full[i : i + b])]
         render = partial(_render_task, *self.engine_args, self.source, wire, self.settings, store)
         rendering: dict[tuple[int, int], Any] = {}
-        for batch, fut in zip(batches, self._map("render", render, batches)):
+        for batch, fut in zip(batches, self._map("render", render, batches), strict=True):
             self.renders[fut.key] = fut, len(batch)
             rendering.update(dict.fromkeys(batch, fut))
         flags, waits = [], []
@@ -442,7 +473,7 @@ class _Job:
             waits.append(list({id(f): f for t in touching[c] if (f := rendering.get((t.row, t.col)))}.values()))
         blend = partial(_blend_task, writer, store, wire.grid)
         futures = self._map("blend", blend, [c[0] for c in pending], [c[1] for c in pending], flags, waits)
-        self.chunks.update({(0, *c): f for c, f in zip(pending, futures)})
+        self.chunks.update({(0, *c): f for c, f in zip(pending, futures, strict=True)})
 
     def submit_pyramid(self) -> None:
         """A build task per pending chunk of each reduced level, waiting for the tasks of the chunks below."""
@@ -452,7 +483,7 @@ class _Job:
                       if (f := self.chunks.get((level - 1, sy, sx))) is not None] for cy, cx in todo]
             build = partial(_pyramid_task, self.writer, level)
             futures = self._map(f"pyramid{level}", build, [c[0] for c in todo], [c[1] for c in todo], waits)
-            self.chunks.update({(level, *c): f for c, f in zip(todo, futures)})
+            self.chunks.update({(level, *c): f for c, f in zip(todo, futures, strict=True)})
 
     def _empty_mask(self, store: OmeZarrWriter, plan: Plan) -> np.ndarray:
         """(rows, cols) True where a tile is skipped as empty: scanned on the workers once, then cached."""
@@ -462,14 +493,36 @@ class _Job:
         cache = Path(store.path, EMPTY_MASK)
         if cache.is_file() and (mask := np.load(cache)).shape == (grid.rows, grid.cols):
             return mask
-        self.say(f"checking {len(grid)} tiles for nuclei …")
-        per = max(1, SCAN_TILES_PER_TASK // grid.cols)
-        groups = [list(range(r, min(r + per, grid.rows))) for r in range(0, grid.rows, per)]
-        mask = np.concatenate(self.client.gather(self._map("scan", partial(_scan_task, self.source, plan), groups)))
+        what = "nuclei" if self.source.mode == "labels" else "signal"
+        self.say(f"checking {len(grid):,} tiles for {what} …")
+        mask = scan_empty(self.source, plan, self._run_scan_tasks)
+        self.say(f"{int((~mask).sum()):,} of {len(grid):,} tiles hold {what}")
         tmp = cache.with_name(cache.name + ".tmp.npy")
         np.save(tmp, mask)
         os.replace(tmp, cache)  # a kill never leaves half a mask
         return mask
+
+    def _run_scan_tasks(self, name: str, fn: Any, groups: Any) -> list[Any]:
+        """``fn(group)`` for every group on the workers, in order, with a progress bar; the first error cancels
+        the rest (so none is left to report itself later)."""
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        futures = self._map(name, fn, list(groups))
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        desc = "scan blocks" if name == "scan" else "scan tiles"
+        bar = tqdm(total=sum(len(g) for g in groups), desc=desc, disable=not self.progress or not futures)
+        try:
+            for fut in as_completed(futures):
+                results[index[fut.key]] = fut.result()
+                bar.update(len(groups[index[fut.key]]))
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        finally:
+            bar.close()
+        return results
 
     def wait(self, progress: bool, on_progress: Callable[[str, int, int], None] | None = None,
              cancel: threading.Event | None = None) -> None:
@@ -515,7 +568,8 @@ def _tile_store(writer: OmeZarrWriter, grid: TileGrid, provenance: dict[str, Any
     try:
         return create_ome_zarr(path, shape, resume=True, **kw)
     except ValueError:  # cut short while being created, or from other settings: it is only a cache
-        return create_ome_zarr(path, shape, overwrite=True, **kw)
+        shutil.rmtree(path)  # private to the output napari-crafts is writing (checked by generate_slide)
+        return create_ome_zarr(path, shape, **kw)
 
 
 # --------------------------------------------------------------------------------------------- CLI

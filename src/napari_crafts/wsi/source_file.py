@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ..generation.sources import FluorescenceSource, LabelsSource
 from ..io.geojson import SUFFIXES as GEOJSON_SUFFIXES
 from ..io.geojson import GeoJSONLabels
 from ..io.slide import SlideRef, open_slide
-from ..generation.sources import FluorescenceSource, LabelsSource
 from ..io.windows import WindowedArray
 
 
@@ -24,10 +24,7 @@ class SlideArray(WindowedArray):
 
     def __init__(self, ref: SlideRef, shape: tuple[int, ...], dtype: Any) -> None:
         self.ref, self.shape, self.dtype = ref, tuple(int(s) for s in shape), np.dtype(dtype)
-
-    @property
-    def path(self) -> str:
-        return self.ref.path
+        self.path = ref.path
 
     def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
         return self.ref.read(y, x, height, width)
