@@ -1,0 +1,315 @@
+"""``napari-crafts check``: does an image say it is synthetic H&E from napari-crafts? Metadata and watermark.
+
+    napari-crafts check FILE_OR_FOLDER... [--json] [--max-tiles N]
+
+For every image (PNG/JPEG and other Pillow formats, (OME-)TIFF and whole-slide files, OME-Zarr; folders are
+searched for them) it reports whether the provenance record is in the file's metadata (OME-Zarr attributes, the
+OME-TIFF MapAnnotation, the PNG text chunk "napari_crafts"), whether the invisible watermark is in its pixels,
+with its strength (z) and payload, whether the two match, and a verdict. Large images are not loaded: up to
+``--max-tiles`` windows of 512² are read lazily, spread over level 0.
+
+Exit code: 0 when at least one image is synthetic, 1 when none is, 2 when an image could not be checked (as grep:
+an error wins, the report says which images were read). No Qt, no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import watermark as wm
+
+#: Files read with Pillow (whole image in memory; a PNG cannot be read window by window).
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: Files and folders read lazily through :func:`napari_crafts.io.slide.open_slide`.
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".svslide", ".zarr")
+#: Images up to this many pixels are checked whole; larger ones by windows.
+WHOLE_IMAGE_PX = 2048 * 2048
+TILE = 512
+DEFAULT_MAX_TILES = 16
+EXIT_SYNTHETIC, EXIT_NONE, EXIT_ERROR = 0, 1, 2
+NO_SIGN = "no napari-crafts provenance or watermark found (this does not prove the image is real)"
+
+
+@dataclass
+class ImageReport:
+    """What ``check`` found in one image."""
+
+    path: str
+    format: str = ""
+    shape: list[int] | None = None  # (Y, X) of level 0
+    provenance: dict[str, Any] = field(default_factory=lambda: {"found": False})
+    watermark: dict[str, Any] = field(default_factory=lambda: {"checked": False, "found": False})
+    record_match: bool | None = None  # the watermark's record hash equals the metadata record's (None: not both)
+    synthetic: bool = False
+    verdict: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- finding images
+
+
+def _is_image_dir(p: Path) -> bool:
+    from .io.slide import _is_zarr
+
+    return p.is_dir() and _is_zarr(p)
+
+
+def iter_images(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]]:
+    """(image path, None) for every image under ``paths``; (path, error) for a path that holds none."""
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            yield p, f"{p}: no such file or folder."
+        elif p.is_file() or _is_image_dir(p):
+            yield p, None
+        else:
+            found = sorted(_walk(p))
+            if not found:
+                yield p, (f"{p}: no images in this folder (looked for {', '.join(PILLOW_SUFFIXES + SLIDE_SUFFIXES)}"
+                          " and OME-Zarr folders).")
+            for q in found:
+                yield q, None
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for q in folder.iterdir():
+        if q.name.startswith("."):
+            continue
+        if _is_image_dir(q):
+            yield q
+        elif q.is_dir():
+            yield from _walk(q)
+        elif q.suffix.lower() in PILLOW_SUFFIXES + SLIDE_SUFFIXES:
+            yield q
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+Reader = Callable[[int, int, int, int], np.ndarray]  # (y, x, height, width) → uint8 (h, w[, 3])
+
+
+def _open_pillow(p: Path) -> tuple[str, tuple[int, int], Reader, dict[str, Any] | None]:
+    from PIL import Image
+
+    with Image.open(p) as img:
+        fmt = (img.format or p.suffix.lstrip(".")).lower()
+        text = dict(getattr(img, "text", None) or {})
+        arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
+    record = None
+    if "napari_crafts" in text:
+        try:
+            record = json.loads(text["napari_crafts"])
+        except ValueError:
+            record = {"unreadable": "the 'napari_crafts' text chunk is not valid JSON"}
+    return fmt, (arr.shape[0], arr.shape[1]), lambda y, x, h, w: arr[y : y + h, x : x + w], record
+
+
+def _open_lazy(p: Path) -> tuple[str, tuple[int, int], Reader | None, dict[str, Any] | None]:
+    from .export import read_provenance
+    from .io.slide import open_slide
+
+    slide = open_slide(p)
+    fmt = "ome-zarr" if p.is_dir() else p.suffix.lstrip(".").lower()
+    try:
+        record = read_provenance(p)
+    except (ValueError, OSError):  # foreign or damaged metadata: no record
+        record = None
+    if slide.kind != "rgb":
+        return fmt, slide.shape, None, record
+    return fmt, slide.shape, lambda y, x, h, w: slide.read(0, y, x, h, w), record
+
+
+def windows(shape: tuple[int, int], max_tiles: int) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) to check: the whole image when small, else up to ``max_tiles`` 512² chunks spread evenly."""
+    H, W = shape
+    if H * W <= WHOLE_IMAGE_PX:
+        return [(0, 0, H, W)]
+    rows, cols = -(-H // TILE), -(-W // TILE)
+    k_rows = max(1, min(rows, round(math.sqrt(max_tiles * rows / cols))))
+    k_cols = max(1, min(cols, max_tiles // k_rows))
+    ys = sorted({int(v) for v in np.linspace(0, rows - 1, k_rows).round()})
+    xs = sorted({int(v) for v in np.linspace(0, cols - 1, k_cols).round()})
+    return [(r * TILE, c * TILE, min(TILE, H - r * TILE), min(TILE, W - c * TILE)) for r in ys for c in xs]
+
+
+# --------------------------------------------------------------------------------------------- checking
+
+
+def _watermark(read: Reader, shape: tuple[int, int], max_tiles: int) -> dict[str, Any]:
+    found: list[wm.Detection] = []
+    best: wm.Detection | None = None
+    boxes = [b for b in windows(shape, max_tiles) if min(b[2], b[3]) >= wm.MIN_SIDE]
+    for y, x, h, w in boxes:
+        det = wm.detect_watermark(np.ascontiguousarray(read(y, x, h, w)))
+        if det.found:
+            found.append(det)
+        if best is None or det.z > best.z:
+            best = det
+    if best is None:
+        return {"checked": False, "found": False, "note": f"image smaller than {wm.MIN_SIDE} px: not checked"}
+    payloads = Counter(d.payload for d in found if d.payload)
+    payload = payloads.most_common(1)[0][0] if payloads else None
+    shown = next((d for d in found if d.payload == payload), best) if found else best
+    return {
+        "checked": True, "found": bool(found), "z": best.z, "threshold": wm.Z_THRESHOLD,
+        "payload": payload, "record_hash": payload[-8:] if payload else None,
+        "known_bit_errors": shown.known_bit_errors, "corrected_bits": shown.corrected_bits, "scale": shown.scale,
+        "tiles_checked": len(boxes), "tiles_found": len(found), "note": shown.note,
+    }
+
+
+def _provenance(record: dict[str, Any] | None) -> dict[str, Any]:
+    if record is None:
+        return {"found": False}
+    if "unreadable" in record:
+        return {"found": True, "synthetic": None, "note": record["unreadable"]}
+    keys = ("synthetic", "generator", "version", "mode", "created", "warning")
+    summary: dict[str, Any] = {"found": True, **{k: record.get(k) for k in keys}}
+    summary["record_hash"] = f"{wm.record_hash(record):08x}"
+    summary["watermark"] = record.get("watermark")
+    return summary
+
+
+def _verdict(rep: ImageReport) -> tuple[bool, str]:
+    prov, mark = rep.provenance, rep.watermark
+    says_synthetic = bool(prov.get("found") and prov.get("synthetic"))
+    if mark.get("found"):
+        if rep.record_match:
+            return True, "SYNTHETIC: napari-crafts watermark and provenance record, and they match"
+        if prov.get("found"):
+            return True, ("SYNTHETIC: napari-crafts watermark and a provenance record that does not match it "
+                          "(record edited, or the pixels come from another output)")
+        return True, "SYNTHETIC: napari-crafts watermark in the pixels (no provenance metadata: stripped or re-saved)"
+    if says_synthetic:
+        off = isinstance(prov.get("watermark"), dict) and prov["watermark"].get("enabled") is False
+        why = ("the record says it was turned off" if off else
+               "not checked" if not mark.get("checked") else "turned off, or removed by editing")
+        return True, f"SYNTHETIC: the provenance record says so; no watermark found ({why})"
+    return False, NO_SIGN
+
+
+def check_image(path: str | Path, *, max_tiles: int = DEFAULT_MAX_TILES) -> ImageReport:
+    """Check one image (file or OME-Zarr folder); errors go into the report, never raised."""
+    from .io.slide import SlideError
+
+    p = Path(path)
+    rep = ImageReport(path=str(p))
+    try:
+        opened = _open_pillow(p) if p.suffix.lower() in PILLOW_SUFFIXES else _open_lazy(p)
+        rep.format, shape, read, record = opened
+        rep.shape = [int(shape[0]), int(shape[1])]
+        rep.provenance = _provenance(record)
+        if read is None:
+            rep.watermark = {"checked": False, "found": False, "note": "not an RGB image: watermark not checked"}
+        else:
+            rep.watermark = _watermark(read, shape, max_tiles)
+    except (SlideError, wm.WatermarkError) as err:
+        rep.error = " ".join(str(err).split())
+    except (OSError, ValueError) as err:  # Pillow: unreadable or truncated file
+        rep.error = f"{p}: cannot read it as an image ({type(err).__name__}: {' '.join(str(err).split())})."
+    except Exception as err:  # noqa: BLE001 - e.g. Pillow's DecompressionBombError: one line, not a traceback
+        rep.error = f"{p}: {type(err).__name__}: {' '.join(str(err).split())}"
+    if rep.error:
+        rep.verdict = f"error: {rep.error}"
+        return rep
+    mark_hash, prov_hash = rep.watermark.get("record_hash"), rep.provenance.get("record_hash")
+    rep.record_match = None if not (mark_hash and prov_hash) else mark_hash == prov_hash
+    rep.synthetic, rep.verdict = _verdict(rep)
+    return rep
+
+
+def check_paths(paths: Sequence[str | Path], *, max_tiles: int = DEFAULT_MAX_TILES,
+                on_report: Callable[[ImageReport], None] | None = None) -> list[ImageReport]:
+    """Reports for every image under ``paths`` (folders searched), in order; ``on_report`` hears each one."""
+    reports = []
+    for p, error in iter_images(paths):
+        rep = ImageReport(path=str(p), error=error, verdict=f"error: {error}") if error else check_image(
+            p, max_tiles=max_tiles)
+        reports.append(rep)
+        if on_report:
+            on_report(rep)
+    return reports
+
+
+def exit_code(reports: Sequence[ImageReport]) -> int:
+    """2 if any image could not be checked, else 0 if any is synthetic, else 1."""
+    if any(r.error for r in reports):
+        return EXIT_ERROR
+    return EXIT_SYNTHETIC if any(r.synthetic for r in reports) else EXIT_NONE
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def format_report(rep: ImageReport) -> str:
+    """The human-readable lines for one image."""
+    lines = [rep.path]
+    if rep.error:
+        return "\n".join([*lines, f"  error:      {rep.error}"])
+    prov, mark = rep.provenance, rep.watermark
+    if prov.get("found"):
+        what = "synthetic" if prov.get("synthetic") else "does not say synthetic"
+        made = ", ".join(str(prov[k]) for k in ("generator", "version", "created") if prov.get(k))
+        lines.append(f"  provenance: found ({what}{'; ' + made if made else ''})")
+    else:
+        lines.append("  provenance: none")
+    if not mark.get("checked"):
+        lines.append(f"  watermark:  {mark.get('note', 'not checked')}")
+    else:
+        state = "found" if mark["found"] else "not found"
+        tiles = f", in {mark['tiles_found']} of {mark['tiles_checked']} windows" if mark["tiles_checked"] > 1 else ""
+        detail = (f", payload {mark['payload']}, {mark['known_bit_errors']} of 16 known bits wrong, "
+                  f"{mark['corrected_bits']} corrected" if mark.get("payload") else
+                  ", payload too damaged to read" if mark["found"] else "")
+        lines.append(f"  watermark:  {state} (z {mark['z']:.1f}, threshold {mark['threshold']:g}{detail}{tiles})")
+    if rep.record_match is not None:
+        verb = "matches" if rep.record_match else "does NOT match"
+        lines.append(f"  match:      watermark payload {verb} the record")
+    lines.append(f"  verdict:    {rep.verdict}")
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``napari-crafts check`` arguments."""
+    parser.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER",
+                        help="images (PNG, JPEG, (OME-)TIFF, SVS and other slides, OME-Zarr) or folders of them")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text (for scripts)")
+    parser.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES,
+                        help=f"images over {WHOLE_IMAGE_PX // 2**20} Mpx: check at most this many 512² windows "
+                        f"(default {DEFAULT_MAX_TILES})")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``napari-crafts check``; see the module docstring for the exit codes."""
+    if args.max_tiles < 1:
+        print(f"napari-crafts check: error: --max-tiles must be at least 1, got {args.max_tiles}.", file=sys.stderr)
+        return EXIT_ERROR
+
+    def show(rep: ImageReport) -> None:
+        print(format_report(rep), flush=True)
+
+    reports = check_paths(args.paths, max_tiles=args.max_tiles, on_report=None if args.json else show)
+    code = exit_code(reports)
+    summary = {"images": len(reports), "synthetic": sum(r.synthetic for r in reports),
+               "errors": sum(bool(r.error) for r in reports), "exit_code": code}
+    if args.json:
+        print(json.dumps({"reports": [r.to_dict() for r in reports], "summary": summary}, indent=2))
+    elif len(reports) > 1:
+        print(f"{summary['images']} images: {summary['synthetic']} synthetic, "
+              f"{summary['images'] - summary['synthetic'] - summary['errors']} without a sign, "
+              f"{summary['errors']} errors")
+    return code
