@@ -283,3 +283,29 @@ def fluorescence_to_control(channels: np.ndarray, roles: dict[int, str], *,
         zero = np.zeros(chans.shape[1:], np.float32)
         planes = [merged.get(role, zero) for role in FLUORESCENCE_RGB_ROLES]
     return np.rint(np.stack(planes, axis=-1) * 255).astype(np.uint8)
+
+
+def parse_channel_roles(text: str, channel_names: list[str], *, name: str = "image") -> dict[int, str]:
+    """Roles from ``"DAPI=nuclear,FITC=cytoplasm"`` (the CLI's ``--channels``): channel name or index = role.
+
+    Names match the names the file stores, ignoring case; channels not listed get 'other'. Errors name the
+    channel or role that was not understood and list what the file has.
+    """
+    roles = dict.fromkeys(range(len(channel_names)), "other")
+    lowered = [str(n).strip().lower() for n in channel_names]
+    listed = ", ".join(f"{i}={n}" for i, n in enumerate(channel_names)) or "none"
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, role = (s.strip() for s in item.partition("="))
+        if not sep or not key or not role:
+            raise ConditioningError(f"'{item}' is not CHANNEL=ROLE (e.g. DAPI=nuclear,FITC=cytoplasm).")
+        if role.lower() not in ROLES:
+            raise ConditioningError(f"Unknown role '{role}' for channel '{key}'; choose one of {', '.join(ROLES)}.")
+        if key.lower() in lowered:
+            index = lowered.index(key.lower())
+        elif key.isdigit() and int(key) < len(channel_names):
+            index = int(key)
+        else:
+            raise ConditioningError(f"'{name}' has no channel '{key}'; its channels are: {listed}.")
+        roles[index] = role.lower()
+    check_roles(roles, len(channel_names), name)
+    return roles
