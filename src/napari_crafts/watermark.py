@@ -68,7 +68,6 @@ CHUNK = 512  # the output grid that phase 2 marks chunk by chunk
 #: Provenance keys left out of the record hash: they change on resume, the writers add them, or they hold the
 #: watermark itself.
 HASH_EXCLUDED_KEYS = frozenset({"created", "complete", "mpp", "watermark"})
-_LUMA = np.array([299, 587, 114], dtype=np.int64)  # ITU-R BT.601 luma ×1000, as JPEG uses
 _KNOWN_BITS = 16  # tag + version
 CHASE_BITS, CHASE_FLIPS = 8, 2  # payload reading may flip up to 2 of the 8 weakest bits (CRC + tag decide)
 #: Order in which a cell's pixels take a fractional change (4×4 Bayer matrix: spread out, no visible texture).
@@ -254,8 +253,8 @@ def embed_watermark(tile: np.ndarray, payload: Payload, *, origin: tuple[int, in
     ny, nx = -(-h // CELL), -(-w // CELL)
     if h == 0 or w == 0:
         return tile.copy()
-    luma = np.pad(tile.astype(np.int64) @ _LUMA, ((0, ny * CELL - h), (0, nx * CELL - w)), mode="edge")
-    sums = luma.reshape(ny, CELL, nx, CELL).sum(axis=(1, 3))  # luma ×1000 over the cell's 16 px
+    luma = np.pad(_luma(tile), ((0, ny * CELL - h), (0, nx * CELL - w)), mode="edge")
+    sums = luma.reshape(ny, CELL, nx, CELL).sum(axis=(1, 3), dtype=np.int64)  # luma ×1000 over the cell's 16 px
     period = _targets(payload.coded_bits())
     target = period[(np.arange(ny) + y0 // CELL)[:, None] % PERIOD, (np.arange(nx) + x0 // CELL)[None, :] % PERIOD]
     # changes are counted in pixel-levels: n means n of the cell's 16 px (in dither order) brighter by one level
@@ -278,10 +277,11 @@ def embed_watermark(tile: np.ndarray, payload: Payload, *, origin: tuple[int, in
             change = np.where(short, np.clip(change + target * need, -limit, limit), change)
     whole = change // (CELL * CELL)  # floor: the rest (0..15 pixel-levels) is dithered
     rest = change - whole * CELL * CELL
-    full = np.repeat(np.repeat(whole, CELL, axis=0), CELL, axis=1)
-    extra = np.repeat(np.repeat(rest, CELL, axis=0), CELL, axis=1) > np.tile(_DITHER, (ny, nx))
-    out = tile.astype(np.int16) + (full + extra)[:h, :w, None]
-    return np.clip(out, 0, 255).astype(np.uint8)
+    full = np.repeat(np.repeat(whole.astype(np.int16), CELL, axis=0), CELL, axis=1)
+    full += np.repeat(np.repeat(rest.astype(np.int16), CELL, axis=0), CELL, axis=1) > np.tile(_DITHER, (ny, nx))
+    out = tile.astype(np.int16)
+    out += full[:h, :w, None]
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
 
 
 def watermark_image(rgb: np.ndarray, payload: Payload, *, chunk: int = CHUNK) -> np.ndarray:
@@ -320,7 +320,7 @@ class Detection:
 
 def _integral(luma: np.ndarray) -> np.ndarray:
     ii = np.zeros((luma.shape[0] + 1, luma.shape[1] + 1), dtype=np.int64)
-    ii[1:, 1:] = luma.cumsum(axis=0).cumsum(axis=1)
+    ii[1:, 1:] = luma.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
     return ii
 
 
@@ -358,7 +358,10 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise WatermarkError(f"The image to check must be uint8 grey (H, W) or RGB (H, W, 3), got {arr.dtype} "
                              f"{arr.shape}.")
-    return arr.astype(np.int64) * 1000 if arr.ndim == 2 else arr[..., :3].astype(np.int64) @ _LUMA
+    if arr.ndim == 2:
+        return arr.astype(np.int32) * 1000
+    rgb = arr.astype(np.int32)
+    return rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114  # ITU-R BT.601 luma ×1000, as JPEG uses
 
 
 def correlations(luma: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
