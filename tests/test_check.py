@@ -106,6 +106,14 @@ def test_record_without_watermark_and_mismatched_record(tmp_path: Path, real: np
     assert rep.synthetic and not rep.watermark["found"]
     assert rep.verdict == ("SYNTHETIC: the provenance record says so; no watermark found "
                            "(the record says it was turned off)")
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("napari_crafts", "{not json")
+    Image.fromarray(real).save(tmp_path / "garbled.png", pnginfo=info)
+    code, out = _run(str(tmp_path / "garbled.png"))
+    assert code == 1 and "provenance: found, but the 'napari_crafts' text chunk is not a JSON record" in out
     edited = {**record, "seed": 4}  # the record no longer hashes to the watermark's payload
     rep = check.check_image(_png(tmp_path / "edited.png", marked, edited))
     assert rep.synthetic and rep.record_match is False and "does not match" in rep.verdict
@@ -174,13 +182,15 @@ def test_errors_exit_2_with_one_line(tmp_path: Path, real: np.ndarray) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "empty").mkdir()
     _png(tmp_path / "real.png", real)
+    (tmp_path / "notes.txt").write_text("text")
     code, out = _run(str(tmp_path / "broken.png"), str(tmp_path / "empty"), str(tmp_path / "missing.tif"),
-                     str(tmp_path / "real.png"))
+                     str(tmp_path / "notes.txt"), str(tmp_path / "real.png"))
     assert code == check.EXIT_ERROR == 2
     errors = [line for line in out.splitlines() if line.startswith("  error:")]
-    assert len(errors) == 3
+    assert len(errors) == 4
     assert "cannot read it as an image" in errors[0] and "no images in this folder" in errors[1]
     assert "missing.tif: no such file or folder." in errors[2]
+    assert "notes.txt: not an image check reads (.png, .jpg" in errors[3]
     assert "Traceback" not in out
 
 

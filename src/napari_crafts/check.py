@@ -32,6 +32,7 @@ from . import watermark as wm
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: Files and folders read lazily through :func:`napari_crafts.io.slide.open_slide`.
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".svslide", ".zarr")
+_KINDS = f"{', '.join(PILLOW_SUFFIXES + SLIDE_SUFFIXES)} files and OME-Zarr folders"
 #: Images up to this many pixels are checked whole; larger ones by windows.
 WHOLE_IMAGE_PX = 2048 * 2048
 TILE = 512
@@ -62,9 +63,9 @@ class ImageReport:
 
 
 def _is_image_dir(p: Path) -> bool:
-    from .io.slide import _is_zarr
+    from .io.slide import is_supported
 
-    return p.is_dir() and _is_zarr(p)
+    return p.is_dir() and is_supported(p)  # an OME-Zarr store (by name or NGFF metadata)
 
 
 def iter_images(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]]:
@@ -73,13 +74,14 @@ def iter_images(paths: Sequence[str | Path]) -> Iterator[tuple[Path, str | None]
         p = Path(raw).expanduser()
         if not p.exists():
             yield p, f"{p}: no such file or folder."
-        elif p.is_file() or _is_image_dir(p):
+        elif _is_image_dir(p) or p.is_file() and p.suffix.lower() in PILLOW_SUFFIXES + SLIDE_SUFFIXES:
             yield p, None
+        elif p.is_file():
+            yield p, f"{p}: not an image check reads ({_KINDS})."
         else:
             found = sorted(_walk(p))
             if not found:
-                yield p, (f"{p}: no images in this folder (looked for {', '.join(PILLOW_SUFFIXES + SLIDE_SUFFIXES)}"
-                          " and OME-Zarr folders).")
+                yield p, f"{p}: no images in this folder (looked for {_KINDS})."
             for q in found:
                 yield q, None
 
@@ -114,7 +116,9 @@ def _open_pillow(p: Path) -> tuple[str, tuple[int, int], Reader, dict[str, Any] 
         try:
             record = json.loads(text["napari_crafts"])
         except ValueError:
-            record = {"unreadable": "the 'napari_crafts' text chunk is not valid JSON"}
+            record = None
+        if not isinstance(record, dict):
+            record = {"unreadable": "the 'napari_crafts' text chunk is not a JSON record"}
     return fmt, (arr.shape[0], arr.shape[1]), lambda y, x, h, w: arr[y : y + h, x : x + w], record
 
 
@@ -177,7 +181,7 @@ def _provenance(record: dict[str, Any] | None) -> dict[str, Any]:
         return {"found": False}
     if "unreadable" in record:
         return {"found": True, "synthetic": None, "note": record["unreadable"]}
-    keys = ("synthetic", "generator", "version", "mode", "created", "warning")
+    keys = ("synthetic", "generator", "version", "mode", "created", "complete", "warning")
     summary: dict[str, Any] = {"found": True, **{k: record.get(k) for k in keys}}
     summary["record_hash"] = f"{wm.record_hash(record):08x}"
     summary["watermark"] = record.get("watermark")
@@ -261,7 +265,9 @@ def format_report(rep: ImageReport) -> str:
     if rep.error:
         return "\n".join([*lines, f"  error:      {rep.error}"])
     prov, mark = rep.provenance, rep.watermark
-    if prov.get("found"):
+    if prov.get("note"):
+        lines.append(f"  provenance: found, but {prov['note']}")
+    elif prov.get("found"):
         what = "synthetic" if prov.get("synthetic") else "does not say synthetic"
         made = ", ".join(str(prov[k]) for k in ("generator", "version", "created") if prov.get(k))
         lines.append(f"  provenance: found ({what}{'; ' + made if made else ''})")
