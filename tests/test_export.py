@@ -24,6 +24,7 @@ from napari_crafts.export import (
     read_provenance,
     write_pyramidal_tiff,
 )
+from napari_crafts.export.ome_zarr import OWNERSHIP_MARK
 
 PROV = {"synthetic": True, "model": "tiny", "weights_sha256": "ab12", "prompt": 'H&E <tissue> "x" µm', "seed": 7,
         "created": "2026-11-23T10:00:00+00:00"}
@@ -173,13 +174,25 @@ def test_existing_path_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="not a zarr store"):
+    with pytest.raises(ValueError, match="notes is not a napari-crafts OME-Zarr image: not deleting it"):
         create_ome_zarr(other, (64, 64), mpp=0.5, chunk=32, provenance=PROV, overwrite=True)
     assert (other / "keep.txt").exists()
-    half = tmp_path / "half.zarr"
-    zarr.open_group(half, mode="w", zarr_format=2)  # creation cut short before the attributes
+    foreign = tmp_path / "foreign.zarr"  # a zarr store someone else wrote is not ours to delete either
+    zarr.open_group(foreign, mode="w", zarr_format=2).attrs["multiscales"] = []
+    with pytest.raises(ValueError, match="not a napari-crafts OME-Zarr image: not deleting it"):
+        create_ome_zarr(foreign, (64, 64), mpp=0.5, chunk=32, provenance=PROV, overwrite=True)
+    with pytest.raises(ValueError, match="not an OME-Zarr image napari-crafts wrote"):
+        create_ome_zarr(foreign, (64, 64), mpp=0.5, chunk=32, provenance=PROV, resume=True)
+    assert (foreign / ".zattrs").exists()
+    half = tmp_path / "half.zarr"  # our creation cut short before the image metadata: ours from the first moment
+    zarr.open_group(half, mode="w", zarr_format=2, attributes={PROVENANCE_KEY: OWNERSHIP_MARK})
     with pytest.raises(ValueError, match="cut short.*--overwrite"):
         create_ome_zarr(half, (64, 64), mpp=0.5, chunk=32, provenance=PROV, resume=True)
+    assert create_ome_zarr(half, (64, 64), mpp=0.5, chunk=32, provenance=PROV, overwrite=True).shape_yx == (64, 64)
+    (tmp_path / "notes.txt").write_text("precious")  # nor a file we did not write
+    with pytest.raises(ValueError, match="not a napari-crafts OME-Zarr image"):
+        create_ome_zarr(tmp_path / "notes.txt", (64, 64), mpp=0.5, chunk=32, provenance=PROV, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,10 @@ import tifffile
 import zarr
 from numcodecs import Blosc
 
-from .ome_zarr import open_ome_zarr
 from ..provenance import PROVENANCE_KEY, json_record
+from .ome_zarr import open_ome_zarr
 from .pyramid import default_levels, level_shapes, mean_downsample_2x
+from .safety import check_output
 
 TIFF_NAMESPACE = "napari-crafts/provenance"  # OME MapAnnotation namespace holding the JSON
 
@@ -69,8 +70,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], level0: Any, *, mpp: floa
     The file is written as ``<path>.partial`` and renamed when done, so a cancelled export leaves nothing.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists: use --overwrite to replace it.")
+    check_output(target, kind="ome-tiff", overwrite=overwrite, flag="OME-TIFF")  # replaces only one we wrote
     if compression not in ("jpeg", "zlib", "none"):
         raise ValueError(f"TIFF compression must be 'jpeg', 'zlib' or 'none', got {compression!r}.")
     if tile <= 0 or tile % 16:
@@ -134,6 +134,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], level0: Any, *, mpp: floa
 def ome_zarr_to_tiff(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, tile: int = 512,
                      compression: str = "jpeg", quality: int = 90, overwrite: bool = False) -> None:
     """Copy a finished napari-crafts OME-Zarr (all its levels and provenance) to a pyramidal OME-TIFF."""
+    check_output(dst, kind="ome-tiff", inputs=[src], overwrite=overwrite, flag="OME-TIFF")
     writer = open_ome_zarr(src)
     if not writer.is_complete():
         raise ValueError(f"{writer.path} is not finished (complete is not set): resume the generation first.")

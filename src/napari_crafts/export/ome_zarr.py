@@ -15,11 +15,10 @@ Stores are local folders (markers and existence checks use the file system).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -28,12 +27,23 @@ from zarr.errors import NodeNotFoundError
 
 from ..provenance import PROVENANCE_KEY, json_record
 from .pyramid import DOWNSAMPLING, default_levels, level_shapes, mean_downsample_2x
+from .safety import GENERATOR, OutputExists, output_kind, remove_output
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
+    from zarr.core.common import JSON
 
 PROGRESS_GROUP = "_napari_crafts_progress"
 #: Provenance keys that may differ between a run and its resumption (everything else must match).
 RESUME_VOLATILE_KEYS = frozenset({"created", "complete"})
 CHANNEL_COLORS = ("FF0000", "00FF00", "0000FF")
+#: The record a store holds from its first moment (the full provenance replaces it when creation is done).
+OWNERSHIP_MARK = {"generator": GENERATOR, "synthetic": True, "complete": False}
 _CACHE: dict[tuple[str, str], Any] = {}  # per-process open zarr arrays, keyed by (store path, array path)
+
+
+class StoreError(ValueError):
+    """An output store that cannot be reopened or resumed; the message names it and what to do."""
 
 
 def _compressor() -> Any:
@@ -166,7 +176,7 @@ class OmeZarrWriter:
 
     # completion ------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
-        return dict(zarr.open_group(self.path, mode="r", zarr_format=2).attrs[PROVENANCE_KEY])
+        return dict(_attrs(zarr.open_group(self.path, mode="r", zarr_format=2))[PROVENANCE_KEY])
 
     def is_complete(self) -> bool:
         return bool(self.provenance().get("complete", False))
@@ -177,12 +187,17 @@ class OmeZarrWriter:
         if left:
             raise RuntimeError(f"Cannot finish {self.path}: chunks still missing per level {left}.")
         root = zarr.open_group(self.path, mode="r+", zarr_format=2)
-        root.attrs[PROVENANCE_KEY] = {**root.attrs[PROVENANCE_KEY], "complete": True}
+        root.attrs[PROVENANCE_KEY] = {**_attrs(root)[PROVENANCE_KEY], "complete": True}
         if PROGRESS_GROUP in root:
             del root[PROGRESS_GROUP]
         for leftover in Path(self.path).rglob("*.partial"):  # zarr's temporary files from killed writes
             leftover.unlink()
         forget_cached(self.path)
+
+
+def _attrs(node: zarr.Group) -> dict[str, Any]:
+    """A group's attributes as plain JSON (zarr types them as a union of every JSON value)."""
+    return node.attrs.asdict()
 
 
 def _ngff_attrs(shape_yx: tuple[int, int], levels: int, mpp: float | None, channel_names: Sequence[str],
@@ -208,7 +223,7 @@ def _ngff_attrs(shape_yx: tuple[int, int], levels: int, mpp: float | None, chann
         "channels": [
             {"label": label, "color": color, "active": True, "coefficient": 1.0, "family": "linear",
              "inverted": False, "window": {"min": 0, "max": 255, "start": 0, "end": 255}}
-            for label, color in zip(channel_names, CHANNEL_COLORS)
+            for label, color in zip(channel_names, CHANNEL_COLORS, strict=False)
         ],
         "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
     }
@@ -241,33 +256,27 @@ def create_ome_zarr(path: str | os.PathLike[str], shape_yx: tuple[int, int], *, 
     if n < 1:
         raise ValueError(f"Need at least one level, got {n}.")
     record = {**json_record(provenance), "mpp": None if mpp is None else float(mpp), "complete": False}
-    if os.path.exists(spath):
+    if os.path.lexists(spath):
         if not overwrite:
-            raise FileExistsError(f"{spath} already exists: pass --resume to continue it or --overwrite to replace it.")
-        _remove_store(spath)
+            raise OutputExists(f"{spath} already exists: pass --resume to continue it, or use --overwrite to "
+                               "replace it.")
+        remove_output(spath, kind="ome-zarr")  # only a store napari-crafts wrote (safety.check_output's rule)
     forget_cached(spath)
 
-    root = zarr.open_group(spath, mode="w-", zarr_format=2)
-    v2 = {"name": "v2", "separator": "/"}
+    # the ownership mark goes in with the group itself: a store cut short while being created is still ours
+    mark: dict[str, Any] = {PROVENANCE_KEY: OWNERSHIP_MARK}
+    root = zarr.open_group(spath, mode="w-", zarr_format=2, attributes=mark)
+    v2: dict[str, JSON] = {"name": "v2", "separator": "/"}
+    config: ArrayConfigParams = {"order": "C", "write_empty_chunks": True}
     progress = root.create_group(PROGRESS_GROUP)
     for lv, (h, w) in enumerate(level_shapes(shape_yx, n)):
         root.create_array(str(lv), shape=(3, h, w), chunks=(3, chunk, chunk), dtype="uint8", fill_value=0,
-                          compressors=_compressor(), chunk_key_encoding=v2, config={"write_empty_chunks": True})
+                          compressors=_compressor(), chunk_key_encoding=v2, config=config)
         progress.create_array(str(lv), shape=(-(-h // chunk), -(-w // chunk)), chunks=(1, 1), dtype="uint8",
                               fill_value=0, compressors=None, chunk_key_encoding=v2)
-    # attributes last: a store whose creation was cut short has no provenance and cannot be resumed
+    # the full attributes last: a store whose creation was cut short has no image metadata and cannot be resumed
     root.attrs.update({**_ngff_attrs(shape_yx, n, mpp, channel_names, name), PROVENANCE_KEY: record})
     return OmeZarrWriter(spath, shape_yx, int(chunk), n, None if mpp is None else float(mpp))
-
-
-def _remove_store(path: str) -> None:
-    p = Path(path)
-    if p.is_dir():
-        if any(p.iterdir()) and not any((p / f).exists() for f in (".zgroup", ".zattrs", "zarr.json")):
-            raise FileExistsError(f"{path} is a folder but not a zarr store: not deleting it; choose another path.")
-        shutil.rmtree(p)
-    else:
-        p.unlink()
 
 
 def open_ome_zarr(path: str | os.PathLike[str]) -> OmeZarrWriter:
@@ -275,29 +284,35 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> OmeZarrWriter:
     spath = os.fspath(path)
     try:
         root = zarr.open_group(spath, mode="r", zarr_format=2)
-        attrs = root.attrs.asdict()
+        attrs = _attrs(root)
         ms = attrs["multiscales"][0]
         record = attrs[PROVENANCE_KEY]
-        chunk = int(root["0"].chunks[1])
-        shape = tuple(int(s) for s in root["0"].shape[1:])
-    except (FileNotFoundError, NodeNotFoundError, KeyError, IndexError) as err:
-        raise ValueError(f"{spath} is not a napari-crafts OME-Zarr store, or its creation was cut short "
-                         f"({err!r}): use --overwrite to start again.") from None
+        level0 = root["0"]
+        if not isinstance(level0, zarr.Array):
+            raise TypeError("level 0 is a group")
+        chunk = int(level0.chunks[1])
+        shape = tuple(int(s) for s in level0.shape[1:])
+    except (FileNotFoundError, NodeNotFoundError, KeyError, IndexError, TypeError, ValueError):
+        if output_kind(spath) == "ome-zarr":
+            raise StoreError(f"{spath}: its creation was cut short (no image metadata yet): use --overwrite to "
+                             "start again.") from None
+        raise StoreError(f"{spath} is not an OME-Zarr image napari-crafts wrote: choose another output path.") from None
     return OmeZarrWriter(spath, (shape[0], shape[1]), chunk, len(ms["datasets"]), record.get("mpp"))
 
 
 def open_ome_zarr_for_resume(path: str | os.PathLike[str], shape_yx: tuple[int, int], *, mpp: float | None,
                              provenance: dict[str, Any] | None, chunk: int = 512, levels: int | None = None,
                              channel_names: Sequence[str] = ("R", "G", "B")) -> OmeZarrWriter:
-    """Reopen a store to continue writing; raise ValueError naming the first setting that differs.
+    """Reopen a store to continue writing; raise StoreError naming the first setting that differs.
 
     Provenance keys in RESUME_VOLATILE_KEYS (e.g. "created") may differ; ``provenance=None`` skips that check.
     The stored provenance is kept as it was.
     """
     writer = open_ome_zarr(path)
     stored = writer.provenance()
-    labels = [c.get("label") for c in zarr.open_group(writer.path, mode="r").attrs.get("omero", {}).get("channels", [])]
-    wanted_levels = default_levels(tuple(shape_yx), chunk) if levels is None else int(levels)
+    omero = _attrs(zarr.open_group(writer.path, mode="r")).get("omero", {})
+    labels = [c.get("label") for c in omero.get("channels", [])]
+    wanted_levels = default_levels((int(shape_yx[0]), int(shape_yx[1])), chunk) if levels is None else int(levels)
     checks = [
         ("shape", tuple(writer.shape_yx), (int(shape_yx[0]), int(shape_yx[1]))),
         ("chunk", writer.chunk, int(chunk)),
@@ -311,7 +326,7 @@ def open_ome_zarr_for_resume(path: str | os.PathLike[str], shape_yx: tuple[int, 
             checks.append((f"provenance '{key}'", stored.get(key), new.get(key)))
     for setting, have, want in checks:
         if have != want:
-            raise ValueError(f"Cannot resume {writer.path}: {setting} differs (store has {have!r}, this run has "
+            raise StoreError(f"Cannot resume {writer.path}: {setting} differs (store has {have!r}, this run has "
                              f"{want!r}). Rerun with the original settings, or use --overwrite to start again.")
     return writer
 

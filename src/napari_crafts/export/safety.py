@@ -1,0 +1,239 @@
+"""The output rule: what a napari-crafts command may write, and what ``--overwrite`` may delete.
+
+Every command that writes (generate, demo, evaluate --csv/--json, tiny-model, pairs, train, check) calls
+:func:`check_output` for each output path before it starts any work:
+
+- an output may never be one of the command's inputs, lie inside one, or hold one (paths are compared after
+  resolving ``~``, relative parts and symbolic links);
+- an existing output is refused unless ``overwrite`` is set, and even then only replaced when it is an output
+  this tool made, of the same kind, recognised by its own metadata (:func:`output_kind`):
+
+  =========  ==============================================================================================
+  ome-zarr   zarr attributes hold our provenance record (an object under the key ``napari_crafts``)
+  ome-tiff   an OME MapAnnotation in the namespace ``napari-crafts/provenance``
+  png        a PNG text chunk ``napari_crafts`` holding a JSON object
+  json       a provenance record (``"generator": "napari-crafts"``), or an object whose values each carry
+             ``"generator": "napari-crafts …"`` (a results file, one entry per row)
+  csv        a header with a ``generator`` column whose first row reads ``napari-crafts …``
+  folder     a folder holding the marker file ``.napari-crafts-output.json`` (:func:`mark_folder`),
+             e.g. a model, a training set, a demo output
+  =========  ==============================================================================================
+
+Anything else at an output path is refused with a message that names it. :func:`remove_output` is the only
+place that deletes an earlier output, and checks the same rule again just before it does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..provenance import PROVENANCE_KEY, package_version
+
+GENERATOR = "napari-crafts"
+#: The file that marks a folder as written by napari-crafts (models, training sets, demo output, …).
+FOLDER_MARKER = ".napari-crafts-output.json"
+#: The ``generator`` column/field of CSV and JSON results we write.
+GENERATOR_FIELD = "generator"
+KINDS = ("ome-zarr", "ome-tiff", "png", "json", "csv", "folder")
+_NAMES = {"ome-zarr": "OME-Zarr image", "ome-tiff": "OME-TIFF", "png": "PNG", "json": "JSON file",
+          "csv": "CSV file", "folder": "output folder"}
+
+
+class OutputError(ValueError):
+    """An output path that may not be written; the message names it and says what to do."""
+
+
+class OutputExists(OutputError, FileExistsError):
+    """The output already exists and ``--overwrite`` was not given."""
+
+
+def generator_tag() -> str:
+    """What our CSV/JSON results carry in their ``generator`` field: ``napari-crafts <version>``."""
+    return f"{GENERATOR} {package_version()}"
+
+
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute, ``~`` expanded, symbolic links and ``..`` resolved (where they exist)."""
+    return Path(path).expanduser().resolve()
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
+
+
+def check_output(path: str | os.PathLike[str], *, kind: str, inputs: Iterable[str | os.PathLike[str] | None] = (),
+                 overwrite: bool = False, flag: str = "output", advice: str = "") -> Path:
+    """Check that ``path`` may be written as an output of ``kind``; return it resolved (write there).
+
+    ``inputs`` are the paths the command reads (None entries are skipped); ``flag`` names the output in
+    messages ("output", "--tiff", "--csv"); ``advice`` is added to the "already exists" message (e.g. "pass
+    --resume to continue it"). Raises :class:`OutputExists` when it exists and ``overwrite`` is False, and
+    :class:`OutputError` when it is (in, or holds) an input, or exists but is not our output of this kind.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown output kind {kind!r}; one of {KINDS}.")
+    target = resolved(path)
+    for source in (resolved(i) for i in inputs if i is not None):
+        if target == source:
+            raise OutputError(f"{flag} {target} is also an input of this command: writing it would destroy the "
+                              "input; choose another output path.")
+        if _contains(source, target):
+            raise OutputError(f"{flag} {target} lies inside the input {source}: choose an output path outside it.")
+        if _contains(target, source):
+            raise OutputError(f"{flag} {target} holds the input {source}: choose an output path that does not "
+                              "contain it.")
+    if not os.path.lexists(target):
+        return target
+    if not overwrite:
+        extra = f"{advice}, or " if advice else ""
+        raise OutputExists(f"{flag} {target} already exists: {extra}use --overwrite to replace it.")
+    found = output_kind(target)
+    if found is None:
+        what = "folder" if target.is_dir() else "file"
+        raise OutputError(f"{flag} {target} is a {what} that napari-crafts did not write (it carries no "
+                          "napari-crafts marker): not replacing it; choose another path, or move it away yourself.")
+    if found != kind:
+        raise OutputError(f"{flag} {target} is a napari-crafts {_NAMES[found]}, not a {_NAMES[kind]}: not replacing "
+                          "it; choose another path.")
+    return target
+
+
+def remove_output(path: str | os.PathLike[str], *, kind: str) -> None:
+    """Delete an earlier output of ``kind`` at ``path``, after checking again that napari-crafts wrote it."""
+    target = Path(path).expanduser().absolute()
+    if not os.path.lexists(target):
+        return
+    found = output_kind(target)
+    if found != kind or target.is_symlink():
+        raise OutputError(f"{target} is not a napari-crafts {_NAMES.get(kind, kind)}: not deleting it; choose "
+                          "another path, or move it away yourself.")
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+
+
+def mark_folder(path: str | os.PathLike[str], what: str) -> None:
+    """Mark a folder we create as ours (write it first, so a run cut short still leaves a recognisable folder)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {GENERATOR_FIELD: GENERATOR, "version": package_version(), "what": what}
+    (folder / FOLDER_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def is_ours(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an output napari-crafts wrote (see :func:`output_kind`)."""
+    return output_kind(path) is not None
+
+
+def output_kind(path: str | os.PathLike[str]) -> str | None:
+    """The kind of napari-crafts output at ``path`` (one of ``KINDS``), or None when it is not ours.
+
+    Read from the content, never from the name; a symbolic link is never ours (we do not write links).
+    """
+    p = Path(path)
+    if p.is_symlink() or not p.exists():
+        return None
+    if p.is_dir():
+        if _zarr_is_ours(p):
+            return "ome-zarr"
+        return "folder" if _marker_is_ours(p / FOLDER_MARKER) else None
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "ome-tiff" if _tiff_is_ours(p) else None
+    if head == b"\x89PNG\r\n\x1a\n":
+        return "png" if _png_is_ours(p) else None
+    if _json_is_ours(p):
+        return "json"
+    return "csv" if _csv_is_ours(p) else None
+
+
+# --------------------------------------------------------------------------------------------- recognisers
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("generator") == GENERATOR
+
+
+def _read_json(path: Path, limit: int = 64 * 2**20) -> Any:
+    try:
+        if path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _zarr_is_ours(folder: Path) -> bool:
+    attrs = _read_json(folder / ".zattrs")
+    if attrs is None:  # zarr v3: attributes inside zarr.json
+        meta = _read_json(folder / "zarr.json")
+        attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    return isinstance(attrs, dict) and isinstance(attrs.get(PROVENANCE_KEY), dict)
+
+
+def _marker_is_ours(marker: Path) -> bool:
+    data = _read_json(marker)
+    return isinstance(data, dict) and data.get(GENERATOR_FIELD) == GENERATOR
+
+
+def _tiff_is_ours(path: Path) -> bool:
+    from .ome_tiff import TIFF_NAMESPACE
+
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata or ""
+    except Exception:  # noqa: BLE001 - any unreadable TIFF is simply not recognised as ours
+        return False
+    return f'Namespace="{TIFF_NAMESPACE}"' in xml
+
+
+def _png_is_ours(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            text = dict(getattr(im, "text", {}) or {})
+    except Exception:  # noqa: BLE001 - a damaged PNG is simply not recognised as ours
+        return False
+    try:
+        return isinstance(json.loads(text.get(PROVENANCE_KEY, "null")), dict)
+    except ValueError:
+        return False
+
+
+def _json_is_ours(path: Path) -> bool:
+    data = _read_json(path)
+    if _is_record(data) or (isinstance(data, dict) and _marker_is_value(data.get(GENERATOR_FIELD))):
+        return True
+    return (isinstance(data, dict) and bool(data)
+            and all(isinstance(v, dict) and _marker_is_value(v.get(GENERATOR_FIELD)) for v in data.values()))
+
+
+def _marker_is_value(value: Any) -> bool:
+    return isinstance(value, str) and (value == GENERATOR or value.startswith(GENERATOR + " "))
+
+
+def _csv_is_ours(path: Path) -> bool:
+    import csv
+
+    try:
+        if path.stat().st_size > 64 * 2**20:  # results are small; a large file is not one of ours
+            return False
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = csv.DictReader(fh)
+            first = next(rows, None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return first is not None and _marker_is_value(first.get(GENERATOR_FIELD))
