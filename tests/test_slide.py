@@ -308,6 +308,41 @@ def test_truncated_svs(tmp_path):
         open_slide(path).read(0, 0, 0, 64, 64)
 
 
+@pytest.mark.parametrize("keep", [4096, 1_000_000])
+def test_truncated_svs_says_so_in_one_readable_line(tmp_path, keep):
+    path = tmp_path / "cut.svs"
+    path.write_bytes(SVS.read_bytes()[:keep])
+    with pytest.raises(SlideError) as info:
+        open_slide(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable slide or image (the TIFF is truncated or damaged")
+    assert f"{keep:,} bytes" in message and "IndexError" not in message and "\n" not in message
+
+
+def test_tiff_content_is_read_whatever_its_name(tmp_path):
+    """A TIFF is opened by what it is (.btf, .tf8, a renamed file), not refused by its extension."""
+    planes = np.random.default_rng(0).integers(0, 4000, (2, 64, 80), dtype=np.uint16)
+    path = tmp_path / "multiplex.btf"
+    tifffile.imwrite(path, planes, resolution=(2e4, 2e4), resolutionunit="CENTIMETER", bigtiff=True)
+    slide = open_slide(path)
+    assert slide.kind == "channels" and slide.mpp == pytest.approx(0.5)
+    np.testing.assert_array_equal(slide.read(0, 0, 0, 64, 80), planes)
+
+
+def test_float_labels_open_as_labels_when_asked_and_fractions_are_refused(tmp_path):
+    lab = tifffile.imread(MASK)[:64, :64].astype(np.float32)
+    path = tmp_path / "float_labels.tif"
+    tifffile.imwrite(path, lab, resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    assert open_slide(path).kind == "channels"  # by content: one float channel (the whole-slide header says so)
+    slide = open_slide(path, kind="labels")
+    got = slide.read(0, 0, 0, 64, 64)
+    assert slide.kind == "labels" and got.dtype == np.int32
+    np.testing.assert_array_equal(got, lab.astype(np.int32))
+    tifffile.imwrite(path, lab + 0.5, resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    with pytest.raises(SlideError, match="float_labels.tif: read as labels .* fractional, negative or NaN values"):
+        open_slide(path, kind="labels").read(0, 0, 0, 64, 64)
+
+
 def test_unknown_and_missing(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(SlideError, match="unsupported file type '.png'.*convert to OME-TIFF"):

@@ -14,6 +14,7 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Any
 
 import dask.array as da
@@ -91,7 +92,9 @@ class Slide:
             dst = (slice(None),) * chan + (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
             try:
                 out[dst] = arr[src].compute(scheduler="synchronous")  # no nested distributed compute
-            except Exception as err:
+            except SlideError:
+                raise
+            except Exception as err:  # noqa: BLE001 - one line naming the file and the place
                 cause = (str(err).strip().splitlines() or [""])[0]
                 raise SlideError(f"{self.path}: cannot read level {level} at y={y0}, x={x0} "
                                  f"({type(err).__name__}: {cause}); the file may be damaged.") from err
@@ -125,7 +128,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None, kind: str | None =
             levels, file_mpp, rgb_like, names, props = _open_ngff(p)
         elif suffix in TIFFSLIDE_SUFFIXES:
             levels, file_mpp, rgb_like, names, props = _open_tiffslide(p)
-        elif suffix in TIFF_SUFFIXES:
+        elif suffix in TIFF_SUFFIXES or _is_tiff(p):  # by content too: .qptiff, .btf, .tf8, … are TIFFs
             levels, file_mpp, rgb_like, names, props = _open_tiff(p)
         else:
             what = "a folder that is not an OME-Zarr image" if p.is_dir() else f"unsupported file type '{suffix}'"
@@ -134,13 +137,44 @@ def open_slide(path: str | Path, *, mpp: float | None = None, kind: str | None =
         levels, found_kind, names = _arrange(p, levels, rgb_like, names, kind)
     except SlideError:
         raise
-    except Exception as err:  # corrupt file, unknown codec, …: one line naming the file and the cause
-        cause = (str(err).strip().splitlines() or [""])[0]
-        raise SlideError(f"{p}: not a readable slide or image ({type(err).__name__}: {cause}).") from err
+    except Exception as err:  # noqa: BLE001 - corrupt file, unknown codec, …: one line naming the file and the cause
+        raise SlideError(f"{p}: not a readable slide or image ({_damage(p, err)}).") from err
     return Slide(p, levels, float(mpp) if mpp is not None else file_mpp, found_kind, names, props)
 
 
 _Opened = tuple[list[da.Array], float | None, bool, list[str] | None, dict[str, Any]]
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Errors that say nothing to a user about a file (raised deep inside a reader on a damaged structure).
+_INTERNAL_ERRORS = (IndexError, KeyError, AttributeError, TypeError, AssertionError, struct_error)
+
+
+def _is_tiff(p: Path) -> bool:
+    """Whether ``p`` is a file that starts like a (Big)TIFF, whatever its name."""
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def _damage(p: Path, err: BaseException) -> str:
+    """Why a file could not be opened, in words: a TIFF cut short says so; a reader's own error is named."""
+    size = p.stat().st_size if p.is_file() else 0
+    if p.is_file() and _is_tiff(p):
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        order = "<" if head[:2] == b"II" else ">"
+        offset = int.from_bytes(head[8:16] if big else head[4:8], "little" if order == "<" else "big")
+        if offset >= size or isinstance(err, _INTERNAL_ERRORS):
+            return (f"the TIFF is truncated or damaged: it has {size:,} bytes and its structure points past them "
+                    "or is broken; copy or export it again")
+    if isinstance(err, _INTERNAL_ERRORS):
+        return "its structure could not be read; the file may be damaged or not an image"
+    cause = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {cause}"
 
 
 def _open_tiffslide(p: Path) -> _Opened:
@@ -361,12 +395,26 @@ def _arrange(p: Path, levels: list[da.Array], rgb_like: bool, names: list[str] |
             raise SlideError(f"{p}: cannot open as RGB: it has {c or 1} channel(s), RGB needs 3.")
         return [a[..., :3] for a in levels], kind, None
     if kind == "labels":
-        if c > 1 or not integer:
+        if c > 1 or arr0.dtype.kind not in "iubf":
             what = f"{c} channels" if c > 1 else f"{arr0.dtype} values"
             raise SlideError(f"{p}: cannot open as labels: it has {what}; labels are one channel of integers.")
-        return [a[..., 0] if a.ndim == 3 else a for a in levels], kind, None
+        planes = [a[..., 0] if a.ndim == 3 else a for a in levels]
+        if not integer:  # float labels (some segmenters save them): whole numbers only, checked as read
+            to = np.int32 if arr0.dtype.itemsize <= 4 else np.int64
+            whole = functools.partial(_float_labels, path=str(p), dtype=to)
+            planes = [da.map_blocks(whole, a, dtype=to) for a in planes]
+        return planes, kind, None
     levels = [a.transpose(2, 0, 1) if a.ndim == 3 else a[None] for a in levels]
     return levels, kind, names if names and len(names) == levels[0].shape[0] else None
+
+
+def _float_labels(block: np.ndarray, *, path: str, dtype: Any) -> np.ndarray:
+    """A block of float labels as integers; SlideError when it holds fractions or negative values."""
+    finite = np.isfinite(block)
+    if not finite.all() or (block < 0).any() or (block != np.floor(block)).any():
+        raise SlideError(f"{path}: read as labels (--kind labels) but it holds fractional, negative or NaN values: "
+                         "it is not a labels image (leave --kind out to read it as fluorescence).")
+    return block.astype(dtype)
 
 
 # --------------------------------------------------------------------------------------------- workers
