@@ -1,21 +1,64 @@
-"""Controls shared by the generation widgets: model and diffusion settings, region choice, start-and-place."""
+"""Controls shared by the generation widgets: model and diffusion settings (main ones first, the rest under
+"Advanced"), pixel size and region, the long-run offer, start-and-place, and Save…."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, TextEdit, create_widget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    TextEdit,
+    create_widget,
+)
 
-from ..generation.region import GenerationError, GenerationSettings, Region, generate_region
+from ..generation.region import GenerationError, GenerationSettings, Region
 from ..model.card import CRAFTS_MASK_PROMPT
 from ..model.engine import SCHEDULERS
-from ..model.tiny import TINY_MODEL_ID
-from ..provenance import synthetic_name
-from ._regions import layer_mpp, region_for
-from ._runner import JobRunner, add_output_layer
-from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE, TOO_LARGE, TOOLTIPS, WIDGET_REGION_LIMIT
+from ._layers import layer_pixel_size, output_units, place_over
+from ._regions import region_for
+from ._runner import JobOptions, JobRunner, add_output_layer
+from ._text import (
+    ADVANCED_CLOSED,
+    ADVANCED_OPEN,
+    LONG_RUN,
+    MPP_UNKNOWN,
+    NO_MPP_BEFORE_RUN,
+    NOT_A_MODEL_FOLDER,
+    REGION_SHAPES,
+    REGION_VIEW,
+    REGION_WHOLE,
+    TOO_LARGE,
+    TOOLTIPS,
+    WIDGET_REGION_LIMIT,
+    output_name,
+)
+
+
+class DockContainer(Container):
+    """A dock widget that scrolls when it is taller than the window (laptop screens).
+
+    magicgui's ``scrollable`` Container puts its widgets in a QScrollArea, but ``native`` (what napari docks) is
+    the inner widget, so napari would dock the widgets without the scroll area: ``native`` is the scroll area here.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(scrollable=True, **kwargs)
+        inner = self._widget._mgui_get_native_widget()
+        inner._magic_widget = self  # as magicgui marks a container's widget
+        inner.layout().addStretch(1)  # widgets keep their height at the top; the space left stays below
+
+    @property
+    def native(self) -> Any:
+        return self.root_native_widget
 
 
 def spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: str = "") -> Any:
@@ -23,34 +66,135 @@ def spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: s
     return cls(value=value, min=lo, max=hi, step=step, label=label, tooltip=TOOLTIPS.get(key, ""))
 
 
+def narrow(box: ComboBox, chars: int = 14) -> None:
+    """Let a combo box with long entries shrink to ``chars`` characters, so the dock stays narrow."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = box.native
+    if isinstance(native, QComboBox):
+        native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        native.setMinimumContentsLength(chars)
+
+
+class ModelPicker(Container):
+    """The models this install knows (``model.catalog``), Browse… for a folder, and a hub id.
+
+    ``value`` is what the engine is given: the hub id when one is typed, else the chosen entry. Setting it to a
+    folder or id that is not listed adds it to the list.
+    """
+
+    def __init__(self) -> None:
+        from ..model.catalog import default_model
+
+        self._extra: list[str] = []
+        self._choice_box = ComboBox(choices=self._choices, label="model", tooltip=TOOLTIPS["model"])
+        narrow(self._choice_box)
+        self._browse = PushButton(text="Browse…", tooltip=TOOLTIPS["browse"])
+        self._hub = LineEdit(value="", label="or hub id", tooltip=TOOLTIPS["hub"])
+        row: Container[Any] = Container(widgets=[self._choice_box, self._browse], layout="horizontal", labels=False,
+                                        label="model")
+        row.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[row, self._hub], labels=True)
+        self.margins = (0, 0, 0, 0)
+        self._browse.changed.connect(self.browse)
+        self.value = default_model()
+
+    def _choices(self, _: Any = None) -> list[tuple[str, str]]:
+        from ..model.catalog import known_models
+
+        listed = [(e.label, e.ref) for e in known_models()]
+        refs = {ref for _, ref in listed}
+        return listed + [(ref, ref) for ref in self._extra if ref not in refs]
+
+    @property
+    def value(self) -> str:
+        return self._hub.value.strip() or str(self._choice_box.value or "")
+
+    @value.setter
+    def value(self, ref: str) -> None:
+        ref = str(ref).strip()
+        if ref not in [r for _, r in self._choices()]:
+            self._extra.append(ref)
+            self._choice_box.reset_choices()
+        self._choice_box.value = ref
+        self._hub.value = ""
+
+    def browse(self) -> None:
+        """Choose a model folder (a diffusers folder: model_index.json at its root)."""
+        from magicgui.widgets import show_file_dialog
+        from napari.utils.notifications import show_error
+
+        from ..model.catalog import is_model_folder
+
+        folder = show_file_dialog(mode="d", caption="Model folder (diffusers layout)")
+        if not folder:
+            return
+        if not is_model_folder(folder):
+            show_error(NOT_A_MODEL_FOLDER.format(path=folder))
+            return
+        self.value = str(folder)
+
+
 class GenerationControls(Container):
-    """Model and diffusion settings shared by the generation widgets."""
+    """Model and diffusion settings shared by the generation widgets; the less used ones under "Advanced"."""
 
     def __init__(self, prompt: str = CRAFTS_MASK_PROMPT, *, controlnet: bool = True) -> None:
-        self._model = LineEdit(value=TINY_MODEL_ID, label="model", tooltip=TOOLTIPS["model"])
-        self._controlnet = LineEdit(value="", label="ControlNet", tooltip=TOOLTIPS["controlnet"])
+        d = GenerationSettings()
+        self._default_prompt = prompt
+        self._model = ModelPicker()
         self._prompt = TextEdit(value=prompt, label="prompt", tooltip=TOOLTIPS["prompt"])
-        self._negative = LineEdit(value="", label="negative prompt", tooltip=TOOLTIPS["negative_prompt"])
-        self._seed = spin("seed", 0, 0, 2**31 - 1, key="seed")
-        self._steps = spin("steps", 50, 1, 500, key="steps")
-        self._cfg = spin("guidance (CFG)", 7.5, 1.0, 30.0, 0.5, key="guidance_scale")
-        self._scheduler = ComboBox(choices=SCHEDULERS, value="default", label="scheduler",
+        self._prompt.max_height = 64
+        self._seed = spin("seed", d.seed, 0, 2**31 - 1, key="seed")
+        self._steps = spin("steps", d.steps, 1, 500, key="steps")
+        self._cfg = spin("guidance (CFG)", d.guidance_scale, 1.0, 30.0, 0.5, key="guidance_scale")
+        self._controlnet = LineEdit(value="", label="ControlNet", tooltip=TOOLTIPS["controlnet"])
+        self._negative = LineEdit(value=d.negative_prompt, label="negative prompt", tooltip=TOOLTIPS["negative_prompt"])
+        self._scheduler = ComboBox(choices=SCHEDULERS, value=d.scheduler, label="scheduler",
                                    tooltip=TOOLTIPS["scheduler"])
-        self._cfg_cutoff = spin("CFG for first (fraction)", 1.0, 0.0, 1.0, 0.05, key="cfg_cutoff")
-        self._cache_interval = spin("full UNet every N steps", 1, 1, 10, key="cache_interval")
-        self._tile = spin("tile size", 512, 64, 2048, 64, key="tile_size")
-        self._overlap = spin("overlap", 64, 0, 512, 8, key="overlap")
-        self._batch = spin("batch (0 = auto)", 0, 0, 64, key="batch_size")
+        self._cfg_cutoff = spin("CFG for first (fraction)", d.cfg_cutoff, 0.0, 1.0, 0.05, key="cfg_cutoff")
+        self._cache_interval = spin("full UNet every N steps", d.cache_interval, 1, 10, key="cache_interval")
+        self._tile = spin("tile size", d.tile_size, 64, 2048, 64, key="tile_size")
+        self._overlap = spin("overlap", d.overlap, 0, 512, 8, key="overlap")
+        self._batch = spin("batch (0 = auto)", d.batch_size, 0, 64, key="batch_size")
         self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
                                 tooltip=TOOLTIPS["device"])
         self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])
-        widgets = [self._model, self._controlnet, self._prompt, self._negative, self._seed, self._steps, self._cfg,
-                   self._scheduler, self._cfg_cutoff, self._cache_interval, self._tile, self._overlap, self._batch,
-                   self._device,
-                   self._allow_pickle]
-        if not controlnet:
-            widgets.remove(self._controlnet)
-        super().__init__(widgets=widgets, labels=True)
+        self._restore = PushButton(text="Restore defaults", tooltip=TOOLTIPS["restore"])
+        advanced = [self._negative, self._scheduler, self._cfg_cutoff, self._cache_interval, self._tile,
+                    self._overlap, self._batch, self._device, self._allow_pickle, self._restore]
+        if controlnet:
+            advanced.insert(0, self._controlnet)
+        self._advanced = Container(widgets=advanced, labels=True, visible=False)
+        self._advanced.margins = (0, 0, 0, 0)
+        self._advanced_button = PushButton(text=ADVANCED_CLOSED, tooltip=TOOLTIPS["advanced"])
+        super().__init__(widgets=[self._model, self._prompt, self._steps, self._seed, self._cfg,
+                                  self._advanced_button, self._advanced], labels=True)
+        self.margins = (0, 0, 0, 0)
+        self.advanced_shown = False
+        self._advanced_button.changed.connect(lambda: self.show_advanced(not self.advanced_shown))
+        self._restore.changed.connect(self.restore_defaults)
+
+    def show_advanced(self, show: bool = True) -> None:
+        self.advanced_shown = show
+        self._advanced.visible = show
+        self._advanced_button.text = ADVANCED_OPEN if show else ADVANCED_CLOSED
+
+    def restore_defaults(self) -> None:
+        """Every setting back to its default (the model list and prompt too)."""
+        from ..model.catalog import default_model
+
+        self.apply(GenerationSettings(prompt=self._default_prompt))
+        self._model.value = default_model()
+        self._seed.value, self._cfg.value = 0, GenerationSettings().guidance_scale
+        self._negative.value, self._controlnet.value, self._batch.value = "", "", 0
+        self._device.value, self._allow_pickle.value = "auto", False
+
+    def apply(self, settings: GenerationSettings) -> None:
+        """Show ``settings`` in the controls (e.g. the fast settings the long-run offer chose)."""
+        self._prompt.value = settings.prompt
+        self._steps.value, self._scheduler.value = settings.steps, settings.scheduler
+        self._cfg_cutoff.value, self._cache_interval.value = settings.cfg_cutoff, settings.cache_interval
+        self._tile.value, self._overlap.value = settings.tile_size, settings.overlap
 
     def settings(self) -> GenerationSettings:
         return GenerationSettings(
@@ -62,40 +206,69 @@ class GenerationControls(Container):
         )
 
     def engine_args(self) -> dict[str, Any]:
-        model = self._model.value.strip()
-        if not model:
-            raise GenerationError("Give a model: a diffusers folder, a hub id, or 'tiny-demo' to try the plugin.")
+        from ..model.catalog import resolve
+
+        ref = self._model.value.strip()
+        if not ref:
+            raise GenerationError("Choose a model in the list, Browse… for a model folder, or type a hub id.")
         device = None if self._device.value == "auto" else self._device.value
-        return {"model": model, "device": device, "allow_pickle": bool(self._allow_pickle.value)}
+        return {"model": resolve(ref), "ref": ref, "device": device, "allow_pickle": bool(self._allow_pickle.value)}
 
 
-def layer_box(kind: type, label: str, tooltip: str) -> ComboBox:
-    """A chooser of the viewer's layers of one kind (magicgui fills it and refreshes it on reset_choices)."""
-    box = create_widget(annotation=kind, label=label, options={"tooltip": tooltip})
+def layer_box(kind: type, label: str, tooltip: str, *, nullable: bool = False) -> ComboBox:
+    """A chooser of the viewer's layers of one kind (magicgui fills it and refreshes it on reset_choices);
+    ``nullable``: it may also be empty (nothing chosen)."""
+    box = create_widget(annotation=kind, label=label, options={"tooltip": tooltip, "nullable": nullable})
     if not isinstance(box, ComboBox):
         raise TypeError(f"magicgui made a {type(box).__name__} for {kind.__name__}, not a ComboBox.")
     return box
 
 
 class RegionControls(Container):
-    """Pixel size of the input, and which part of it to render (whole layer, view, rectangle)."""
+    """Pixel size of the input (and where it came from), and which part of it to render."""
 
-    def __init__(self) -> None:
-        self._mpp_box = spin("µm/px", 0.0, 0.0, 100.0, 0.001, key="mpp")
+    def __init__(self, viewer: Any = None) -> None:
+        self._viewer = viewer
+        self._mpp_box = spin("µm/px", 0.0, 0.0, 100.0, 0.0001, key="mpp")
+        self._found: float | None = None  # the exact value found (the box shows it rounded)
+        self._mpp_origin = Label(value="", label="")
         self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
                                     label="region", tooltip=TOOLTIPS["region"])
         self._shapes_layer = layer_box(napari.layers.Shapes, "rectangle from", TOOLTIPS["shapes"])
         self._shapes_layer.visible = False
-        super().__init__(widgets=[self._mpp_box, self._region_box, self._shapes_layer], labels=True)
+        super().__init__(widgets=[self._mpp_box, self._mpp_origin, self._region_box, self._shapes_layer], labels=True)
+        self.margins = (0, 0, 0, 0)
         self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
+        self._setting = False
+        self._mpp_box.changed.connect(self._on_mpp_typed)
 
     @property
     def mpp(self) -> float | None:
-        return float(self._mpp_box.value) or None
+        shown = float(self._mpp_box.value)
+        if self._found is not None and abs(shown - self._found) < 0.5e-4:
+            return self._found
+        return shown or None
+
+    @property
+    def mpp_origin(self) -> str:
+        return str(self._mpp_origin.value)
 
     def take_mpp_from(self, layer: Any) -> None:
-        if layer is not None:
-            self._mpp_box.value = layer_mpp(layer) or 0.0
+        """Show ``layer``'s pixel size and where it came from (file, Pixel size, its scale, unknown)."""
+        if layer is None or self._viewer is None:
+            return
+        found = layer_pixel_size(layer, self._viewer)
+        self._found = found.mpp
+        self._setting = True
+        try:
+            self._mpp_box.value = found.mpp or 0.0
+        finally:
+            self._setting = False
+        self._mpp_origin.value = found.origin if found.known else MPP_UNKNOWN
+
+    def _on_mpp_typed(self, value: float) -> None:
+        if not self._setting:
+            self._mpp_origin.value = "typed here" if value else MPP_UNKNOWN
 
     def region(self, layer: Any, viewer: Any, shape: tuple[int, int], *, limit: bool = True) -> Region:
         region = region_for(self._region_box.value, layer, viewer, shape, self._shapes_layer.value)
@@ -104,27 +277,167 @@ class RegionControls(Container):
         return region
 
 
-def engine_job(engine_args: dict[str, Any], make_job: Any) -> Generator[Any, None, Any]:
-    """A generator that loads (or reuses) the engine inside the worker, then runs ``make_job(engine)``."""
+class LongRunOffer(Container):
+    """Shown when a CPU run would take long: how long, and "Run anyway" / "Use fast settings" (Cancel: the
+    runner's button)."""
+
+    def __init__(self) -> None:
+        self._text = Label(value="")
+        self._anyway = PushButton(text="Run anyway")
+        self._fast = PushButton(text="Use fast settings", tooltip=TOOLTIPS["fast"])
+        buttons: Container[Any] = Container(widgets=[self._anyway, self._fast], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[self._text, buttons], labels=False, visible=False)
+        self.margins = (0, 0, 0, 0)
+        self.asking = False
+        self._on_anyway: Callable[[], None] = lambda: None
+        self._on_fast: Callable[[], None] = lambda: None
+        self._anyway.changed.connect(lambda: self._answer(self._on_anyway))
+        self._fast.changed.connect(lambda: self._answer(self._on_fast))
+
+    @property
+    def text(self) -> str:
+        return str(self._text.value)
+
+    def ask(self, estimate: Any, on_anyway: Callable[[], None], on_fast: Callable[[], None]) -> None:
+        from ..generation.estimate import FAST_TEXT
+
+        self._text.value = LONG_RUN.format(estimate=estimate.text(), fast=FAST_TEXT)
+        self._on_anyway, self._on_fast = on_anyway, on_fast
+        self.visible = self.asking = True
+
+    def close(self) -> None:
+        self.visible = self.asking = False
+
+    def _answer(self, action: Callable[[], None]) -> None:
+        self.close()
+        action()
+
+
+def engine_job(engine_args: dict[str, Any], make_job: Any, *, mode: str | None = None,
+               controlnet: str | None = None) -> Generator[Any, None, Any]:
+    """A generator that loads (or reuses) the engine inside the worker, makes its networks stoppable inside a
+    step, remembers the model for the model list, then runs ``make_job(engine)``."""
+    from ..generation.progress import Stage
+    from ..model.catalog import remember_model
     from ..model.engine import get_engine
+    from ..model.interrupt import make_interruptible
 
     engine = get_engine(engine_args["model"], device=engine_args.get("device"),
                         allow_pickle=engine_args.get("allow_pickle", False))
+    nets = [engine.unet, engine.vae, engine.text_encoder]
+    if mode is not None:
+        nets.append(engine.controlnet(controlnet, mode))
+    make_interruptible(*nets)
+    remember_model(str(engine_args.get("ref", engine_args["model"])))
+    yield Stage(f"model loaded ({engine.device}); preparing the first tile…")
     return (yield from make_job(engine))
 
 
+def warn_unknown_mpp(layer: Any, mpp: float | None, engine_args: dict[str, Any]) -> tuple[str, ...]:
+    """Before a run: say so when the pixel size is unknown; returns the note prefix the run need not repeat."""
+    from napari.utils.notifications import show_warning
+
+    from ..model.catalog import model_mpp
+
+    if mpp is not None:
+        return ()
+    show_warning(NO_MPP_BEFORE_RUN.format(name=layer.name, mpp=model_mpp(engine_args.get("ref", ""))))
+    return (f"'{layer.name}' has no pixel size",)
+
+
 def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, region: Region,
-                     settings: GenerationSettings, engine_args: dict[str, Any]) -> Any:
-    """Add the output layer exactly over ``region`` of ``layer`` and generate into it in the background."""
-    scale = tuple(layer.scale[-2:])
-    translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale, strict=True))
+                     settings: GenerationSettings, engine_args: dict[str, Any], *,
+                     offer: LongRunOffer | None = None, controls: GenerationControls | None = None,
+                     notes_shown: tuple[str, ...] = ()) -> Any:
+    """Add a transparent output layer exactly over ``region`` of ``layer`` and generate into it in the background.
+
+    The job reads only ``source`` (built before it starts); removing ``layer`` or the output stops it. On a
+    CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings).
+    """
+    from ..generation.estimate import RunDecision, fast_settings, measured, settings_to_run
+    from ..generation.progress import ProgressClock
+    from ..generation.region import generate_region, plan_region
+
+    scale, translate = place_over(layer, region.y, region.x)
     output = add_output_layer(
         viewer, (region.height, region.width), scale=scale, translate=translate,
-        name=synthetic_name(layer.name) + ("" if settings.exact else " [approximate]"),
-        provenance={"synthetic": True, "status": "running", "source": layer.name},
+        name=output_name(layer.name, settings.exact),
+        provenance={"synthetic": True, "status": "running", "source": layer.name}, units=output_units(layer),
     )
+    decision = RunDecision()
 
     def job() -> Generator[Any, None, Any]:
-        return (yield from engine_job(engine_args, lambda engine: generate_region(engine, source, region, settings)))
+        decision.cancel = runner.cancel_event
 
-    return runner.start(job, viewer, output)
+        def run(engine: Any) -> Generator[Any, None, Any]:
+            plan = plan_region(source, region, engine, settings)
+            chosen = yield from settings_to_run(engine, plan, settings, control=True, decision=decision)
+            final = plan_region(source, region, engine, chosen)
+            return (yield from measured(generate_region(engine, source, region, chosen), engine, final.model_tile,
+                                        control=True, guidance=chosen.guidance_scale > 1.0))
+
+        return (yield from engine_job(engine_args, run, mode=source.mode, controlnet=settings.controlnet))
+
+    def long_run(estimate: Any) -> None:
+        if offer is None:
+            decision.go(settings)
+            return
+
+        def fast() -> None:
+            chosen = fast_settings(settings)
+            if controls is not None:
+                controls.apply(chosen)
+            output.name = output_name(layer.name, chosen.exact)
+            runner.status("running with the fast settings…")
+            decision.go(chosen)
+
+        offer.ask(estimate, lambda: decision.go(settings), fast)
+
+    options = JobOptions(watch=[layer], clock=ProgressClock(settings.steps), on_long_run=long_run,
+                         notes_shown=notes_shown, on_finished=offer.close if offer is not None else None)
+    return runner.start(job, viewer, output, options=options)
+
+
+class SaveButton(PushButton):
+    """Save… the widget's last output layer (OME-TIFF, OME-Zarr or PNG, with its provenance)."""
+
+    def __init__(self, runner: JobRunner, viewer: Any) -> None:
+        super().__init__(text="Save…", tooltip=TOOLTIPS["save"])
+        self._runner, self._viewer = runner, viewer
+        self.changed.connect(self.save)
+
+    def layer(self) -> Any:
+        """The layer Save… writes: the last output, else the selected layer when it is synthetic."""
+        out = self._runner.output
+        if out is not None and out in self._viewer.layers:
+            return out
+        active = self._viewer.layers.selection.active
+        meta = active.metadata.get("napari_crafts") if active is not None else None
+        return active if isinstance(meta, dict) and meta.get("synthetic") else None
+
+    def save(self, path: str | None = None) -> list[str]:
+        from magicgui.widgets import show_file_dialog
+        from napari.utils.notifications import show_error, show_info
+
+        from .._writer import save_layer
+
+        layer = self.layer()
+        if layer is None:
+            show_error("Nothing to save yet: generate synthetic H&E first (or select a synthetic layer).")
+            return []
+        if self._runner.running and layer is self._runner.output:
+            show_error(f"'{layer.name}' is still being generated: save it when the run has finished or been "
+                       "cancelled.")
+            return []
+        path = path or show_file_dialog(mode="w", caption=f"Save '{layer.name}' with its provenance",
+                                        filter="*.ome.tif *.ome.zarr *.png")
+        if not path:
+            return []
+        try:
+            written = save_layer(path, layer)
+        except (ValueError, OSError) as exc:
+            show_error(str(exc))
+            return []
+        show_info(f"Saved '{layer.name}' with its provenance (synthetic) to {', '.join(written)}.")
+        return written

@@ -6,7 +6,8 @@ are touched only in the ``yielded``/``returned``/``errored`` handlers, which run
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import threading
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,10 @@ class JobRunner(Container):
         self.output: Any = None
         self._viewer: Any = None
         self._tiles = (0, 0)
+        #: Set by Cancel (and when a watched layer is removed): the networks stop at their next block.
+        self.cancel_event = threading.Event()
+        self._job = JobOptions()
+        self._stopped = False  # after a stop, late events from the worker are ignored (no layer is touched)
 
     @property
     def run_button(self) -> PushButton:
@@ -40,14 +45,25 @@ class JobRunner(Container):
         self._status.value = text
 
     def start(self, job: Callable[[], Generator[Any, None, Any]], viewer: Any, output: Any,
-              on_done: Callable[[Any], None] | None = None) -> Any:
-        """Start ``job`` in a thread; ``output`` (in ``viewer``) receives tiles as they finish."""
+              on_done: Callable[[Any], None] | None = None, options: JobOptions | None = None) -> Any:
+        """Start ``job`` in a thread; ``output`` (in ``viewer``) receives tiles as they finish.
+
+        ``options``: layers whose removal stops the job, the progress clock, the long-run handler, notes
+        already shown (see :class:`JobOptions`).
+        """
         from napari.qt.threading import create_worker
+
+        from ..model.interrupt import cancel_scope
 
         self.output, self._viewer = output, viewer
         self._tiles = (0, 0)
+        self._job, self._stopped = options or JobOptions(), False
+        self.cancel_event = event = threading.Event()
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
         def run_job() -> Generator[Any, None, Any]:  # a generator function, so napari makes a GeneratorWorker
-            return (yield from job())
+            with cancel_scope(event):
+                return (yield from job())
 
         worker = create_worker(run_job, _start_thread=False, _connect={
             "yielded": self._on_yielded,
@@ -67,18 +83,52 @@ class JobRunner(Container):
 
     def cancel(self) -> None:
         if self.worker is not None:
-            self.status("cancelling (stops after the current step)…")
+            self.status("cancelling…")
+            self.cancel_event.set()
             self.worker.quit()
+
+    def stop(self, why: str) -> None:
+        """Stop the job now and leave every layer alone from here on (e.g. its source layer was removed)."""
+        from napari.utils.notifications import show_warning
+
+        if self.worker is None or self._stopped:
+            return
+        self._stopped = True
+        self.cancel_event.set()
+        self.worker.quit()
+        done, total = self._tiles
+        show_warning(why + (f" {done}/{total} tiles kept." if done else ""))
+        self.status(why)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = event.value
+        if self.worker is None or self._stopped:
+            return
+        if layer is self.output:
+            self.output = None
+            self.stop(f"The output layer '{layer.name}' was removed: generation stopped.")
+        elif any(layer is watched for watched in self._job.watch):
+            self.stop(f"'{layer.name}' was removed while generating from it: generation stopped.")
 
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
+        from ..generation.estimate import RunEstimate
+        from ..generation.progress import Stage
         from ..generation.region import (  # light: batch (dask) stays out of the UI thread
             BatchProgress,
             Progress,
             TileDone,
         )
 
-        if isinstance(event, BatchProgress):
+        if self._stopped:
+            return
+        if isinstance(event, Stage):
+            self.status(event.text)
+        elif isinstance(event, RunEstimate):
+            self.status(f"estimated: {event.text()}")
+            if event.long and self._job.on_long_run is not None:
+                self._job.on_long_run(event)
+        elif isinstance(event, BatchProgress):
             if event.what == "tiles":
                 self._progress.max, self._progress.value = max(1, event.total), event.done
                 self._tiles = (event.done, event.total)
@@ -86,11 +136,12 @@ class JobRunner(Container):
         elif isinstance(event, Progress):
             self._progress.max = max(1, event.tiles * event.steps)
             self._progress.value = event.tiles_done * event.steps + event.step
-            self.status(f"tile {event.tiles_done + 1}/{event.tiles}, step {event.step}/{event.steps}")
+            self.status(self._job.clock.update(event))
         elif isinstance(event, TileDone):
             y0, x0, y1, x1 = event.box
             window = (*event.plane, slice(y0, y1), slice(x0, x1))
-            self.output.data[window] = event.rgb
+            self.output.data[window + (slice(0, 3),)] = event.rgb
+            self.output.data[window + (3,)] = 255  # painted: opaque (the rest stays transparent)
             self.output.refresh()
             self._tiles = (event.tiles_done, event.tiles)
             meta = self.output.metadata["napari_crafts"]
@@ -98,7 +149,7 @@ class JobRunner(Container):
             self.status(f"{event.tiles_done}/{event.tiles} tiles" + (" (empty: filled)" if event.skipped else ""))
 
     def _on_returned(self, result: Any, on_done: Callable[[Any], None] | None) -> None:
-        if result is None:
+        if result is None or self._stopped:
             return
         if self.output is None:  # a background job: its result is a file that on_done opens
             self._progress.value = self._progress.max
@@ -106,7 +157,7 @@ class JobRunner(Container):
             if on_done is not None:
                 on_done(result)
             return
-        self.output.data[...] = result.rgb
+        self.output.data = result.rgb  # every pixel painted: plain RGB
         self.output.metadata["napari_crafts"] = result.provenance
         self.output.refresh()
         self._progress.value = self._progress.max
@@ -114,13 +165,19 @@ class JobRunner(Container):
         from napari.utils.notifications import show_warning
 
         for note in result.notes:
-            show_warning(note)
+            if not any(note.startswith(shown) for shown in self._job.notes_shown):
+                show_warning(note)
         if on_done is not None:
             on_done(result)
 
     def _on_errored(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
+        from ..model.interrupt import JobCancelled
+
+        if isinstance(exc, JobCancelled) or self._stopped:  # cancelled inside a step, or stopped: not an error
+            self._on_aborted()
+            return
         done, total = self._tiles
         meta = self.output.metadata.get("napari_crafts", {}) if self.output is not None else {}
         meta["status"] = f"failed after {done}/{total} tiles: {exc}"
@@ -132,20 +189,51 @@ class JobRunner(Container):
 
     def _on_aborted(self) -> None:
         done, total = self._tiles
-        if self.output is not None:
+        if self._stopped:  # stop() has said why; the layers are left alone
+            return
+        if self.output is not None and done == 0 and self.output in self._viewer.layers:
+            self._viewer.layers.remove(self.output)  # nothing painted: leave no empty layer behind
+            self.output = None
+        elif self.output is not None:
             self.output.metadata["napari_crafts"]["status"] = f"cancelled after {done}/{total} tiles"
-        self.status(f"cancelled: {done}/{total} tiles kept")
+        self.status(f"cancelled: {done}/{total} tiles kept" if done else "cancelled: nothing generated")
 
     def _on_finished(self) -> None:
         self.worker = None
         self._run.enabled, self._cancel.enabled = True, False
+        if self._viewer is not None:
+            self._viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        if self._job.on_finished is not None:
+            self._job.on_finished()
+
+
+class JobOptions:
+    """What a job adds to the runner: ``watch`` (layers whose removal stops it), ``clock`` (progress text),
+    ``on_long_run`` (called with a long ``RunEstimate`` on a CPU), ``notes_shown`` (note prefixes already told),
+    ``on_finished`` (called when the job has ended, however it ended)."""
+
+    def __init__(self, *, watch: Sequence[Any] = (), clock: Any = None,
+                 on_long_run: Callable[[Any], None] | None = None, notes_shown: Sequence[str] = (),
+                 on_finished: Callable[[], None] | None = None) -> None:
+        from ..generation.progress import ProgressClock
+
+        self.watch = tuple(watch)
+        self.clock = clock if clock is not None else ProgressClock()
+        self.on_long_run = on_long_run
+        self.notes_shown = tuple(notes_shown)
+        self.on_finished = on_finished
 
 
 def add_output_layer(viewer: Any, shape_yx: tuple[int, int], *, name: str, scale: Any, translate: Any,
-                     provenance: dict[str, Any], planes: tuple[int, ...] = ()) -> Any:
-    """An empty RGB layer (``planes`` × Y × X) that will receive the synthetic H&E, placed over the source."""
+                     provenance: dict[str, Any], planes: tuple[int, ...] = (),
+                     units: tuple[str, str] = ("pixel", "pixel")) -> Any:
+    """An empty, transparent RGBA layer (``planes`` × Y × X) that will receive the synthetic H&E over the source.
+
+    Tiles become opaque as they land, so the source stays visible around them; ``units`` are the source's.
+    """
     lead = (1.0,) * len(planes)
     return viewer.add_image(
-        np.zeros((*planes, *shape_yx, 3), dtype=np.uint8), rgb=True, name=name, scale=(*lead, *scale),
+        np.zeros((*planes, *shape_yx, 4), dtype=np.uint8), rgb=True, name=name, scale=(*lead, *scale),
         translate=((0.0,) * len(planes) + tuple(translate)), metadata={"napari_crafts": provenance},
+        units=("pixel",) * len(planes) + tuple(units),
     )

@@ -2,8 +2,18 @@
 
 TOOLTIPS = {
     "labels": "Nuclear segmentation (instance or semantic labels, 0 = background).",
-    "model": "Diffusers folder or hub id of a CRAFTS / SD1.5 + ControlNet model. "
-    "'tiny-demo' is a tiny random model for trying the plugin offline: its output is noise-like.",
+    "model": "Models known to this install: 'demo' (trained on CMU-1, when bundled), 'tiny-demo' (random, for "
+    "trying the plugin; its output is noise-like), folders used before, and diffusers folders in the models cache "
+    "(~/.cache/napari-crafts/models or $NAPARI_CRAFTS_CACHE/models). CRAFTS-compatible weights are Stable "
+    "Diffusion 1.5 + ControlNet in diffusers layout: model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+    "scheduler/ and controlnet/ (see the README).",
+    "browse": "Choose a model folder on disk (diffusers layout: model_index.json at its root).",
+    "hub": "A Hugging Face hub id (org/name) to download once into the hub cache; overrides the list while set.",
+    "restore": "Every generation setting back to its default.",
+    "advanced": "Scheduler, fast-mode settings, tiles, batch, device, ControlNet, negative prompt, pickle weights.",
+    "fast": "Fewer steps with a multistep scheduler, guidance for the first half, feature reuse and smaller tiles: "
+    "much faster on a CPU, approximate (recorded in the provenance and the layer name).",
+    "save": "Save the synthetic layer with its provenance record: OME-TIFF (.ome.tif), OME-Zarr (.ome.zarr) or PNG.",
     "controlnet": "Optional ControlNet folder or hub id; empty = the model folder's own controlnet/.",
     "prompt": "Text prompt (CLIP reads at most 77 tokens; longer prompts are cut and you are told).",
     "negative_prompt": "What to steer away from (used with guidance > 1).",
@@ -23,7 +33,8 @@ TOOLTIPS = {
     "provenance).",
     "region": "Which part of the labels to render.",
     "shapes": "Shapes layer whose last rectangle bounds the region.",
-    "mpp": "Pixel size of the labels in µm/px (0 = unknown: the model's own pixel size is assumed).",
+    "mpp": "Pixel size of the input in µm/px: from the file, the Pixel size widget, or the layer's scale when its unit "
+    "is µm or the other layers are in µm. 0 = unknown: the model's own pixel size is assumed (you are told first).",
     "device": "Where the model runs: auto picks cuda, then mps, then cpu.",
     "allow_pickle": "Also load .bin/.ckpt (pickle) weights. Pickle files can run code when loaded: only for "
     "models from a source you trust. Off: safetensors only.",
@@ -34,12 +45,26 @@ TOOLTIPS = {
     "preset": "TCGA cancer types as in the paper's PathGen/TCGA captions; 'Use preset' writes the prompt.",
     "size": "Image side in the model's pixels; larger than the tile size is generated in blended tiles.",
     "count": "Number of images; image i uses seed + i.",
-    "background": "Run on dask.distributed workers into an OME-Zarr pyramid (resumable); the viewer stays free "
+    "background": "For large regions and whole slides: run on dask.distributed workers into an OME-Zarr pyramid "
+    "(resumable); the viewer stays free "
     "and the result opens here when done.",
     "workers": "Worker processes for the background job (each loads the model once).",
 }
 
 NO_CHANNELS = "Choose the fluorescence channel layer(s) first (e.g. DAPI)."
+
+ADVANCED_CLOSED, ADVANCED_OPEN = "▸ Advanced", "▾ Advanced"
+MPP_UNKNOWN = "unknown: set it here or in Pixel size"
+LONG_RUN = "This run would take {estimate}. Fast settings: {fast}."
+NO_MPP_BEFORE_RUN = ("'{name}' has no pixel size: it is generated as if it were at the model's {mpp} µm/px. If "
+                     "that is wrong, set µm/px in the widget or with Plugins › napari-crafts › Pixel size.")
+NOT_A_MODEL_FOLDER = ("{path} is not a diffusers model folder (no model_index.json or config.json): choose the "
+                      "folder that holds model_index.json, unet/, vae/, text_encoder/ and controlnet/.")
+
+
+def output_name(source: str, exact: bool = True) -> str:
+    """The output layer's name: what it is first, so the layer list never cuts 'synthetic' off."""
+    return f"synthetic H&E (CRAFTS) · {source}" + ("" if exact else " [approximate]")
 
 REGION_WHOLE, REGION_VIEW, REGION_SHAPES = "whole layer", "current view", "rectangle (Shapes layer)"
 NO_BATCH_OUTPUT = "Choose where the background job writes its OME-Zarr (a path ending in .zarr)."
@@ -78,3 +103,4 @@ COMPARE_TOO_LARGE = ("The region is {h}×{w} px: too large to score here. Pick a
              "`napari-crafts evaluate` on the files.")
 WIDGET_ADVICE = "give a local folder in 'CLIP model', or leave it empty for pixel metrics only"
 HEAT_NAME = "SSIM per tile · {name}"
+HEAT_LEGEND = "heat map: SSIM per tile, 0 (dark blue) → 1 (yellow); colour bar on the canvas"

@@ -18,7 +18,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSlider,
     Label,
     LineEdit,
@@ -38,11 +37,12 @@ from ..evaluation import (
 from ..evaluation import metrics as M
 from ..evaluation import plip as P
 from ..generation.region import GenerationError, Region
-from ._controls import layer_box
+from ._controls import DockContainer, layer_box
 from ._regions import region_for
 from ._text import (
     COMPARE_TOO_LARGE,
     COMPARE_TOOLTIPS,
+    HEAT_LEGEND,
     HEAT_NAME,
     NO_LAYERS,
     NO_OVERLAP,
@@ -122,13 +122,13 @@ def format_metrics(result: M.EvaluationResult, *, plip: bool) -> str:
     return "\n".join(f"{M.COLUMNS[k]}  {M._fmt(row[k], k)}" for k in keys)
 
 
-class Compare(Container):
+class Compare(DockContainer):
     """Pick a synthetic and a real H&E layer and a region; Compute shows the metrics and an SSIM heat map."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._synthetic_layer = layer_box(napari.layers.Image, "synthetic", COMPARE_TOOLTIPS["synthetic"])
-        self._real_layer = layer_box(napari.layers.Image, "real H&E", COMPARE_TOOLTIPS["real"])
+        self._real_layer = layer_box(napari.layers.Image, "real H&E", COMPARE_TOOLTIPS["real"], nullable=True)
         self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
                                     label="region", tooltip=COMPARE_TOOLTIPS["region"])
         self._shapes_layer = layer_box(napari.layers.Shapes, "rectangle from", COMPARE_TOOLTIPS["shapes"])
@@ -153,6 +153,7 @@ class Compare(Container):
         ], labels=True)
         self.worker: Any = None
         self.evaluation: ImageEvaluation | None = None
+        self._prefilled = ""  # the prompt last taken from a synthetic layer's provenance
         self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
         self._synthetic_layer.changed.connect(self._on_synthetic_changed)
         self._compute_button.changed.connect(self.compute)
@@ -166,10 +167,13 @@ class Compare(Container):
     def reset_choices(self, *_: Any) -> None:
         """Refresh the layer lists; when both point at one layer, guess the pair (synthetic: marked or on top)."""
         super().reset_choices()
-        if self._synthetic_layer.value is None or self._synthetic_layer.value is not self._real_layer.value:
+        synthetic, real = self._synthetic_layer.value, self._real_layer.value
+        if synthetic is None or (real is not None and real is not synthetic):
             return
         rgb = [layer for layer in self._real_layer.choices if layer is not None and getattr(layer, "rgb", False)]
         if len(rgb) < 2:
+            if real is synthetic:
+                self._real_layer.value = None  # never one layer as both: wait for the real H&E
             return
         marked = [layer for layer in rgb if (layer.metadata.get("napari_crafts") or {}).get("synthetic") is True]
         synthetic = (marked or rgb)[-1]
@@ -272,11 +276,13 @@ class Compare(Container):
         name = HEAT_NAME.format(name=inputs["synthetic"].name)
         if name in self._viewer.layers:
             self._viewer.layers.remove(name)
-        self._viewer.add_image(
+        heat = self._viewer.add_image(
             evaluation.heat_map("SSIM"), name=name, colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5,
             scale=tile * scale, translate=translate + np.array([box.y, box.x]) * scale + (tile - 1) / 2 * scale,
-            metadata={"napari_crafts": record},
+            metadata={"napari_crafts": record}, units=tuple(str(u) for u in real.units[-2:]),
         )
+        heat.colorbar.visible = True  # the legend: SSIM 0 (dark) → 1 (yellow), on the canvas
+        self._results.value += "\n" + HEAT_LEGEND
         self._progress.value = self._progress.max
         self._status.value = "done"
         for note in result.notes:
@@ -315,3 +321,8 @@ class Compare(Container):
     def _on_synthetic_changed(self, layer: Any) -> None:
         if layer is not None:
             self._opacity_slider.value = float(layer.opacity)
+            record = layer.metadata.get("napari_crafts") if isinstance(layer.metadata, dict) else None
+            prompt = record.get("prompt") if isinstance(record, dict) else None
+            typed = self._prompt_box.value.strip()
+            if isinstance(prompt, str) and (not typed or typed == self._prefilled):  # never over a typed prompt
+                self._prompt_box.value = self._prefilled = prompt

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, ListEdit, PushButton, create_widget
+from magicgui.widgets import ComboBox, Container, PushButton, Select
 
 from ..generation.conditioning import PERCENTILES, ROLES, as_channels_first, guess_roles
 from ..generation.region import GenerationError
 from ..model.card import FLUORESCENCE_PROMPT
-from ._controls import GenerationControls, RegionControls, spin, start_region_job
+from ._controls import (
+    DockContainer,
+    GenerationControls,
+    LongRunOffer,
+    RegionControls,
+    SaveButton,
+    spin,
+    start_region_job,
+    warn_unknown_mpp,
+)
+from ._layers import job_data, output_units, place_over, record
 from ._regions import layer_plane
 from ._runner import JobRunner
 from ._text import NO_CHANNELS, TOOLTIPS
@@ -20,23 +30,26 @@ from ._text import NO_CHANNELS, TOOLTIPS
 MAX_CHANNELS = 64
 
 
-class FluorescenceToHE(Container):
+class FluorescenceToHE(DockContainer):
     """Choose channel layers (or one layer with a channel axis), give each a role, preview, generate."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._channel_layers = cast(ListEdit, create_widget(annotation=list[napari.layers.Image], label="channels",
-                                                            options={"tooltip": TOOLTIPS["channels"]}))
+        # a vertical list (multi-select), not a row of combo boxes: the dock stays narrow with many channels
+        self._channel_layers = Select(choices=self._image_layers, label="channels", tooltip=TOOLTIPS["channels"])
+        self._channel_layers.max_height = 110
         self._channel_axis = spin("channel axis", 0, 0, 3, key="channel_axis")
         self._roles: Container[ComboBox] = Container(labels=True, label="roles")
         self._low = spin("low %", PERCENTILES[0], 0.0, 50.0, 0.1, key="percentiles")
         self._high = spin("high %", PERCENTILES[1], 50.0, 100.0, 0.1, key="percentiles")
         self._preview = PushButton(text="Preview control image")
-        self.where = RegionControls()
+        self.where = RegionControls(viewer)
         self.controls = GenerationControls(FLUORESCENCE_PROMPT)
+        self.offer = LongRunOffer()
         self.runner = JobRunner("Generate H&&E")
+        self._save = SaveButton(self.runner, viewer)
         super().__init__(widgets=[self._channel_layers, self._channel_axis, self._roles, self._low, self._high,
-                                  self.where, self._preview, self.controls, self.runner])
+                                  self.where, self._preview, self.controls, self.offer, self.runner, self._save])
         self._channel_layers.changed.connect(self._on_channels_changed)
         self._channel_axis.changed.connect(lambda _: self._on_channels_changed(self._channel_layers.value))
         self._preview.changed.connect(self.preview)
@@ -46,6 +59,22 @@ class FluorescenceToHE(Container):
         self.reset_choices()
 
     # -- channels and roles ---------------------------------------------------------------------------------
+    def _image_layers(self, _: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, napari.layers.Image)]
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer list; with nothing chosen yet, choose the channels of the last IF file opened."""
+        super().reset_choices()
+        if self._channel_layers.value:
+            return
+        images = [layer for _, layer in self._image_layers() if not layer.rgb]
+        from_file = [layer for layer in images if record(layer).get("channel_index") is not None]
+        if from_file:
+            path = record(from_file[-1]).get("path")
+            self._channel_layers.value = [layer for layer in from_file if record(layer).get("path") == path]
+        elif len(images) == 1:
+            self._channel_layers.value = images
+
     def channel_names(self) -> list[str]:
         layers = list(self._channel_layers.value or [])
         if len(layers) == 1 and self._is_stack(layers[0]):
@@ -92,13 +121,18 @@ class FluorescenceToHE(Container):
                     f"'{layers[0].name}' has {layers[0].data.shape[axis]} planes along axis {axis}: set 'channel axis' "
                     f"to the axis that holds the channels (shape {tuple(layers[0].data.shape)})."
                 )
-            data = as_channels_first(layers[0].data, channel_axis=axis, name=layers[0].name)
+            data = job_data(as_channels_first(layers[0].data, channel_axis=axis, name=layers[0].name))
         else:
             planes = [layer_plane(layer, self._viewer)[0] for layer in layers]
             shapes = {tuple(p.shape) for p in planes}
             if len(shapes) > 1:
                 raise GenerationError(f"The channel layers differ in size ({', '.join(map(str, sorted(shapes)))}).")
-            data = np.stack([np.asarray(p) for p in planes])
+            if all(isinstance(p, np.ndarray) for p in planes):
+                data = np.stack(planes)  # a copy: the job never reads the layers
+            else:  # channels of a large file: stay lazy (read window by window from the file)
+                import dask.array as da
+
+                data = da.stack([da.asarray(p) for p in planes])
         source = FluorescenceSource(
             data, roles=self.roles(), channel_names=self.channel_names(), name=layers[0].name, mpp=self.where.mpp,
             percentiles=(float(self._low.value), float(self._high.value)),
@@ -119,14 +153,14 @@ class FluorescenceToHE(Container):
         side = max(region.height, region.width)
         control = source.control(region.y, region.x, side, side)[: region.height, : region.width]
         name = f"control preview · {layer.name}"
-        scale = tuple(layer.scale[-2:])
-        translate = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x), scale, strict=True))
+        scale, translate = place_over(layer, region.y, region.x)
         meta = {"napari_crafts": {"control_preview": True, "source": source.describe()}}
         if name in self._viewer.layers:
             out = self._viewer.layers[name]
             out.data, out.scale, out.translate, out.metadata = control, scale, translate, meta
             return out
-        return self._viewer.add_image(control, rgb=True, name=name, scale=scale, translate=translate, metadata=meta)
+        return self._viewer.add_image(control, rgb=True, name=name, scale=scale, translate=translate, metadata=meta,
+                                      units=output_units(layer))
 
     def generate(self) -> Any:
         from napari.utils.notifications import show_error
@@ -138,4 +172,6 @@ class FluorescenceToHE(Container):
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args)
+        said = warn_unknown_mpp(layer, self.where.mpp, engine_args)
+        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args,
+                                offer=self.offer, controls=self.controls, notes_shown=said)

@@ -8,41 +8,57 @@ from typing import Any
 
 import napari
 from magicgui.types import FileDialogMode
-from magicgui.widgets import CheckBox, Container, FileEdit
+from magicgui.widgets import CheckBox, FileEdit
 
 from ..generation.region import GenerationError
 from ..model.tiny import TINY_MODEL_ID, ensure_tiny_model
-from ..provenance import synthetic_name
-from ._controls import GenerationControls, RegionControls, layer_box, spin, start_region_job
+from ._controls import (
+    DockContainer,
+    GenerationControls,
+    LongRunOffer,
+    RegionControls,
+    SaveButton,
+    layer_box,
+    spin,
+    start_region_job,
+    warn_unknown_mpp,
+)
+from ._layers import job_data, output_units, place_over
 from ._regions import layer_plane
 from ._runner import JobRunner
-from ._text import NO_BATCH_OUTPUT, NO_LABELS, TOOLTIPS
+from ._text import NO_BATCH_OUTPUT, NO_LABELS, TOOLTIPS, output_name
 
 
-class LabelsToHE(Container):
+class LabelsToHE(DockContainer):
     """Pick labels, a model and a region; tiles of synthetic H&E appear over the labels as they finish."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._labels_layer = layer_box(napari.layers.Labels, "labels", TOOLTIPS["labels"])
-        self.where = RegionControls()
+        self.where = RegionControls(viewer)
         self.controls = GenerationControls()
-        self._background = CheckBox(value=False, text="background job → OME-Zarr (large regions, whole slides)",
-                                    tooltip=TOOLTIPS["background"])
+        self._background = CheckBox(value=False, text="background job → OME-Zarr", tooltip=TOOLTIPS["background"])
         self._batch_output = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="OME-Zarr output",
                                       visible=False)
         self._workers = spin("workers", 1, 1, 64, key="workers")
         self._workers.visible = False
+        self.offer = LongRunOffer()
         self.runner = JobRunner("Generate H&&E")
+        self._save = SaveButton(self.runner, viewer)
         super().__init__(widgets=[self._labels_layer, self.where, self.controls, self._background,
-                                  self._batch_output, self._workers, self.runner])
+                                  self._batch_output, self._workers, self.offer, self.runner, self._save])
         self._background.changed.connect(self._on_background_changed)
         self._labels_layer.changed.connect(self.where.take_mpp_from)
         self.runner.run_button.changed.connect(self.generate)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         self.reset_choices()
-        self.where.take_mpp_from(self._labels_layer.value)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer lists and the pixel size shown (a slide in µm added beneath changes it)."""
+        super().reset_choices()
+        if self.where.mpp_origin != "typed here":
+            self.where.take_mpp_from(self._labels_layer.value)
 
     def _on_background_changed(self, on: bool) -> None:
         self._batch_output.visible = self._workers.visible = on
@@ -60,15 +76,20 @@ class LabelsToHE(Container):
             plane, note = layer_plane(layer, self._viewer)
             if note:
                 show_info(note)
+            if self.where.mpp_origin != "typed here":
+                self.where.take_mpp_from(layer)  # its scale may have changed since it was chosen
             if self._background.value:
                 return self.start_background(layer, plane)
             region = self.where.region(layer, self._viewer, plane.shape)
-            source = LabelsSource(plane, name=layer.name, mpp=self.where.mpp)
+            # the job reads a copy made now, never the layer: painting or removing it cannot touch the run
+            source = LabelsSource(job_data(plane), name=layer.name, mpp=self.where.mpp)
             settings, engine_args = self.controls.settings(), self.controls.engine_args()
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args)
+        said = warn_unknown_mpp(layer, self.where.mpp, engine_args)
+        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args,
+                                offer=self.offer, controls=self.controls, notes_shown=said)
 
     def start_background(self, layer: Any, plane: Any) -> Any:
         """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
@@ -93,10 +114,9 @@ class LabelsToHE(Container):
             from .._reader import read_slide
 
             for data, meta, kind in read_slide(str(path)):
-                meta["name"] = synthetic_name(layer.name)
-                meta["scale"] = tuple(layer.scale[-2:])
-                meta["translate"] = tuple(t + o * s for t, o, s in zip(layer.translate[-2:], (region.y, region.x),
-                                                                         layer.scale[-2:], strict=True))
+                meta["name"] = output_name(layer.name, settings.exact)
+                meta["scale"], meta["translate"] = place_over(layer, region.y, region.x)
+                meta["units"] = output_units(layer)
                 self._viewer.add_layer(napari.layers.Layer.create(data, meta, kind))
 
         return self.runner.start(job, self._viewer, None, on_done=opened)

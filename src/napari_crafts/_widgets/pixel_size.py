@@ -2,26 +2,75 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import napari
-from magicgui import magic_factory
+from magicgui.widgets import FloatSpinBox, Label, PushButton, Select
+
+from ._controls import DockContainer
+from ._layers import layer_pixel_size, record
+
+NO_LAYER_CHOSEN = "Choose one or more layers in the list first (click, Ctrl/Shift-click for several)."
 
 
-@magic_factory(
-    call_button="Set pixel size",
-    mpp={"label": "µm/px", "min": 0.001, "max": 1000.0, "step": 0.001, "value": 0.25},
-    layers={"label": "layers"},
-)
-def pixel_size(layers: list[napari.layers.Layer], mpp: float = 0.25) -> None:
-    """Set the pixel size (µm/px) of the chosen layers' Y and X axes and record it for napari-crafts."""
-    from napari.utils.notifications import show_info
+class PixelSize(DockContainer):
+    """A list of layers (the active one preselected), a µm/px value, and "Set pixel size"."""
 
-    for layer in layers:
-        scale = list(layer.scale)
-        scale[-2:] = [mpp, mpp]
-        layer.scale = scale
-        meta: dict[str, Any] = layer.metadata.setdefault("napari_crafts", {})
-        meta["mpp"] = mpp
-    if layers:
-        show_info(f"Pixel size {mpp} µm/px set on {', '.join(layer.name for layer in layers)}.")
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self._layers = Select(choices=self._all_layers, label="layers",
+                              tooltip="The layers to set (Ctrl/Shift-click for several).")
+        self._layers.max_height = 140
+        self._mpp = FloatSpinBox(value=0.25, min=0.001, max=1000.0, step=0.001, label="µm/px",
+                                 tooltip="Pixel size in µm per pixel (0.25 ≈ 40x, 0.5 ≈ 20x).")
+        self._current = Label(value="", label="now")
+        self._set = PushButton(text="Set pixel size")
+        super().__init__(widgets=[self._layers, self._mpp, self._current, self._set])
+        self._set.changed.connect(lambda: self.set_pixel_size())
+        self._layers.changed.connect(self._show_current)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.selection.events.active.connect(lambda _: self.select_active())
+        self.reset_choices()
+        self.select_active()
+
+    def _all_layers(self, _: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self._viewer.layers]
+
+    def select_active(self) -> None:
+        """Preselect the viewer's active layer (what the user is looking at) when nothing else is chosen."""
+        active = self._viewer.layers.selection.active
+        if active is not None and not self._layers.value:
+            self._layers.value = [active]
+
+    def _show_current(self, layers: Any) -> None:
+        found = [layer_pixel_size(layer, self._viewer) for layer in layers or []]
+        self._current.value = "; ".join(f"{f.mpp:g} µm/px ({f.origin})" if f.known else "unknown" for f in found)
+        known = [f.mpp for f in found if f.mpp]
+        if known:
+            self._mpp.value = known[0]
+
+    def __call__(self, layers: Sequence[Any] | None = None, mpp: float | None = None) -> list[Any]:
+        return self.set_pixel_size(layers, mpp)
+
+    def set_pixel_size(self, layers: Sequence[Any] | None = None, mpp: float | None = None) -> list[Any]:
+        """Set µm/px on the Y and X axes of ``layers`` (default: those chosen) and record it; returns them."""
+        from napari.utils.notifications import show_error, show_info
+
+        chosen = list(self._layers.value if layers is None else layers)
+        value = float(self._mpp.value if mpp is None else mpp)
+        if not chosen:
+            show_error(NO_LAYER_CHOSEN)
+            return []
+        for layer in chosen:
+            scale = list(layer.scale)
+            scale[-2:] = [value, value]
+            layer.scale = scale
+            layer.units = (*[str(u) for u in layer.units[:-2]], "µm", "µm")
+            meta = record(layer)
+            meta.update(mpp=value, mpp_set_by="user")
+            layer.metadata["napari_crafts"] = meta
+        show_info(f"Pixel size {value:g} µm/px set on {', '.join(layer.name for layer in chosen)}.")
+        self._show_current(chosen)
+        return chosen

@@ -8,38 +8,52 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, PushButton
+from magicgui.widgets import ComboBox, PushButton
 
 from ..generation.prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
 from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
-from ..provenance import SYNTHETIC_SUFFIX
-from ._controls import GenerationControls, engine_job, spin
-from ._runner import JobRunner, add_output_layer
-from ._text import TOOLTIPS
+from ._controls import DockContainer, GenerationControls, LongRunOffer, SaveButton, engine_job, narrow, spin
+from ._runner import JobOptions, JobRunner, add_output_layer
+from ._text import TOOLTIPS, output_name
 
 
-class PromptToHE(Container):
+class PromptToHE(DockContainer):
     """Write a prompt (or build one from TCGA presets); images appear in a stack layer as they finish."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._cancer = ComboBox(choices=[f"{c} · {n}" for c, n in TCGA_CANCER_TYPES.items()], label="cancer type",
                                 tooltip=TOOLTIPS["preset"])
+        narrow(self._cancer, 20)
         self._tissue = ComboBox(choices=TISSUE_DESCRIPTORS, label="tissue")
         self._magnification = ComboBox(choices=MAGNIFICATIONS, label="magnification")
         self._use_preset = PushButton(text="Use preset as prompt")
         self._height = spin("height", 512, 64, 4096, 64, key="size")
         self._width = spin("width", 512, 64, 4096, 64, key="size")
         self._count = spin("images", 1, 1, 64, key="count")
-        self.controls = GenerationControls(self.preset(), controlnet=False)
+        self._following = self.preset()  # the prompt follows the preset until the user edits it
+        self.controls = GenerationControls(self._following, controlnet=False)
+        self.offer = LongRunOffer()
         self.runner = JobRunner("Generate H&&E")
+        self._save = SaveButton(self.runner, viewer)
         super().__init__(widgets=[self._cancer, self._tissue, self._magnification, self._use_preset, self._height,
-                                  self._width, self._count, self.controls, self.runner])
-        self._use_preset.changed.connect(lambda: setattr(self.controls._prompt, "value", self.preset()))
+                                  self._width, self._count, self.controls, self.offer, self.runner, self._save])
+        self._use_preset.changed.connect(self.use_preset)
+        for box in (self._cancer, self._tissue, self._magnification):
+            box.changed.connect(self._on_preset_changed)
         self.runner.run_button.changed.connect(self.generate)
 
     def preset(self) -> str:
         return preset_prompt(self._cancer.value.split(" · ")[0], self._tissue.value, self._magnification.value)
+
+    def use_preset(self) -> None:
+        """Write the preset into the prompt; it follows the preset again from now on."""
+        self._following = self.preset()
+        self.controls._prompt.value = self._following
+
+    def _on_preset_changed(self, *_: Any) -> None:
+        if self.controls._prompt.value.strip() == self._following.strip():  # not edited since: follow
+            self.use_preset()
 
     def generate(self) -> Any:
         from napari.utils.notifications import show_error
@@ -51,16 +65,43 @@ class PromptToHE(Container):
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
+        from ..generation.estimate import RunDecision, fast_settings, settings_to_run
+        from ..generation.progress import ProgressClock
+        from ..generation.region import plan_region
+        from ..model.catalog import model_mpp
+
         n, h, w = int(self._count.value), int(self._height.value), int(self._width.value)
+        mpp = model_mpp(engine_args["ref"])  # images made from text have the model's pixel size
         output = add_output_layer(
-            self._viewer, (h, w), name=f"{SYNTHETIC_SUFFIX} · prompt", scale=(1.0, 1.0), translate=(0.0, 0.0),
-            provenance={"synthetic": True, "status": "running"}, planes=(n,),
+            self._viewer, (h, w), name=output_name("prompt", settings.exact), scale=(mpp, mpp), translate=(0.0, 0.0),
+            provenance={"synthetic": True, "status": "running"}, planes=(n,), units=("µm", "µm"),
         )
+        decision = RunDecision()
 
         def job() -> Generator[Any, None, Any]:
-            return (yield from engine_job(engine_args, lambda engine: prompt_images(engine, settings, n, h, w)))
+            decision.cancel = self.runner.cancel_event
 
-        return self.runner.start(job, self._viewer, output, on_done=lambda r: _set_model_scale(output, r))
+            def run(engine: Any) -> Generator[Any, None, Any]:
+                plan = plan_region(None, Region(0, 0, h, w), engine, settings)
+                chosen = yield from settings_to_run(engine, plan, settings, control=False, tiles=n * len(plan.grid),
+                                                    decision=decision)
+                return (yield from prompt_images(engine, chosen, n, h, w))
+
+            return (yield from engine_job(engine_args, run))
+
+        def long_run(estimate: Any) -> None:
+            def fast() -> None:
+                chosen = fast_settings(settings)
+                self.controls.apply(chosen)
+                output.name = output_name("prompt", chosen.exact)
+                decision.go(chosen)
+
+            self.offer.ask(estimate, lambda: decision.go(settings), fast)
+
+        options = JobOptions(clock=ProgressClock(settings.steps, images=n), on_long_run=long_run,
+                             on_finished=self.offer.close)
+        return self.runner.start(job, self._viewer, output, on_done=lambda r: _set_model_scale(output, r),
+                                 options=options)
 
 
 def prompt_images(engine: Any, settings: Any, count: int, height: int, width: int

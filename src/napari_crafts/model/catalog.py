@@ -106,8 +106,8 @@ def known_models() -> list[ModelEntry]:
     """Every model this install knows of, each once, in the order the list shows them."""
     entries: list[ModelEntry] = []
     if demo_model_path() is not None:
-        entries.append(ModelEntry(DEMO_MODEL_ID, "demo (trained on CMU-1, bundled)", "demo"))
-    entries.append(ModelEntry(TINY_MODEL_ID, "tiny-demo (random, for trying the plugin)", "tiny"))
+        entries.append(ModelEntry(DEMO_MODEL_ID, "demo (trained, CMU-1)", "demo"))
+    entries.append(ModelEntry(TINY_MODEL_ID, "tiny-demo (random)", "tiny"))
     entries += [ModelEntry(r, r, "recent") for r in recent_models()]
     entries += [ModelEntry(str(p), str(p), "cache") for p in _cached_folders(models_dir())]
     entries += [ModelEntry(repo, f"{repo} (hub cache)", "hub-cache") for repo in _hub_cache_models()]
@@ -150,3 +150,17 @@ def _hub_cache_models() -> list[str]:
         if snapshots.is_dir() and any(is_model_folder(s) for s in snapshots.iterdir()):
             found.append(repo.name.removeprefix("models--").replace("--", "/", 1))
     return found
+
+
+def model_mpp(ref: str) -> float:
+    """The pixel size a model works at, read from its card without loading it (the default for hub ids)."""
+    from .card import DEFAULT_MODEL_MPP, ModelCard
+    from .tiny import TINY_MODEL_MPP
+
+    if ref.strip() == TINY_MODEL_ID:
+        return TINY_MODEL_MPP
+    try:
+        path = Path(resolve(ref)).expanduser()
+    except ValueError:
+        return DEFAULT_MODEL_MPP
+    return ModelCard.read(path).mpp if path.is_dir() else DEFAULT_MODEL_MPP
