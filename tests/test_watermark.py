@@ -150,7 +150,7 @@ def test_unmarked_real_he_is_not_flagged(slide: np.ndarray) -> None:
         for image in (window, _jpeg(window, 75), mean_downsample_2x(window), window[:256, 100:356]):
             det = wm.detect_watermark(image)
             assert not det.found and det.payload is None
-            assert det.z < 6.5  # the measured null never passed 6.3; the threshold is 8
+            assert det.z < 6.5  # the benchmark's null maximum: 5.5 in 1,320 images; the threshold is 8
             assert "no watermark" in det.note
 
 
