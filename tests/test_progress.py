@@ -65,6 +65,7 @@ def test_a_run_is_estimated_from_the_measured_speed_and_the_fast_settings_are_fa
     assert (fast.scheduler, fast.steps, fast.cfg_cutoff, fast.cache_interval, fast.tile_size, fast.overlap) == (
         "unipc", 10, 0.5, 2, 256, 32) and not fast.exact
     assert fast_settings(GenerationSettings(steps=4, tile_size=128, overlap=8)).steps == 4  # never more work
+    assert fast_settings(settings, vae_scale_factor=2).tile_size == 128  # a 2× autoencoder: 64² latents
     # 256 px is extrapolated from the probes at 64 and 128 px (here: pixels × 4 per doubling, attention-like)
     _SPEED[(id(engine), 64, True, True)] = (0.1, 0.01)
     _SPEED[(id(engine), 128, True, True)] = (0.4, 0.04)
@@ -75,19 +76,24 @@ def test_a_run_is_estimated_from_the_measured_speed_and_the_fast_settings_are_fa
 
 def test_a_long_run_waits_for_the_answer_and_cancel_ends_the_wait():
     engine = FakeEngine()
-    _SPEED[(id(engine), 512, True, True)] = (10.0, 2.0)
+    for px, speeds in ((512, (10.0, 2.0)), (256, (1.0, 0.5))):  # measured before (no probe here)
+        _SPEED[(id(engine), px, True, True)] = speeds
     settings = GenerationSettings()
-    plan = plan_region(None, Region(0, 0, 512, 512), engine, settings)
     decision = RunDecision()
-    gen = settings_to_run(engine, plan, settings, control=True, decision=decision)
+    gen = settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, 512, 512), engine, s), settings,
+                          control=True, decision=decision)
     assert next(gen).text.startswith("estimating")
-    assert isinstance(next(gen), RunEstimate)
+    estimate = next(gen)
+    assert isinstance(estimate, RunEstimate) and estimate.fast == fast_settings(settings)
+    assert estimate.fast_seconds is not None and estimate.fast_seconds < estimate.seconds / 10
+    assert estimate.fast_text().startswith("UniPC, 10 steps, guidance for the first 50%, feature reuse, 256-px tiles")
     decision.go(fast_settings(settings))
     with pytest.raises(StopIteration) as done:
         next(gen)
     assert done.value.value.scheduler == "unipc"
     cancel = threading.Event()
-    gen = settings_to_run(engine, plan, settings, control=True, decision=RunDecision(cancel))
+    gen = settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, 512, 512), engine, s), settings,
+                          control=True, decision=RunDecision(cancel))
     next(gen), next(gen)
     cancel.set()
     with pytest.raises(JobCancelled):

@@ -195,7 +195,8 @@ def test_a_long_cpu_run_is_announced_with_the_fast_settings_offered(labels_widge
     w.controls._steps.value = 20
     w.generate()
     qtbot.waitUntil(lambda: w.offer.asking, timeout=WAIT_MS)
-    assert re.search(r"would take about \d+ (s|min) on the CPU \(1 tile × 20 steps at 64 px\)", w.offer.text)
+    assert re.search(r"would take about \d+ (s|min) on the CPU \(1 tile × 20 steps at 64 px\)\. Fast settings — "
+                     r"UniPC, 10 steps, .*: about \d+ (s|min)", w.offer.text), w.offer.text
     assert w.runner.running and not viewer.layers[-1].data[..., 3].any()  # waiting: nothing generated yet
     w.offer._fast.clicked.emit()
     wait(qtbot, w)

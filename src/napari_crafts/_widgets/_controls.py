@@ -300,9 +300,7 @@ class LongRunOffer(Container):
         return str(self._text.value)
 
     def ask(self, estimate: Any, on_anyway: Callable[[], None], on_fast: Callable[[], None]) -> None:
-        from ..generation.estimate import FAST_TEXT
-
-        self._text.value = LONG_RUN.format(estimate=estimate.text(), fast=FAST_TEXT)
+        self._text.value = LONG_RUN.format(estimate=estimate.text(), fast=estimate.fast_text())
         self._on_anyway, self._on_fast = on_anyway, on_fast
         self.visible = self.asking = True
 
@@ -355,7 +353,7 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
     The job reads only ``source`` (built before it starts); removing ``layer`` or the output stops it. On a
     CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings).
     """
-    from ..generation.estimate import RunDecision, fast_settings, measured, settings_to_run
+    from ..generation.estimate import RunDecision, measured, settings_to_run
     from ..generation.progress import ProgressClock
     from ..generation.region import generate_region, plan_region
 
@@ -371,8 +369,8 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
         decision.cancel = runner.cancel_event
 
         def run(engine: Any) -> Generator[Any, None, Any]:
-            plan = plan_region(source, region, engine, settings)
-            chosen = yield from settings_to_run(engine, plan, settings, control=True, decision=decision)
+            chosen = yield from settings_to_run(engine, lambda s: plan_region(source, region, engine, s), settings,
+                                                control=True, decision=decision)
             final = plan_region(source, region, engine, chosen)
             return (yield from measured(generate_region(engine, source, region, chosen), engine, final.model_tile,
                                         control=True, guidance=chosen.guidance_scale > 1.0))
@@ -385,10 +383,11 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
             return
 
         def fast() -> None:
-            chosen = fast_settings(settings)
+            chosen = estimate.fast or settings
             if controls is not None:
                 controls.apply(chosen)
             output.name = output_name(layer.name, chosen.exact)
+            options.clock.steps = chosen.steps
             runner.status("running with the fast settings…")
             decision.go(chosen)
 

@@ -55,7 +55,7 @@ NO_CHANNELS = "Choose the fluorescence channel layer(s) first (e.g. DAPI)."
 
 ADVANCED_CLOSED, ADVANCED_OPEN = "▸ Advanced", "▾ Advanced"
 MPP_UNKNOWN = "unknown: set it here or in Pixel size"
-LONG_RUN = "This run would take {estimate}. Fast settings: {fast}."
+LONG_RUN = "This run would take {estimate}. Fast settings — {fast}."
 NO_MPP_BEFORE_RUN = ("'{name}' has no pixel size: it is generated as if it were at the model's {mpp} µm/px. If "
                      "that is wrong, set µm/px in the widget or with Plugins › napari-crafts › Pixel size.")
 NOT_A_MODEL_FOLDER = ("{path} is not a diffusers model folder (no model_index.json or config.json): choose the "

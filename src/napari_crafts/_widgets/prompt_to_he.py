@@ -65,7 +65,7 @@ class PromptToHE(DockContainer):
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        from ..generation.estimate import RunDecision, fast_settings, settings_to_run
+        from ..generation.estimate import RunDecision, settings_to_run
         from ..generation.progress import ProgressClock
         from ..generation.region import plan_region
         from ..model.catalog import model_mpp
@@ -82,18 +82,18 @@ class PromptToHE(DockContainer):
             decision.cancel = self.runner.cancel_event
 
             def run(engine: Any) -> Generator[Any, None, Any]:
-                plan = plan_region(None, Region(0, 0, h, w), engine, settings)
-                chosen = yield from settings_to_run(engine, plan, settings, control=False, tiles=n * len(plan.grid),
-                                                    decision=decision)
+                chosen = yield from settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, h, w), engine, s),
+                                                    settings, control=False, copies=n, decision=decision)
                 return (yield from prompt_images(engine, chosen, n, h, w))
 
             return (yield from engine_job(engine_args, run))
 
         def long_run(estimate: Any) -> None:
             def fast() -> None:
-                chosen = fast_settings(settings)
+                chosen = estimate.fast or settings
                 self.controls.apply(chosen)
                 output.name = output_name("prompt", chosen.exact)
+                options.clock.steps = chosen.steps
                 decision.go(chosen)
 
             self.offer.ask(estimate, lambda: decision.go(settings), fast)

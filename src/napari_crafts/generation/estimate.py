@@ -12,7 +12,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +27,10 @@ PROBE_PX = (64, 128)
 #: Runs of at most this many network passes of a 64-px tile (tiles × passes × (tile/64)²) are not estimated.
 SMALL_RUN = 100
 #: Fast settings for a CPU: fewer steps with a multistep scheduler, guidance for the first half only, feature
-#: reuse, smaller tiles. Approximate (recorded as such in the provenance, and the layer name says so).
+#: reuse, smaller tiles (256 px for SD1.5's 8× autoencoder: 32² latents; at least 128 px for smaller ones).
+#: Approximate (recorded as such in the provenance, and the layer name says so).
 FAST_SETTINGS = GenerationSettings(scheduler="unipc", steps=10, cfg_cutoff=0.5, cache_interval=2, tile_size=256,
                                    overlap=32)
-FAST_TEXT = "UniPC, 10 steps, guidance for the first half, feature reuse, 256-px tiles (approximate)"
 
 # (engine id, tile px, control, guidance) → (seconds per network pass, seconds per tile decode)
 _SPEED: dict[tuple[int, int, bool, bool], tuple[float, float]] = {}
@@ -39,13 +39,16 @@ _LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class RunEstimate:
-    """The expected length of a run, and what it is made of."""
+    """The expected length of a run, and what it is made of; ``fast``: the fast settings offered instead, and
+    ``fast_seconds`` their own estimate."""
 
     seconds: float
     tiles: int
     steps: int
     model_tile: int
     device: str
+    fast: GenerationSettings | None = None
+    fast_seconds: float | None = None
 
     @property
     def long(self) -> bool:
@@ -57,14 +60,23 @@ class RunEstimate:
         return (f"about {format_duration(self.seconds)} {where} ({self.tiles} tile{'s' * (self.tiles != 1)} × "
                 f"{self.steps} steps at {self.model_tile} px)")
 
+    def fast_text(self) -> str:
+        """What the fast settings are, and how long they would take."""
+        if self.fast is None:
+            return ""
+        f = self.fast
+        took = f": about {format_duration(self.fast_seconds)}" if self.fast_seconds is not None else ""
+        return (f"UniPC, {f.steps} steps, guidance for the first {f.cfg_cutoff:.0%}, feature reuse, "
+                f"{f.tile_size}-px tiles (approximate){took}")
 
-def fast_settings(settings: GenerationSettings) -> GenerationSettings:
+
+def fast_settings(settings: GenerationSettings, vae_scale_factor: int = 8) -> GenerationSettings:
     """``settings`` with the fast values (never a larger tile or more steps than asked for)."""
     f = FAST_SETTINGS
-    tile = min(settings.tile_size, f.tile_size)
+    tile = min(settings.tile_size, max(128, f.tile_size * vae_scale_factor // 8))  # tiny 2× autoencoder: 128 px
     return dataclasses.replace(settings, scheduler=f.scheduler, steps=min(settings.steps, f.steps),
                                cfg_cutoff=f.cfg_cutoff, cache_interval=f.cache_interval, tile_size=tile,
-                               overlap=min(settings.overlap, f.overlap, tile // 2))
+                               overlap=min(settings.overlap, tile // 8))
 
 
 def network_passes(engine: Any, settings: GenerationSettings) -> int:
@@ -170,19 +182,25 @@ def is_small(plan: Plan, passes: int, tiles: int) -> bool:
     return tiles * passes * (plan.model_tile / 64) ** 2 <= SMALL_RUN
 
 
-def settings_to_run(engine: Any, plan: Plan, settings: GenerationSettings, *, control: bool,
-                    tiles: int | None = None, decision: RunDecision | None = None
+def settings_to_run(engine: Any, plan_for: Callable[[GenerationSettings], Plan], settings: GenerationSettings, *,
+                    control: bool, copies: int = 1, decision: RunDecision | None = None
                     ) -> Generator[Stage | RunEstimate, None, GenerationSettings]:
     """On a CPU, estimate the run (yields the ``RunEstimate``) and, when it is long, wait for ``decision``.
 
-    Returns the settings to run with (the user may pick the fast ones); raises JobCancelled when the user
-    declines. Small runs and GPU runs go ahead without asking.
+    ``plan_for(settings)`` plans the region; ``copies`` images of it are made. Returns the settings to run with
+    (the user may pick the fast ones); raises JobCancelled when the user declines. Small runs and GPU runs go
+    ahead without asking.
     """
-    n = len(plan.grid) if tiles is None else tiles
+    plan = plan_for(settings)
+    n = len(plan.grid) * copies
     if decision is None or str(engine.device) != "cpu" or is_small(plan, network_passes(engine, settings), n):
         return settings
     yield Stage("estimating how long this run takes…")
     estimate = estimate_run(engine, plan, settings, control=control, tiles=n)
+    fast = fast_settings(settings, int(engine.vae_scale_factor))
+    fast_plan = plan_for(fast)
+    quick = estimate_run(engine, fast_plan, fast, control=control, tiles=len(fast_plan.grid) * copies)
+    estimate = dataclasses.replace(estimate, fast=fast, fast_seconds=quick.seconds)
     yield estimate
     if not estimate.long:
         return settings
