@@ -1,7 +1,7 @@
 """Measure the synthetic-H&E watermark: detection and false positives after common edits, quality, speed.
 
 Carriers: the CC0 slide CMU-1-Small-Region.svs (real H&E, read with tiffslide). No trained model exists yet, so
-the "synthetic" images are real H&E marked with :func:`napari_crafts.watermark.watermark_image` (marking is
+the "synthetic" images are real H&E marked with :func:`napari_crafts.export.watermark.watermark_image` (marking is
 content-agnostic: it reads only luma residuals). For each payload the whole 2220×2967 slide is marked chunk by
 chunk on its 512-px grid, as the whole-slide writer will do, and windows of 512² are cut at random offsets
 (so they straddle chunk borders). The same windows of the unmarked slide are the null set.
@@ -9,7 +9,7 @@ chunk on its 512-px grid, as the whole-slide writer will do, and windows of 512�
 Every window then goes through each edit (JPEG 90/75/50, 2× and 4× pyramid means, a 2× mean then JPEG 75,
 a 2× mean of a window shifted off the cell grid, random 256² and 128² crops at any offset, Reinhard stain
 normalisation in LAB) and is checked with
-:func:`~napari_crafts.watermark.detect_watermark`. Rows: all windows, windows that are mostly glass (≥ 90 %
+:func:`~napari_crafts.export.watermark.detect_watermark`. Rows: all windows, windows that are mostly glass (≥ 90 %
 background by :func:`napari_crafts.evaluation.metrics.tissue_mask`) and mostly tissue (≥ 75 % tissue).
 
 Also: PSNR of marked vs unmarked, the change of SSIM/PSNR against a real reference (``pixel_metrics``), time per
@@ -157,7 +157,7 @@ def baseline_detect(rgb: np.ndarray, bits: list[bool]) -> tuple[bool, int]:
 
 def run(n_windows: int, payloads: int, seed: int, baseline: bool, extra: bool = False) -> dict[str, Any]:
     from napari_crafts.evaluation.metrics import pixel_metrics, tissue_mask
-    from napari_crafts.watermark import (
+    from napari_crafts.export.watermark import (
         MIN_SIDE,
         Z_THRESHOLD,
         Payload,

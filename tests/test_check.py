@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_crafts import check
-from napari_crafts import watermark as wm
+from napari_crafts.cli import check as check_cli
+from napari_crafts.export import check
+from napari_crafts.export import watermark as wm
 
 SVS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMU-1-Small-Region.svs"
 
@@ -59,10 +60,10 @@ def _run(*argv: str) -> tuple[int, str]:
     import io
 
     parser = argparse.ArgumentParser()
-    check.configure_parser(parser)
+    check_cli.configure_parser(parser)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = check.main(parser.parse_args(list(argv)))
+        code = check_cli.main(parser.parse_args(list(argv)))
     return code, out.getvalue()
 
 

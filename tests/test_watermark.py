@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_crafts import watermark as wm
+from napari_crafts.export import watermark as wm
 from napari_crafts.export.pyramid import mean_downsample_2x
 
 SVS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMU-1-Small-Region.svs"

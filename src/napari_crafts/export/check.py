@@ -1,6 +1,4 @@
-"""``napari-crafts check``: does an image say it is synthetic H&E from napari-crafts? Metadata and watermark.
-
-    napari-crafts check FILE_OR_FOLDER... [--json] [--max-tiles N]
+"""Does an image say it is synthetic H&E from napari-crafts? Metadata and watermark (``napari-crafts check``).
 
 For every image (PNG/JPEG and other Pillow formats, (OME-)TIFF and whole-slide files, OME-Zarr; folders are
 searched for them) it reports whether the provenance record is in the file's metadata (OME-Zarr attributes, the
@@ -14,10 +12,8 @@ an error wins, the report says which images were read). No Qt, no torch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,7 +59,7 @@ class ImageReport:
 
 
 def _is_image_dir(p: Path) -> bool:
-    from .io.slide import is_supported
+    from ..io.slide import is_supported
 
     return p.is_dir() and is_supported(p)  # an OME-Zarr store (by name or NGFF metadata)
 
@@ -123,8 +119,8 @@ def _open_pillow(p: Path) -> tuple[str, tuple[int, int], Reader, dict[str, Any] 
 
 
 def _open_lazy(p: Path) -> tuple[str, tuple[int, int], Reader | None, dict[str, Any] | None]:
-    from .export import read_provenance
-    from .io.slide import open_slide
+    from ..io.slide import open_slide
+    from . import read_provenance
 
     slide = open_slide(p)
     fmt = "ome-zarr" if p.is_dir() else p.suffix.lstrip(".").lower()
@@ -208,7 +204,7 @@ def _verdict(rep: ImageReport) -> tuple[bool, str]:
 
 def check_image(path: str | Path, *, max_tiles: int = DEFAULT_MAX_TILES) -> ImageReport:
     """Check one image (file or OME-Zarr folder); errors go into the report, never raised."""
-    from .io.slide import SlideError
+    from ..io.slide import SlideError
 
     p = Path(path)
     rep = ImageReport(path=str(p))
@@ -287,35 +283,3 @@ def format_report(rep: ImageReport) -> str:
         lines.append(f"  match:      watermark payload {verb} the record")
     lines.append(f"  verdict:    {rep.verdict}")
     return "\n".join(lines)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """The ``napari-crafts check`` arguments."""
-    parser.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER",
-                        help="images (PNG, JPEG, (OME-)TIFF, SVS and other slides, OME-Zarr) or folders of them")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text (for scripts)")
-    parser.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES,
-                        help=f"images over {WHOLE_IMAGE_PX // 2**20} Mpx: check at most this many 512² windows "
-                        f"(default {DEFAULT_MAX_TILES})")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``napari-crafts check``; see the module docstring for the exit codes."""
-    if args.max_tiles < 1:
-        print(f"napari-crafts check: error: --max-tiles must be at least 1, got {args.max_tiles}.", file=sys.stderr)
-        return EXIT_ERROR
-
-    def show(rep: ImageReport) -> None:
-        print(format_report(rep), flush=True)
-
-    reports = check_paths(args.paths, max_tiles=args.max_tiles, on_report=None if args.json else show)
-    code = exit_code(reports)
-    summary = {"images": len(reports), "synthetic": sum(r.synthetic for r in reports),
-               "errors": sum(bool(r.error) for r in reports), "exit_code": code}
-    if args.json:
-        print(json.dumps({"reports": [r.to_dict() for r in reports], "summary": summary}, indent=2))
-    elif len(reports) > 1:
-        print(f"{summary['images']} images: {summary['synthetic']} synthetic, "
-              f"{summary['images'] - summary['synthetic'] - summary['errors']} without a sign, "
-              f"{summary['errors']} errors")
-    return code
