@@ -63,8 +63,28 @@ def test_the_control_image_reaches_the_model(engine):
 
 
 def test_prompt_only_generation_runs_without_a_controlnet(engine):
-    out = run(engine.generate(_batch(), None, prompt="lung adenocarcinoma", steps=2))
-    assert out.shape == (1, 64, 64, 3) and out.dtype == np.uint8
+    """No ControlNet call at all, and the pixels of diffusers' text-to-image pipeline (which has none)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    calls = []
+    hooks = [net.register_forward_hook(lambda *_: calls.append(1)) for net in (engine.controlnet(),
+                                                                           engine.controlnet(mode="fluorescence"))]
+    try:
+        out = run(engine.generate(_batch(), None, prompt="lung adenocarcinoma", steps=2))
+        assert calls == []
+        run(engine.generate(_batch(), _control(), prompt="lung adenocarcinoma", steps=2, scheduler="ddim"))
+        assert len(calls) == 2  # the hooks do see a ControlNet when there is a control image: once per step
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pipe = StableDiffusionPipeline(vae=engine.vae, text_encoder=engine.text_encoder, tokenizer=engine.tokenizer,
+                                   unet=engine.unet, scheduler=engine.make_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("lung adenocarcinoma", num_inference_steps=2, height=64, width=64,
+               latents=torch.from_numpy(_batch()), output_type="np").images
+    np.testing.assert_array_equal(out, (ref * 255).round().astype(np.uint8))
 
 
 def test_generation_yields_every_step_and_stops_when_closed(engine):
@@ -76,9 +96,32 @@ def test_generation_yields_every_step_and_stops_when_closed(engine):
         next(gen)
 
 
-def test_schedulers_and_their_errors(engine):
+def test_schedulers_and_their_errors(engine, tiny_model):
+    """Each name is its diffusers class on the model's noise schedule, and generate runs that very scheduler:
+    the ControlNet pipeline given the same class gives the same pixels."""
+    import PIL.Image
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from napari_crafts.model.engine import SCHEDULERS
+
+    made = {name: engine.make_scheduler(name) for name in SCHEDULERS}
+    assert {name: type(s).__name__ for name, s in made.items()} == {
+        "default": "PNDMScheduler", "ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler",
+        "dpm++": "DPMSolverMultistepScheduler"}
+    for s in made.values():  # the model's betas, whatever the solver
+        assert (s.config.beta_schedule, s.config.beta_start, s.config.beta_end) == ("scaled_linear", 0.00085, 0.012)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    outputs = []
     for name in ("ddim", "unipc", "dpm++"):
-        assert run(engine.generate(_batch(), _control(), prompt="x", steps=2, scheduler=name)).shape == (1, 64, 64, 3)
+        ours = run(engine.generate(_batch(), _control(), prompt="x", steps=3, scheduler=name))
+        pipe.scheduler = type(made[name]).from_config(pipe.scheduler.config)
+        ref = pipe("x", image=PIL.Image.fromarray(_control()[0]), num_inference_steps=3, height=64, width=64,
+                   latents=torch.from_numpy(_batch()), output_type="np").images
+        np.testing.assert_array_equal(ours, (ref * 255).round().astype(np.uint8))
+        outputs.append(ours)
+    assert not np.array_equal(outputs[0], outputs[1]) and not np.array_equal(outputs[1], outputs[2])
     with pytest.raises(ValueError, match="Unknown scheduler 'fast'"):
         engine.make_scheduler("fast")
 
@@ -132,12 +175,17 @@ def test_long_prompts_report_what_clip_cuts(engine):
 
 
 def test_cfg_cutoff_is_a_fast_approximation_of_the_exact_result(engine):
-    exact = run(engine.generate(_batch(), _control(), prompt="x", steps=6, scheduler="ddim"))
-    same = run(engine.generate(_batch(), _control(), prompt="x", steps=6, scheduler="ddim", cfg_cutoff=1.0))
-    fast = run(engine.generate(_batch(), _control(), prompt="x", steps=6, scheduler="ddim", cfg_cutoff=0.5))
-    np.testing.assert_array_equal(exact, same)
-    diff = np.abs(exact.astype(int) - fast)
-    assert 0 < diff.mean() < 64  # changed, but still the same picture's neighbourhood
+    def gen(seed=0, **kw):
+        return run(engine.generate(_batch(seed), _control(), prompt="x", steps=6, scheduler="ddim", **kw)).astype(int)
+
+    exact, unguided = gen(), gen(guidance_scale=1.0)
+    np.testing.assert_array_equal(gen(cfg_cutoff=1.0), exact)  # every step guided: the exact result
+    np.testing.assert_array_equal(gen(cfg_cutoff=0.01), unguided)  # no step guided: no guidance at all
+    # half the steps guided lies between (measured: ~1.8 grey levels from exact, unguided ~6.5, another seed ~44)
+    half = np.abs(exact - gen(cfg_cutoff=0.5)).mean()
+    none = np.abs(exact - unguided).mean()
+    other = np.abs(exact - gen(seed=10)).mean()
+    assert 0 < half < none / 2 and none < other / 4
 
 
 def test_fast_mode_is_labelled_approximate_in_the_provenance():

@@ -49,6 +49,31 @@ def make_provenance(*, mode: str, model: dict[str, Any], settings: dict[str, Any
     }
 
 
+#: OME MapAnnotation namespace holding the record in an OME-TIFF (key PROVENANCE_KEY, value the JSON record).
+OME_NAMESPACE = "napari-crafts/provenance"
+
+
+def record_from_ome_xml(ome_xml: str) -> dict[str, Any] | None:
+    """The record an OME-XML carries (a MapAnnotation in OME_NAMESPACE, key PROVENANCE_KEY); None if it carries
+    none or is unreadable. The one reader of what ``export.ome_tiff`` writes."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    for ann in root.iter():
+        if ann.tag.endswith("MapAnnotation") and ann.get("Namespace") == OME_NAMESPACE:
+            for m in ann.iter():
+                if m.tag.endswith("}M") and m.get("K") == PROVENANCE_KEY:
+                    try:
+                        record = json.loads(m.text or "null")
+                    except ValueError:
+                        return None
+                    return record if isinstance(record, dict) else None
+    return None
+
+
 def json_record(provenance: dict[str, Any]) -> dict[str, Any]:
     """The record as plain JSON types (a copy), as the file formats store it; TypeError if it is not JSON-able."""
     try:

@@ -11,16 +11,14 @@ and reads the provenance back from either format (:func:`read_provenance`, :func
 
 from __future__ import annotations
 
-import json
 import os
-import xml.etree.ElementTree as ET
 from typing import Any
 
 import tifffile
 import zarr
 from zarr.errors import NodeNotFoundError
 
-from ..provenance import PROVENANCE_KEY
+from ..provenance import PROVENANCE_KEY, record_from_ome_xml
 from .ome_tiff import TIFF_NAMESPACE, ome_zarr_to_tiff, write_pyramidal_tiff
 from .ome_zarr import (
     CHANNEL_COLORS,
@@ -54,14 +52,7 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return dict(prov) if isinstance(prov, dict) else None
     with tifffile.TiffFile(spath) as tif:
         xml = tif.ome_metadata
-    if not xml:
-        return None
-    for ann in ET.fromstring(xml).iter():
-        if ann.tag.endswith("MapAnnotation") and ann.get("Namespace") == TIFF_NAMESPACE:
-            for m in ann.iter():
-                if m.tag.endswith("}M") and m.get("K") == PROVENANCE_KEY:
-                    return json.loads(m.text or "null")
-    return None
+    return record_from_ome_xml(xml) if xml else None
 
 
 def is_complete(path: str | os.PathLike[str]) -> bool:

@@ -18,12 +18,12 @@ import tifffile
 import zarr
 from numcodecs import Blosc
 
-from ..provenance import PROVENANCE_KEY, json_record
+from ..provenance import OME_NAMESPACE, PROVENANCE_KEY, json_record
 from .ome_zarr import open_ome_zarr
 from .pyramid import default_levels, level_shapes, mean_downsample_2x
 from .safety import check_output
 
-TIFF_NAMESPACE = "napari-crafts/provenance"  # OME MapAnnotation namespace holding the JSON
+TIFF_NAMESPACE = OME_NAMESPACE  # OME MapAnnotation namespace holding the JSON
 
 
 class _ChannelLast:

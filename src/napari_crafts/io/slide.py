@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from struct import error as struct_error
@@ -19,6 +18,8 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+
+from ..provenance import PROVENANCE_KEY, record_from_ome_xml
 
 KINDS = ("rgb", "labels", "channels")
 #: Formats read through tiffslide (whole-slide TIFF flavours); .tif/.tiff go there when they hold RGB.
@@ -209,7 +210,8 @@ def _open_tiff(p: Path) -> _Opened:
             names, props["channel_colors"] = _if_channels(tif, names, shape[axes.index("C")] if "C" in axes else 1)
         if tif.ome_metadata:
             props["ome-xml"] = tif.ome_metadata
-            props.update(_ome_map_annotations(tif.ome_metadata))
+            if (record := record_from_ome_xml(tif.ome_metadata)) is not None:
+                props[PROVENANCE_KEY] = record
             mpp = _ome_mpp(tif.ome_metadata) or mpp
     return levels, mpp, rgb_like, names, props
 
@@ -271,18 +273,6 @@ def _ome_channel_names(tif: Any) -> list[str] | None:
     channels = channels if isinstance(channels, list) else [channels]
     names = [str(c.get("Name", "")) for c in channels if isinstance(c, dict)]
     return names if names and all(names) else None
-
-
-def _ome_map_annotations(xml: str) -> dict[str, Any]:
-    """Key/value pairs of OME MapAnnotations whose key is 'napari_crafts' (provenance, JSON-decoded)."""
-    found: dict[str, Any] = {}
-    try:
-        for m in ET.fromstring(xml).iter():
-            if m.tag.endswith("}M") and m.get("K") == "napari_crafts":
-                found["napari_crafts"] = json.loads(m.text or "null")
-    except (ET.ParseError, ValueError):
-        pass
-    return found
 
 
 def _is_zarr(p: Path) -> bool:

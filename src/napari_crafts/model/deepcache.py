@@ -13,6 +13,8 @@ the full UNet returns (tested): the approximation is only in reusing the cache a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -39,23 +41,36 @@ def skip_count(unet: Any) -> int:
 
 
 class FeatureCache:
-    """Holds the input of the UNet's last up block from the latest full step (a forward pre-hook records it)."""
+    """Holds the input of the UNet's last up block from the latest full step (a forward pre-hook records it).
+
+    One cache per generation call. The hook is on the UNet only while a full step records (``recording()``,
+    or the whole ``with`` block), so a UNet shared by several calls never feeds one call's feature to another.
+    """
 
     def __init__(self, unet: Any) -> None:
         self.unet = unet
         self.feature: Any = None
         self._handle: Any = None
 
-    def __enter__(self) -> FeatureCache:
-        def keep(_module: Any, args: tuple, kwargs: dict) -> None:
-            self.feature = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    def _keep(self, _module: Any, args: tuple, kwargs: dict) -> None:
+        self.feature = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
-        self._handle = self.unet.up_blocks[-1].register_forward_pre_hook(keep, with_kwargs=True)
+    def __enter__(self) -> FeatureCache:
+        self._handle = self.unet.up_blocks[-1].register_forward_pre_hook(self._keep, with_kwargs=True)
         return self
 
     def __exit__(self, *_: Any) -> None:
         self._handle.remove()
         self.feature = None
+
+    @contextmanager
+    def recording(self) -> Iterator[FeatureCache]:
+        """Record the deep feature of the UNet calls made inside (a full step); it stays after the block."""
+        handle = self.unet.up_blocks[-1].register_forward_pre_hook(self._keep, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
 
     def for_batch(self, n: int) -> Any:
         """The kept feature for a batch of ``n`` (after a CFG cut-off only the conditional half goes on)."""

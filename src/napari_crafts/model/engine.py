@@ -1,18 +1,26 @@
-"""The diffusion engine: loads SD1.5-family weights + ControlNets (diffusers folders), generates tiles.
+"""The diffusion engine: a model's networks on one device, and the denoising loop.
 
-Qt-free, and torch/diffusers are imported only when an Engine is built, so opening napari or a slide does not
-pay for them. ``Engine.generate`` is a generator that yields once per denoising step (so a caller can report
-progress or stop within a step) and returns the decoded images. Its loop is the one of diffusers'
-``StableDiffusionControlNetPipeline.__call__`` (same scheduler, CFG and ControlNet math), written as
-numbered steps so that we control the starting noise, batching and the text-embedding cache.
+An :class:`Engine` is built from a :class:`~napari_crafts.model.description.ModelDescription` (what the model
+is: files, card, geometry, hashes) and owns what needs torch: the networks, denoising, and the memory probes
+that size batches. torch/diffusers are imported only when an Engine is built, so opening napari or a slide
+does not pay for them. ``Engine.generate`` is a generator that yields once per denoising step (so a caller can
+report progress or stop within a step) and returns the decoded images. Its loop is the one of diffusers'
+``StableDiffusionControlNetPipeline.__call__`` (same scheduler, CFG and ControlNet math), written as numbered
+steps so that we control the starting noise, batching and the text-embedding cache.
+
+Sharing: one Engine may serve two jobs at once (a Labels and a Fluorescence widget). Everything that changes
+between steps lives in the call (scheduler, latents, feature-reuse cache); what touches shared networks or
+global CUDA statistics (a step, a decode, a memory probe, loading a ControlNet, encoding a prompt) runs under
+the device's lock, so two jobs interleave step by step and each gets the pixels it would get alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import gc
 import threading
-from collections.abc import Generator
+from collections import OrderedDict
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,21 +30,29 @@ import numpy as np
 
 from .card import ModelCard
 from .deepcache import FeatureCache, check_supported, full_step_indices, shallow_controlnet, shallow_unet, skip_count
+from .description import (  # noqa: F401  (re-exported: this module's 0.1 API)
+    PICKLE_SUFFIXES,
+    WEIGHT_COMPONENTS,
+    ModelDescription,
+    ModelLoadError,
+    PickleRefused,
+    Runtime,
+    check_weights_format,
+    read_config,
+    resolve_model,
+    weights_sha256,
+)
 
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-#: Components of a diffusers folder whose weights we load (and hash).
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "controlnet")
 SCHEDULERS = ("default", "ddim", "unipc", "dpm++")
+#: diffusers scheduler class per SCHEDULERS name ("default": the model's own, from its scheduler config).
+SCHEDULER_CLASSES = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler",
+                     "dpm++": "DPMSolverMultistepScheduler"}
 #: Tiles per VAE decode on CUDA before ``Engine.auto_batch`` has measured one (an explicit batch size).
 UNMEASURED_DECODE_BATCH = 4
-
-
-class ModelLoadError(ValueError):
-    """A model that cannot be loaded; the message names the path and what to do."""
-
-
-class PickleRefused(ModelLoadError):
-    """Weights only in pickle format, which can run code on load; loading them needs an explicit opt-in."""
+#: Prompt embeddings kept per engine (each is 77 × 768 floats for SD1.5; a region reuses one pair per tile).
+PROMPT_CACHE_SIZE = 32
+#: Engines kept per device by ``get_engine``: switching models frees the previous one's memory.
+ENGINES_PER_DEVICE = 1
 
 
 @dataclass(frozen=True)
@@ -73,91 +89,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def resolve_model(ref: str | Path, *, allow_pickle: bool = False) -> Path:
-    """A local diffusers folder for ``ref`` (a path, or a hub id fetched into the local cache)."""
-    path = Path(ref).expanduser()
-    if not path.exists():
-        if str(ref).count("/") != 1 or str(ref).startswith((".", "/", "~")):
-            raise ModelLoadError(f"Model '{ref}' not found: give a local diffusers folder or a hub id like 'org/name'.")
-        path = _download(str(ref), allow_pickle)
-    if path.is_file():
-        raise ModelLoadError(
-            f"Model '{ref}' is a single file; napari-crafts loads diffusers folders (model_index.json or "
-            "config.json beside the weights). Convert single-file checkpoints with diffusers first."
-        )
-    if not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
-        raise ModelLoadError(f"Model '{ref}' is not a diffusers folder: it has no model_index.json or config.json.")
-    check_weights_format(path, allow_pickle=allow_pickle)
-    return path
+_DEVICE_LOCKS: dict[str, threading.RLock] = {}
+_DEVICE_LOCKS_LOCK = threading.Lock()
 
 
-def _download(repo_id: str, allow_pickle: bool) -> Path:
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.model"] + (["*.bin"] if allow_pickle else [])
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001 -- network (httpx), auth, missing repo: one message for all
-        raise ModelLoadError(
-            f"Could not fetch '{repo_id}' from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-            "Check the id and your connection, or download the model and give its folder."
-        ) from None
-
-
-def _weight_folders(path: Path) -> list[Path]:
-    subs = [path / c for c in WEIGHT_COMPONENTS if (path / c).is_dir()]
-    return subs or [path]
-
-
-def check_weights_format(path: Path, *, allow_pickle: bool) -> None:
-    """Refuse folders whose weights exist only as pickle files, unless ``allow_pickle``."""
-    for folder in _weight_folders(path):
-        files = [f for f in folder.iterdir() if f.is_file()]
-        if any(f.suffix == ".safetensors" for f in files):
-            continue
-        pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
-        if pickles and not allow_pickle:
-            raise PickleRefused(
-                f"{folder} holds only pickle weights ({', '.join(sorted(pickles))}); pickle files can run code "
-                "when loaded. Convert them to safetensors, or, if you trust their source, opt in: --allow-pickle, "
-                "allow_pickle=True, or 'allow pickle weights' in the widget."
-            )
-        if not pickles and folder.name in WEIGHT_COMPONENTS:
-            raise ModelLoadError(f"{folder} has no weights (no .safetensors file).")
-
-
-_HASHES: dict[tuple[str, int, float], str] = {}
-
-
-def weights_sha256(path: Path) -> str:
-    """SHA-256 over the weight files of a diffusers folder (names and contents), cached per file state."""
-    digest = hashlib.sha256()
-    for folder in _weight_folders(path):
-        for f in sorted(folder.iterdir()):
-            if f.suffix not in (".safetensors", *PICKLE_SUFFIXES) or not f.is_file():
-                continue
-            st = f.stat()
-            key = (str(f.resolve()), st.st_size, st.st_mtime)
-            if key not in _HASHES:
-                h = hashlib.sha256()
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        h.update(block)
-                _HASHES[key] = h.hexdigest()
-            digest.update(f"{f.relative_to(path)}:{_HASHES[key]}\n".encode())
-    return digest.hexdigest()
+def device_lock(device: str) -> threading.RLock:
+    """The lock that serialises work on ``device`` in this process (networks and CUDA statistics are shared)."""
+    with _DEVICE_LOCKS_LOCK:
+        return _DEVICE_LOCKS.setdefault(device, threading.RLock())
 
 
 class Engine:
     """SD1.5-family base model (UNet, VAE, CLIP text encoder, tokenizer, scheduler) plus ControlNets by path.
 
     The base loads once; each ControlNet loads on first use and stays cached, so the labels and the
-    fluorescence ControlNet share one base model. Weights load from safetensors unless ``allow_pickle``.
+    fluorescence ControlNet share one base model. Weights load from safetensors unless ``allow_pickle``;
+    a single original-layout checkpoint loads through diffusers' ``from_single_file`` (see ``description``).
     """
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | ModelDescription,
         *,
         device: str | None = None,
         dtype: str | None = None,
@@ -166,37 +118,47 @@ class Engine:
         compile: bool = False,
     ) -> None:
         import torch
-        from diffusers import AutoencoderKL, UNet2DConditionModel
         from diffusers.utils import logging as diffusers_logging
-        from transformers import CLIPTextModel, CLIPTokenizer
 
         diffusers_logging.disable_progress_bar()
-        self.model_ref = str(model)
-        self.path = resolve_model(model, allow_pickle=allow_pickle)
-        self.allow_pickle = allow_pickle
-        self.card = ModelCard.read(self.path)
+        self.model = model if isinstance(model, ModelDescription) else ModelDescription.open(
+            model, allow_pickle=allow_pickle)
+        self._torch = torch
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
-        kw = dict(torch_dtype=self.dtype, use_safetensors=None if allow_pickle else True)
-        try:
-            self.unet = UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", **kw)
-            self.vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", **kw)
-            self.text_encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", **kw)
-            self.tokenizer = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
-            self.scheduler_config = _read_scheduler_config(self.path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"Could not load the base model from {self.path}: {exc}") from None
-        self._torch = torch
         self.channels_last, self.compile = channels_last, compile
-        text_encoder: Any = self.text_encoder  # transformers types PreTrainedModel.to as an unbound wrapper
+        self.lock = device_lock(self.device)
+        unet, vae, text_encoder = self._load_base()
+        self.scheduler_config = read_config(self.model.config, "scheduler")
         text_encoder.to(self.device).eval().requires_grad_(False)
-        self.vae = self._prepare(self.vae, compile_it=False)
-        self.unet = self._prepare(self.unet)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.text_encoder = text_encoder
+        self.vae = self._prepare(vae, compile_it=False)
+        self.unet = self._prepare(unet)
         self._controlnets: dict[Path, Any] = {}
-        self._prompt_cache: dict[tuple[str, str], Any] = {}
+        self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._step_bytes: dict[tuple[int, bool, bool], int] = {}  # (tile px, CFG, ControlNet) → one tile's step
         self._decode_bytes: dict[int, int] = {}  # tile px → one tile's VAE decode
+        self._batch_caps: dict[tuple[int, bool, bool], int] = {}  # largest batch that did not run out of memory
+
+    def _load_base(self) -> tuple[Any, Any, Any]:
+        """(UNet, VAE, text encoder) from the folder, or from the single checkpoint with the config folder."""
+        from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        m, pickled = self.model, self.model.allow_pickle
+        try:
+            if m.single_file:
+                pipe = StableDiffusionPipeline.from_single_file(
+                    str(m.path), config=str(m.config), local_files_only=True, torch_dtype=self.dtype,
+                    safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                    tokenizer=m.tokenizer)
+                return pipe.unet, pipe.vae, pipe.text_encoder
+            kw: dict[str, Any] = dict(torch_dtype=self.dtype, use_safetensors=None if pickled else True)
+            return (UNet2DConditionModel.from_pretrained(m.path, subfolder="unet", **kw),
+                    AutoencoderKL.from_pretrained(m.path, subfolder="vae", **kw),
+                    CLIPTextModel.from_pretrained(m.path, subfolder="text_encoder", **kw))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"Could not load the base model from {m.path}: {exc}") from None
 
     def _prepare(self, module: Any, compile_it: bool = True) -> Any:
         """On the device, in eval mode, frozen; channels-last and compiled when asked (exact-mode speed-ups)."""
@@ -208,103 +170,109 @@ class Engine:
             module.forward = self._torch.compile(module.forward, dynamic=False)
         return module
 
+    # -- what the model is (ModelDescription) and where it runs (Runtime) ------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.device, str(self.dtype).removeprefix("torch."), self.channels_last, self.compile)
+
     @property
     def options(self) -> dict[str, Any]:
         """How the networks run (not what they compute): recorded in provenance, part of the engine cache key."""
-        return {"channels_last": self.channels_last, "compile": self.compile}
+        return self.runtime.options
 
-    # -- models ---------------------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.model.path
+
+    @property
+    def model_ref(self) -> str:
+        return self.model.ref
+
+    @property
+    def card(self) -> ModelCard:
+        return self.model.card
+
+    @property
+    def allow_pickle(self) -> bool:
+        return self.model.allow_pickle
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.model.vae_scale_factor
+
     @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this (VAE factor × UNet downsamplings)."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return self.model.size_multiple
 
     @property
     def mpp(self) -> float:
-        return self.card.mpp
+        return self.model.mpp
 
+    @cached_property
+    def weights_sha256(self) -> str:
+        return self.model.weights_sha256
+
+    def truncated_tokens(self, prompt: str) -> list[str]:
+        """The words CLIP's 77-token window cuts off ``prompt`` (empty when it fits)."""
+        return self.model.truncated_tokens(prompt)
+
+    def describe(self, controlnet: str | Path | None = None, mode: str | None = "labels") -> dict[str, Any]:
+        """Provenance of the weights in use (``mode`` None: prompt only, no ControlNet) and of this runtime."""
+        return self.model.describe(controlnet, mode, self.runtime)
+
+    # -- ControlNets ----------------------------------------------------------------------------------------
     def controlnet_path(self, ref: str | Path | None = None, mode: str = "labels") -> Path:
-        """The ControlNet folder for ``mode``: ``ref`` when given, else the model card's, else ``controlnet/``."""
-        if ref:
-            path = Path(ref).expanduser()
-            return path if path.exists() else resolve_model(str(ref), allow_pickle=self.allow_pickle)
-        sub = self.card.controlnets.get(mode, "controlnet")
-        path = self.path / sub
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"{self.path} has no ControlNet for '{mode}' (no {sub}/ folder); give one with --controlnet."
-            )
-        return path
+        """The ControlNet for ``mode``: ``ref`` when given, else the model card's, else ``controlnet/``."""
+        return self.model.controlnet_path(ref, mode)
 
     def controlnet(self, ref: str | Path | None = None, mode: str = "labels") -> Any:
         """The ControlNet for ``mode`` (see ``controlnet_path``), loaded once and kept beside the base model."""
         from diffusers import ControlNetModel
 
         path = self.controlnet_path(ref, mode).resolve()
-        if path not in self._controlnets:
-            check_weights_format(path, allow_pickle=self.allow_pickle)
-            try:
-                net = ControlNetModel.from_pretrained(
-                    path, torch_dtype=self.dtype, use_safetensors=None if self.allow_pickle else True
-                )
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(f"Could not load the ControlNet from {path}: {exc}") from None
-            self._controlnets[path] = self._prepare(net)
-        return self._controlnets[path]
-
-    @cached_property
-    def weights_sha256(self) -> str:
-        return weights_sha256(self.path)
-
-    def describe(self, controlnet: str | Path | None = None, mode: str | None = "labels") -> dict[str, Any]:
-        """Provenance of the weights in use (``mode`` None: prompt only, no ControlNet)."""
-        out: dict[str, Any] = {
-            "id": self.model_ref,
-            "name": self.card.name,
-            "weights_sha256": self.weights_sha256,
-            "mpp": self.card.mpp,
-            "mpp_declared": self.card.mpp_declared,
-            "tiny_random_model": self.card.tiny,
-            "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            **self.options,
-        }
-        if mode is not None:
-            cn = self.controlnet_path(controlnet, mode)
-            out["controlnet"] = str(controlnet) if controlnet else cn.name
-            out["controlnet_sha256"] = weights_sha256(cn)
-        return out
+        with self.lock:
+            if path not in self._controlnets:
+                check_weights_format(path, allow_pickle=self.allow_pickle)
+                try:
+                    if path.is_file():  # ControlNet 1.1 single file: its config from the model's config folder
+                        net = ControlNetModel.from_single_file(
+                            str(path), config=str(self.model.config), subfolder="controlnet", local_files_only=True,
+                            torch_dtype=self.dtype)
+                    else:
+                        net = ControlNetModel.from_pretrained(
+                            path, torch_dtype=self.dtype, use_safetensors=None if self.allow_pickle else True)
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    raise ModelLoadError(f"Could not load the ControlNet from {path}: {exc}") from None
+                self._controlnets[path] = self._prepare(net)
+            return self._controlnets[path]
 
     def make_scheduler(self, name: str = "default") -> Any:
         """A fresh scheduler (schedulers keep state between steps, so one per call)."""
         import diffusers
 
         cfg = self.scheduler_config
-        cls_name = {
-            "default": cfg["_class_name"],
-            "ddim": "DDIMScheduler",
-            "unipc": "UniPCMultistepScheduler",
-            "dpm++": "DPMSolverMultistepScheduler",
-        }.get(name)
+        cls_name = cfg["_class_name"] if name == "default" else SCHEDULER_CLASSES.get(name)
         if cls_name is None:
             raise ValueError(f"Unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}.")
         return getattr(diffusers, cls_name).from_config(cfg)
 
     # -- generation -----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[Any, Any]:
-        """(prompt, negative) CLIP embeddings, cached: reused by every tile of a region."""
+        """(prompt, negative) CLIP embeddings, cached (the last PROMPT_CACHE_SIZE pairs): reused by every tile."""
         key = (prompt, negative_prompt)
-        if key not in self._prompt_cache:
-            self._prompt_cache[key] = (self._encode(prompt), self._encode(negative_prompt))
-        return self._prompt_cache[key]
-
-    def truncated_tokens(self, prompt: str) -> list[str]:
-        """The words CLIP's 77-token window cuts off ``prompt`` (empty when it fits)."""
-        ids = self.tokenizer(prompt, truncation=False, verbose=False).input_ids
-        limit = self.tokenizer.model_max_length
-        if len(ids) <= limit:
-            return []
-        return self.tokenizer.decode(ids[limit - 1 : -1]).split()
+        with self.lock:
+            if key in self._prompt_cache:
+                self._prompt_cache.move_to_end(key)
+            else:
+                self._prompt_cache[key] = (self._encode(prompt), self._encode(negative_prompt))
+                while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                    self._prompt_cache.popitem(last=False)
+            return self._prompt_cache[key]
 
     def _encode(self, text: str) -> Any:
         tok = self.tokenizer(
@@ -367,32 +335,34 @@ class Engine:
         # host-side tables with a GPU tensor would make the GPU wait (a sync per step); one sync here instead
         timesteps, step_numbers = sched.timesteps, sched.timesteps.tolist()
         latents = torch.from_numpy(noise).to(self.device, self.dtype) * sched.init_noise_sigma
-        # 5. Denoise, one yield per step.
+        # 5. Denoise, one yield per step; feature reuse keeps its deep feature in this call's cache.
         guided_steps = round(cfg_cutoff * len(sched.timesteps)) if cfg else 0
         full_steps = full_step_indices(len(sched.timesteps), cache_interval)
-        if cache_interval > 1:
+        cache = FeatureCache(self.unet) if cache_interval > 1 else None
+        if cache is not None:
             check_supported(self.unet, net)
-        with FeatureCache(self.unet) if cache_interval > 1 else contextlib.nullcontext() as cache:
-            for i, t in enumerate(step_numbers):
-                if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
-                    cfg, embeds = False, embeds[b:]
-                    cond_image = cond_image[b:] if cond_image is not None else None
-                latents = self._step(sched, t, timesteps[i], latents, embeds, net, cond_image, controlnet_scale,
-                                     guidance_scale, cfg, None if i in full_steps else cache)
-                yield Step(i + 1, len(step_numbers))
+        for i, t in enumerate(step_numbers):
+            if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
+                cfg, embeds = False, embeds[b:]
+                cond_image = cond_image[b:] if cond_image is not None else None
+            latents = self._step(sched, t, timesteps[i], latents, embeds, net, cond_image, controlnet_scale,
+                                 guidance_scale, cfg, cache, full=i in full_steps)
+            yield Step(i + 1, len(step_numbers))
         # 6. Decode.
         return self._decode(latents)
 
-    def _step(self, sched, step_t, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache):
-        """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` only their shallow branch.
+    def _step(self, sched, step_t, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache, full=True):
+        """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` and not ``full`` only their
+        shallow branch; a full step with a ``cache`` keeps the deep feature in it.
 
         ``step_t`` is the timestep as a number (for the scheduler), ``t`` the same on the device (for the nets).
+        Runs under the device lock: the networks (and their hooks) are shared with other calls.
         """
         torch = self._torch
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             x = torch.cat([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, step_t)
-            if cache is not None:
+            if cache is not None and not full:
                 down = None if net is None else shallow_controlnet(
                     net, x, t, embeds, cond_image, cn_scale, skip_count(self.unet))
                 eps = shallow_unet(self.unet, cache, x, t, embeds, down)
@@ -403,10 +373,11 @@ class Engine:
                         x, t, encoder_hidden_states=embeds, controlnet_cond=cond_image,
                         conditioning_scale=cn_scale, return_dict=False,
                     )
-                eps = self.unet(
-                    x, t, encoder_hidden_states=embeds,
-                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
-                )[0]
+                with cache.recording() if cache is not None else contextlib.nullcontext():
+                    eps = self.unet(
+                        x, t, encoder_hidden_states=embeds,
+                        down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+                    )[0]
             if cfg:
                 eps_uncond, eps_text = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_text - eps_uncond)
@@ -416,7 +387,7 @@ class Engine:
         """Latents → RGB uint8, ``decode_batch`` tiles per VAE call (bounds the decoder's memory)."""
         torch = self._torch
         chunk = self.decode_batch(latents.shape[-1] * self.vae_scale_factor)
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             images = [self.vae.decode(latents[i : i + chunk] / self.vae.config.scaling_factor, return_dict=False)[0]
                       for i in range(0, len(latents), chunk)]
             # as the pipeline's post-processing: clamp in the model's dtype, scale in float32; uint8 to the host
@@ -437,16 +408,28 @@ class Engine:
         """Tiles per model call that fit in free accelerator memory (1 off CUDA, where batching does not pay).
 
         The working memory of one tile (a denoising step, and a VAE decode) is measured once per tile size by
-        a probe at batch 1; 90 % of the free memory is then shared out (``choose_batch``).
+        a probe at batch 1; 90 % of the free memory is then shared out (``choose_batch``), never more than a
+        batch that ran out of memory before (``batch_cap``).
         """
         if not self.device.startswith("cuda"):
             return 1
         key = (tile_px, guidance, control)
-        if key not in self._step_bytes:
-            self._step_bytes[key] = self._probe_step_bytes(tile_px, guidance, control)
-        if tile_px not in self._decode_bytes:
-            self._decode_bytes[tile_px] = self._probe_decode_bytes(tile_px)
-        return choose_batch(self._free_bytes(), self._step_bytes[key], cap=cap)
+        with self.lock:
+            if key not in self._step_bytes:
+                self._step_bytes[key] = self._probe_step_bytes(tile_px, guidance, control)
+            if tile_px not in self._decode_bytes:
+                self._decode_bytes[tile_px] = self._probe_decode_bytes(tile_px)
+        fits = choose_batch(self._free_bytes(), self._step_bytes[key], cap=cap)
+        return min(fits, self.batch_cap(tile_px, guidance=guidance, control=control) or fits)
+
+    def batch_cap(self, tile_px: int, *, guidance: bool, control: bool) -> int | None:
+        """The batch this engine fell back to after running out of memory at this tile size (None: never did)."""
+        return self._batch_caps.get((tile_px, guidance, control))
+
+    def cap_batch(self, tile_px: int, batch: int, *, guidance: bool, control: bool) -> None:
+        """Remember that ``batch`` is the most that fits (after an out-of-memory at a larger one)."""
+        key = (tile_px, guidance, control)
+        self._batch_caps[key] = min(batch, self._batch_caps.get(key, batch))
 
     def _free_bytes(self) -> int:
         return self._torch.cuda.mem_get_info(self._torch.device(self.device))[0]
@@ -474,16 +457,18 @@ class Engine:
         lat = tile_px // self.vae_scale_factor
         return self._torch.zeros(1, 4, lat, lat, device=self.device, dtype=self.dtype)
 
-    def _peak_bytes(self, work: Any) -> int:
-        """GPU memory ``work()`` allocates at its peak beyond what was allocated before."""
+    def _peak_bytes(self, work: Callable[[], Any]) -> int:
+        """GPU memory ``work()`` allocates at its peak beyond what was allocated before (under the device lock:
+        the peak statistics are global to the device)."""
         torch = self._torch
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        base = torch.cuda.memory_allocated(self.device)
-        with torch.inference_mode():
-            work()
-        torch.cuda.synchronize(self.device)
-        return torch.cuda.max_memory_allocated(self.device) - base
+        with self.lock:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            with torch.inference_mode():
+                work()
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - base
 
 
 def choose_batch(free_bytes: int, tile_bytes: int, *, cap: int = 16, reserve: float = 0.1) -> int:
@@ -493,35 +478,57 @@ def choose_batch(free_bytes: int, tile_bytes: int, *, cap: int = 16, reserve: fl
     return int(max(1, min(cap, free_bytes * (1 - reserve) // tile_bytes)))
 
 
-def _read_scheduler_config(path: Path) -> dict[str, Any]:
-    import json
+# --------------------------------------------------------------------------------------------- engine cache
 
-    f = path / "scheduler" / "scheduler_config.json"
-    if not f.is_file():
-        raise ModelLoadError(f"{path} has no scheduler/scheduler_config.json.")
-    return json.loads(f.read_text())
-
-
-_ENGINES: dict[tuple, Engine] = {}
+_ENGINES: OrderedDict[tuple[Any, ...], Engine] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
 
 
 def get_engine(
     model: str | Path, *, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
-    channels_last: bool = False, compile: bool = False,
+    channels_last: bool = False, compile: bool = False, per_device: int | None = None,
 ) -> Engine:
-    """The cached Engine for these arguments (one base model in memory per model/device/dtype/options).
+    """The cached Engine for these arguments; ``model`` may be ``"tiny-demo"`` (built on first use).
 
-    ``model`` may be ``"tiny-demo"``: the tiny random model, built on first use.
+    At most ``per_device`` (default ``ENGINES_PER_DEVICE``) engines are kept per device: asking for another
+    model drops the least recently used one first and frees its memory (``gc`` and the CUDA cache), so
+    switching models in a widget does not pile them up on the GPU. A caller still holding a dropped engine
+    keeps it working; its memory is freed when the caller lets go.
     """
     from .tiny import TINY_MODEL_ID, ensure_tiny_model
 
     if str(model) == TINY_MODEL_ID:
         model = ensure_tiny_model()
     path = Path(model).expanduser()
-    key = (str(path.resolve()) if path.exists() else str(model), device, dtype, allow_pickle, channels_last, compile)
+    where = pick_device(device)
+    key = (str(path.resolve()) if path.exists() else str(model), where, dtype, allow_pickle, channels_last, compile)
+    keep = ENGINES_PER_DEVICE if per_device is None else per_device
     with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = Engine(model, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                                   channels_last=channels_last, compile=compile)
-        return _ENGINES[key]
+        if key in _ENGINES:
+            _ENGINES.move_to_end(key)
+            return _ENGINES[key]
+        same_device = [k for k in _ENGINES if k[1] == where]
+        dropped = [_ENGINES.pop(k) for k in same_device[: max(0, len(same_device) - keep + 1)]]
+        if dropped:
+            del dropped
+            free_memory(where)
+        engine = Engine(model, device=where, dtype=dtype, allow_pickle=allow_pickle, channels_last=channels_last,
+                        compile=compile)
+        _ENGINES[key] = engine
+        return engine
+
+
+def cached_engines() -> list[Engine]:
+    """The engines ``get_engine`` holds, least recently used first."""
+    with _ENGINES_LOCK:
+        return list(_ENGINES.values())
+
+
+def free_memory(device: str) -> None:
+    """Collect unreachable networks and hand the CUDA cache of ``device`` back to the driver."""
+    gc.collect()
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        with torch.cuda.device(torch.device(device)):
+            torch.cuda.empty_cache()

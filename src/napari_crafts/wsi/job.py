@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import math
 import os
@@ -35,9 +34,8 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -60,8 +58,8 @@ from ..generation.region import (
 )
 from ..generation.tiling import Stitcher, TileGrid
 from ..io.slide import clear_cache
-from ..model.card import ModelCard
-from ..model.engine import Engine, get_engine, pick_device, pick_dtype, resolve_model
+from ..model.description import ModelDescription, Runtime
+from ..model.engine import get_engine, pick_device
 from ..model.threads import torch_threads
 from .scan import scan_empty
 from .source_file import SlideArray, open_source  # noqa: F401  (SlideArray: part of this module's API)
@@ -113,43 +111,24 @@ EMPTY_MASK = "empty_tiles.npy"
 # --------------------------------------------------------------------------------------------- model
 
 
-class ModelInfo(Engine):
-    """An Engine that reads a model folder's metadata and loads no network: enough to plan and to describe.
+def common_runtime(runtimes: list[Runtime]) -> Runtime:
+    """The runtime a run's provenance records: the workers' (all alike but for the GPU index, which is dropped
+    when they differ). Workers that compute differently (CPU and GPU, fp16 and fp32) are refused: a tile's
+    pixels would depend on which worker made it."""
+    if not runtimes:
+        raise GenerationError("No dask worker answered: start workers for the scheduler, or leave out "
+                              "--scheduler-address to use a local cluster.")
+    kinds = sorted({_kind(r) for r in runtimes}, key=repr)
+    if len(kinds) > 1:
+        seen = ", ".join(f"{r.device}/{r.dtype}" for r in kinds)
+        raise GenerationError(f"The workers run the model differently ({seen}): a tile's pixels would depend on "
+                              "which worker made it. Give every worker the same device type and dtype.")
+    return runtimes[0] if all(r == runtimes[0] for r in runtimes) else kinds[0]
 
-    The client needs the model's scale, size multiple and provenance record, never its networks (loading
-    them would cost the client the model's memory, and GPU memory beside a worker on the same GPU). It
-    reuses Engine's own ``size_multiple``, ``mpp``, ``describe``, ``truncated_tokens`` and weights hash, so the
-    record is the one a loaded engine writes; ``generate`` is not available. The client pays for the weights
-    hash (reading every weight file once) and a tokenizer.
-    """
 
-    def __init__(self, model: str | Path, *, device: str | None = None,  # no Engine.__init__: no weights
-                 allow_pickle: bool = False, channels_last: bool = False, compile: bool = False) -> None:
-        from ..model.tiny import TINY_MODEL_ID, ensure_tiny_model
-
-        self.model_ref = str(model)
-        self.allow_pickle = allow_pickle
-        self.channels_last, self.compile = channels_last, compile
-        self.path = (ensure_tiny_model() if self.model_ref == TINY_MODEL_ID
-                     else resolve_model(model, allow_pickle=allow_pickle))
-        self.card = ModelCard.read(self.path)
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device)
-        vae, unet = (json.loads((self.path / sub / "config.json").read_text()) for sub in ("vae", "unet"))
-        self.vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-        self.unet = SimpleNamespace(config=SimpleNamespace(block_out_channels=unet["block_out_channels"]))
-        self._controlnets: dict[Path, Any] = {}
-        self._prompt_cache: dict[tuple[str, str], Any] = {}
-
-    @cached_property
-    def tokenizer(self) -> Any:
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer")
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*.safetensors"))
+def _kind(runtime: Runtime) -> Runtime:
+    """The runtime without a GPU index ("cuda:1" → "cuda"): what decides the pixels."""
+    return replace(runtime, device=runtime.device.partition(":")[0])
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -200,13 +179,26 @@ def _engine(model: str, device: str | None, threads: int) -> Any:
                       **_WORKER.get("options", {}))
 
 
-def _render_task(model: str, device: str | None, threads: int, source: Any, plan: Plan,
+def _worker_runtime(model: str, device: str | None, threads: int) -> Runtime:
+    """Where this worker's engine runs (asked by the client through ``client.run``)."""
+    return _engine(model, device, threads).runtime
+
+
+def _render_task(model: str, device: str | None, threads: int, runtime: Runtime, source: Any, plan: Plan,
                  settings: GenerationSettings, store: OmeZarrWriter, cells: list[tuple[int, int]]) -> int:
-    """Render one batch of tiles into the tile store (whole batch, so its composition never changes)."""
+    """Render one batch of tiles into the tile store (whole batch, so its composition never changes).
+
+    ``runtime`` is what the image's provenance records; a worker that computes otherwise refuses.
+    """
     todo = {rc for rc in cells if not store.chunk_done(0, *rc)}
     if not todo:
         return 0
     engine = _engine(model, device, threads)
+    if _kind(engine.runtime) != _kind(runtime):
+        mine, wanted = engine.runtime, runtime
+        raise GenerationError(f"This worker runs the model on {mine.device}/{mine.dtype}, but the image's tiles "
+                              f"are made on {wanted.device}/{wanted.dtype} (its provenance says so): give every "
+                              "worker the same device type and dtype.")
     tiles = [plan.grid.at(r, c) for r, c in cells]
     with torch_threads(threads):  # every worker computes with the same count, in whatever thread it runs
         images = run(render_tiles_adaptive(engine, source, plan, tiles, settings, on_step=lambda step: step))
@@ -255,16 +247,18 @@ def _pyramid_task(writer: OmeZarrWriter, level: int, cy: int, cx: int, below: li
 # --------------------------------------------------------------------------------------------- the run
 
 
-def default_workers(info: ModelInfo, device: str | None, threads_per_worker: int) -> int:
-    """One worker per GPU (all GPUs when the device is left to us); on CPU as many as cores and memory allow."""
+def default_workers(model: ModelDescription, device: str | None, threads_per_worker: int) -> int:
+    """Workers of a local cluster (this machine): one per GPU (all GPUs when the device is left to us); on CPU
+    as many as cores and memory allow."""
     import psutil
     import torch
 
-    if info.device.startswith("cuda"):
+    where = pick_device(device)
+    if where.startswith("cuda"):
         return max(1, torch.cuda.device_count()) if device is None else 1
-    if info.device != "cpu":
+    if where != "cpu":
         return 1
-    per_worker = 2 * info.weight_bytes + 2**30  # fp32 weights (often stored fp16) + working memory
+    per_worker = 2 * model.weight_bytes + 2**30  # fp32 weights (often stored fp16) + working memory
     by_memory = int(0.8 * psutil.virtual_memory().available // per_worker)
     return max(1, min((os.cpu_count() or 1) // max(1, threads_per_worker), by_memory))
 
@@ -338,15 +332,18 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         if resume and os.path.lexists(tiff):  # refused now, not after the whole run
             raise OutputExists(f"--tiff {tiff} already exists: remove it or choose another --tiff path.")
         check_output(tiff, kind="ome-tiff", inputs=[*inputs, out], overwrite=overwrite, flag="--tiff")
-    # 1. Open the source and read the model's metadata (errors here cost seconds, not a cluster start).
+    # 1. Open the source and describe the model: small files only, no network (errors here cost seconds).
     source = open_source(source_path, mpp=mpp, kind=kind)
-    info = ModelInfo(model, device=device, allow_pickle=allow_pickle, channels_last=channels_last, compile=compile)
-    plan = plan_region(source, Region(0, 0, *source.shape), info, settings)
-    # 2. Create the output, or reopen it after export has checked it was made with these settings.
-    provenance = _provenance(source, plan, info, settings, threads_per_worker, mpp_given=mpp is not None)
+    description = ModelDescription.open(model, allow_pickle=allow_pickle)
+    plan = plan_region(source, Region(0, 0, *source.shape), description, settings)
     creates = not (resume and os.path.lexists(out))
     made = False  # this run created the store: a failure before any tile removes it (and only it)
-    try:
+
+    def open_output(runtime: Runtime) -> tuple[OmeZarrWriter, dict[str, Any]]:
+        """Create the output, or reopen it after export has checked it was made with these settings."""
+        nonlocal made
+        provenance = _provenance(source, plan, description, runtime, settings, threads_per_worker,
+                                 mpp_given=mpp is not None)
         writer = create_ome_zarr(out, source.shape, mpp=source.mpp, provenance=provenance, chunk=chunk,
                                  resume=resume, overwrite=overwrite)
         made = creates
@@ -356,17 +353,26 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             f"overlap {grid.overlap} px; {writer.levels} levels of {chunk}-px chunks")
         for note in provenance["notes"]:
             say(f"note: {note}")
-        # 3. Run whatever is not done on the workers, then flag the image complete.
-        if writer.is_complete():
+        return writer, provenance
+
+    try:
+        # 2. A finished store: nothing to render; check the settings and start no cluster.
+        if resume and os.path.isdir(out) and is_complete(out):
+            open_output(_recorded_runtime(out))
             say(f"{out} is already complete.")
-        else:
-            workers = n_workers or default_workers(info, device, threads_per_worker)
+        else:  # 2. the workers load the model; the record names their device and dtype, where tiles are made
+            workers = n_workers or default_workers(description, device, threads_per_worker)
+            options = {"channels_last": channels_last, "compile": compile}
+            engine_args = (str(description.path), device, threads_per_worker)
             with _connect(scheduler_address, workers, say) as client:
                 stores = (str(out), str(out / TILE_STORE))
-                client.register_plugin(ModelPlugin(str(info.path), device, threads_per_worker, stores, allow_pickle,
-                                                   info.options))
-                job = _Job(client, writer, source, plan, settings, (str(info.path), device, threads_per_worker),
-                           provenance, say, progress)
+                client.register_plugin(ModelPlugin(*engine_args[:2], threads_per_worker, stores, allow_pickle,
+                                                   options))
+                runtime = _workers_runtime(client, *engine_args)
+                writer, provenance = open_output(runtime)
+                # 3. Run whatever is not done on the workers, then flag the image complete.
+                job = _Job(client, writer, source, plan, settings, engine_args, runtime, provenance, say,
+                           progress)
                 job.submit_level0()
                 job.submit_pyramid()
                 job.wait(progress, on_progress, cancel)
@@ -395,8 +401,8 @@ def _read_as(source: Any, kind: str | None) -> str:
 
 def _holds_work(out: Path) -> bool:
     """Whether a store holds a finished tile or chunk (then a failed run keeps it, for --resume)."""
-    if is_complete(out):
-        return True
+    if not out.is_dir() or is_complete(out):
+        return out.is_dir()
     for markers in (out / TILE_STORE / PROGRESS_GROUP / "0", out / PROGRESS_GROUP / "0"):
         for folder, _, files in os.walk(markers):
             if any(f.isdigit() and os.path.getsize(os.path.join(folder, f)) == 1 for f in files):
@@ -404,13 +410,29 @@ def _holds_work(out: Path) -> bool:
     return False
 
 
-def _provenance(source: Any, plan: Plan, info: ModelInfo, settings: GenerationSettings, threads: int, *,
-                mpp_given: bool) -> dict[str, Any]:
-    """The record generate_region writes, plus where the source file is; resuming must reproduce it."""
-    extra = {"torch_threads_per_worker": threads} if info.device == "cpu" else {}
+def _workers_runtime(client: Any, model: str, device: str | None, threads: int) -> Runtime:
+    """The device and dtype the workers run the model with (``common_runtime`` of every worker's answer)."""
+    client.wait_for_workers(1)
+    return common_runtime(list(client.run(_worker_runtime, model, device, threads).values()))
+
+
+def _recorded_runtime(out: Path) -> Runtime:
+    """The runtime a finished store's provenance records (where its tiles were made)."""
+    from ..export import read_provenance
+
+    record = (read_provenance(out) or {}).get("model", {})
+    return Runtime(str(record.get("device")), str(record.get("dtype")), bool(record.get("channels_last")),
+                   bool(record.get("compile")))
+
+
+def _provenance(source: Any, plan: Plan, model: ModelDescription, runtime: Runtime, settings: GenerationSettings,
+                threads: int, *, mpp_given: bool) -> dict[str, Any]:
+    """The record generate_region writes (with the workers' runtime), plus where the source file is; resuming
+    must reproduce it."""
+    extra = {"torch_threads_per_worker": threads} if runtime.device == "cpu" else {}
     # CPU pixels depend (in the last bit) on the thread count: a resume must keep it
     return region_provenance(
-        info, source, plan, settings, region_notes(info, plan, settings), settings_extra=extra,
+        model.at(runtime), source, plan, settings, region_notes(model, plan, settings), settings_extra=extra,
         source_extra={"path": source.data.path, "level": 0, "mpp_from": "--mpp" if mpp_given else "file"},
     )
 
@@ -425,6 +447,7 @@ class _Job:
     plan: Plan
     settings: GenerationSettings
     engine_args: tuple[str, str | None, int]  # model folder, device, torch threads
+    runtime: Runtime  # where the tiles are made (the provenance's device and dtype)
     provenance: dict[str, Any]
     say: Any
     progress: bool = False  # progress bars on the terminal
@@ -462,7 +485,7 @@ class _Job:
         # in its GPU's free memory (one at a time on CPU).
         b = self.settings.batch_size or AUTO_TASK_TILES
         batches = [batch for i in range(0, len(full), b) if needed & set(batch := full[i : i + b])]
-        render = partial(_render_task, *self.engine_args, self.source, wire, self.settings, store)
+        render = partial(_render_task, *self.engine_args, self.runtime, self.source, wire, self.settings, store)
         rendering: dict[tuple[int, int], Any] = {}
         for batch, fut in zip(batches, self._map("render", render, batches), strict=True):
             self.renders[fut.key] = fut, len(batch)
