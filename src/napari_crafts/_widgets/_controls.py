@@ -224,6 +224,26 @@ def layer_box(kind: type, label: str, tooltip: str, *, nullable: bool = False) -
     return box
 
 
+class RegionChoice:
+    """Which part of a layer to work on (whole layer, current view, a Shapes rectangle): the two controls every
+    widget that takes a region shows (generation and Compare), for its own layout, and the Region they pick."""
+
+    def __init__(self, tooltips: dict[str, str]) -> None:
+        self.box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE, label="region",
+                            tooltip=tooltips["region"])
+        self.shapes = layer_box(napari.layers.Shapes, "rectangle from", tooltips["shapes"])
+        self.shapes.visible = False
+        self.box.changed.connect(lambda v: setattr(self.shapes, "visible", v == REGION_SHAPES))
+
+    @property
+    def widgets(self) -> list[Any]:
+        return [self.box, self.shapes]
+
+    def region(self, layer: Any, viewer: Any, shape: tuple[int, int]) -> Region:
+        """The Region of ``layer`` (2-D plane of ``shape``) chosen here, clipped to the layer."""
+        return region_for(self.box.value, layer, viewer, shape, self.shapes.value)
+
+
 class RegionControls(Container):
     """Pixel size of the input (and where it came from), and which part of it to render."""
 
@@ -232,13 +252,10 @@ class RegionControls(Container):
         self._mpp_box = spin("µm/px", 0.0, 0.0, 100.0, 0.0001, key="mpp")
         self._found: float | None = None  # the exact value found (the box shows it rounded)
         self._mpp_origin = Label(value="", label="")
-        self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
-                                    label="region", tooltip=TOOLTIPS["region"])
-        self._shapes_layer = layer_box(napari.layers.Shapes, "rectangle from", TOOLTIPS["shapes"])
-        self._shapes_layer.visible = False
-        super().__init__(widgets=[self._mpp_box, self._mpp_origin, self._region_box, self._shapes_layer], labels=True)
+        self._choice = RegionChoice(TOOLTIPS)
+        self._region_box, self._shapes_layer = self._choice.box, self._choice.shapes
+        super().__init__(widgets=[self._mpp_box, self._mpp_origin, *self._choice.widgets], labels=True)
         self.margins = (0, 0, 0, 0)
-        self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
         self._setting = False
         self._mpp_box.changed.connect(self._on_mpp_typed)
 
@@ -271,7 +288,7 @@ class RegionControls(Container):
             self._mpp_origin.value = "typed here" if value else MPP_UNKNOWN
 
     def region(self, layer: Any, viewer: Any, shape: tuple[int, int], *, limit: bool = True) -> Region:
-        region = region_for(self._region_box.value, layer, viewer, shape, self._shapes_layer.value)
+        region = self._choice.region(layer, viewer, shape)
         if limit and region.height * region.width > WIDGET_REGION_LIMIT:
             raise GenerationError(TOO_LARGE.format(h=region.height, w=region.width))
         return region

@@ -11,13 +11,16 @@ from ._text import REGION_SHAPES, REGION_VIEW, REGION_WHOLE
 
 
 def layer_plane(layer: Any, viewer: Any) -> tuple[Any, str | None]:
-    """The 2-D (Y, X) data of ``layer`` on display, and a note when a slice of N-D data was taken."""
+    """The 2-D (Y, X[, RGB]) data of ``layer`` on display (level 0 if multiscale), and a note when a slice of
+    N-D data was taken."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    if data.ndim == 2:
+    rgb = int(bool(getattr(layer, "rgb", False)))  # an RGB layer's last axis is its colour, not space
+    if data.ndim - rgb == 2:
         return data, None
     point = layer.world_to_data(viewer.dims.point)
-    index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-2], strict=False))
-    note = f"'{layer.name}' is {data.ndim}-D: using the displayed slice {index}."
+    lead = data.shape[: data.ndim - 2 - rgb]
+    index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], lead, strict=False))
+    note = f"'{layer.name}' is {data.ndim - rgb}-D: using the displayed slice {index}."
     return data[index], note
 
 

@@ -6,6 +6,7 @@ are touched only in the ``yielded``/``returned``/``errored`` handlers, which run
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -112,6 +113,7 @@ class JobRunner(Container):
 
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
+        from ..evaluation.plip_eval import EvalProgress
         from ..generation.estimate import RunEstimate
         from ..generation.progress import Stage
         from ..generation.region import (  # light: batch (dask) stays out of the UI thread
@@ -122,7 +124,11 @@ class JobRunner(Container):
 
         if self._stopped:
             return
-        if isinstance(event, Stage):
+        if isinstance(event, EvalProgress):  # Compare: tiles scored, then embedded
+            self._progress.max, self._progress.value = max(1, event.total), event.done
+            self.status(f"{event.done}/{event.total} " + ("tiles scored" if event.stage == "tiles"
+                                                          else "tiles embedded (PLIP)"))
+        elif isinstance(event, Stage):
             self.status(event.text)
         elif isinstance(event, RunEstimate):
             self.status(f"estimated: {event.text()}")
@@ -151,9 +157,9 @@ class JobRunner(Container):
     def _on_returned(self, result: Any, on_done: Callable[[Any], None] | None) -> None:
         if result is None or self._stopped:
             return
-        if self.output is None:  # a background job: its result is a file that on_done opens
+        if self.output is None:  # a job without a layer (background file, Compare): on_done shows the result
             self._progress.value = self._progress.max
-            self.status(f"done: {result}")
+            self.status(f"done: {result}" if isinstance(result, (str, os.PathLike)) else "done")
             if on_done is not None:
                 on_done(result)
             return

@@ -15,19 +15,9 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    FloatSlider,
-    Label,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, FloatSlider, Label, LineEdit, PushButton, SpinBox
 
 from ..evaluation import (
-    EvalProgress,
     EvaluationError,
     ImageEvaluation,
     ResampledImage,
@@ -37,8 +27,10 @@ from ..evaluation import (
 from ..evaluation import metrics as M
 from ..evaluation import plip as P
 from ..generation.region import GenerationError, Region
-from ._controls import DockContainer, layer_box
-from ._regions import region_for
+from ._controls import DockContainer, RegionChoice, layer_box
+from ._layers import place_over
+from ._regions import layer_plane
+from ._runner import JobOptions, JobRunner
 from ._text import (
     COMPARE_TOO_LARGE,
     COMPARE_TOOLTIPS,
@@ -47,9 +39,6 @@ from ._text import (
     NO_LAYERS,
     NO_OVERLAP,
     NOT_RGB,
-    REGION_SHAPES,
-    REGION_VIEW,
-    REGION_WHOLE,
     RESAMPLED,
     SAME_LAYER,
     SHIFTED,
@@ -71,13 +60,8 @@ def _rgb_plane(layer: Any, viewer: Any) -> tuple[Any, str | None]:
         raise EvaluationError(NOT_RGB.format(name=layer.name, what=f"shape {tuple(data.shape)}"))
     if data.dtype != np.uint8:
         raise EvaluationError(NOT_RGB.format(name=layer.name, what=f"{data.dtype} values"))
-    data, note = data[..., :3], None
-    if data.ndim > 3:
-        point = layer.world_to_data(viewer.dims.point)
-        index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:-2], data.shape[:-3], strict=False))
-        note = f"'{layer.name}' is {data.ndim - 1}-D: using the displayed slice {index}."
-        data = data[index]
-    return data, note
+    plane, note = layer_plane(layer, viewer)
+    return plane[..., :3], note
 
 
 def _grid(layer: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -129,35 +113,28 @@ class Compare(DockContainer):
         self._viewer = viewer
         self._synthetic_layer = layer_box(napari.layers.Image, "synthetic", COMPARE_TOOLTIPS["synthetic"])
         self._real_layer = layer_box(napari.layers.Image, "real H&E", COMPARE_TOOLTIPS["real"], nullable=True)
-        self._region_box = ComboBox(choices=[REGION_WHOLE, REGION_VIEW, REGION_SHAPES], value=REGION_WHOLE,
-                                    label="region", tooltip=COMPARE_TOOLTIPS["region"])
-        self._shapes_layer = layer_box(napari.layers.Shapes, "rectangle from", COMPARE_TOOLTIPS["shapes"])
-        self._shapes_layer.visible = False
+        self._where = RegionChoice(COMPARE_TOOLTIPS)
+        self._region_box, self._shapes_layer = self._where.box, self._where.shapes
         self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size",
                                  tooltip=COMPARE_TOOLTIPS["tile"])
         self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=COMPARE_TOOLTIPS["mask"])
         self._clip_box = LineEdit(value="", label="CLIP model", tooltip=COMPARE_TOOLTIPS["clip"])
         self._prompt_box = LineEdit(value="", label="prompt", tooltip=COMPARE_TOOLTIPS["prompt"])
-        self._compute_button = PushButton(text="Compute")
-        self._cancel_button = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self._status = Label(value="")
+        self.runner = JobRunner("Compute")  # Compute, Cancel, progress and status: the generation widgets' runner
+        self._compute_button = self.runner.run_button
         self._results = Label(value="", label="metrics")
         self._toggle_button = PushButton(text="Toggle synthetic", tooltip=COMPARE_TOOLTIPS["toggle"])
         self._opacity_slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, label="synthetic opacity",
                                            tooltip=COMPARE_TOOLTIPS["opacity"])
         super().__init__(widgets=[
             self._synthetic_layer, self._real_layer, self._region_box, self._shapes_layer, self._tile_box,
-            self._mask_box, self._clip_box, self._prompt_box, self._compute_button, self._cancel_button,
-            self._progress, self._status, self._results, self._toggle_button, self._opacity_slider,
+            self._mask_box, self._clip_box, self._prompt_box, self.runner, self._results, self._toggle_button,
+            self._opacity_slider,
         ], labels=True)
-        self.worker: Any = None
         self.evaluation: ImageEvaluation | None = None
         self._prefilled = ""  # the prompt last taken from a synthetic layer's provenance
-        self._region_box.changed.connect(lambda v: setattr(self._shapes_layer, "visible", v == REGION_SHAPES))
         self._synthetic_layer.changed.connect(self._on_synthetic_changed)
         self._compute_button.changed.connect(self.compute)
-        self._cancel_button.changed.connect(self.cancel)
         self._toggle_button.changed.connect(self.toggle_synthetic)
         self._opacity_slider.changed.connect(self._on_opacity)
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -182,7 +159,11 @@ class Compare(DockContainer):
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.runner.running
+
+    @property
+    def worker(self) -> Any:
+        return self.runner.worker
 
     # -- compute --------------------------------------------------------------------------------------------
     def compute(self) -> Any:
@@ -209,7 +190,7 @@ class Compare(DockContainer):
             raise EvaluationError(SAME_LAYER.format(name=real.name))
         syn_plane, syn_note = _rgb_plane(synthetic, self._viewer)
         real_plane, real_note = _rgb_plane(real, self._viewer)
-        region = region_for(self._region_box.value, real, self._viewer, real_plane.shape[:2], self._shapes_layer.value)
+        region = self._where.region(real, self._viewer, real_plane.shape[:2])
         box = _overlap(synthetic, syn_plane.shape, real, region)
         if box.height * box.width > WIDGET_REGION_LIMIT:
             raise EvaluationError(COMPARE_TOO_LARGE.format(h=box.height, w=box.width))
@@ -224,37 +205,20 @@ class Compare(DockContainer):
         }
 
     def _start(self, inputs: dict[str, Any]) -> Any:
-        from napari.qt.threading import create_worker
-
-        def job() -> Any:  # a generator function: napari makes a GeneratorWorker (progress, Cancel)
+        def job() -> Any:  # a generator of EvalProgress that returns the ImageEvaluation
             scorer = _scorer(inputs["model"]) if inputs["model"] else None
             return (yield from iter_evaluate_images(inputs["generated"], inputs["real_data"], tile=inputs["tile"],
                                                     mask=inputs["mask"], scorer=scorer, prompt=inputs["prompt"]))
 
-        self.worker = create_worker(job, _start_thread=False, _connect={
-            "yielded": self._on_yielded,
-            "returned": lambda evaluation: self._on_returned(evaluation, inputs),
-            "errored": self._on_errored,  # connected here, so superqt does not re-raise in the event loop
-            "aborted": self._on_aborted,
-            "finished": self._on_finished,
-        })
-        self._compute_button.enabled, self._cancel_button.enabled = False, True
-        self._progress.value = 0
-        self._status.value = "loading the CLIP model…" if inputs["model"] else "scoring tiles…"
-        self.worker.start()
-        return self.worker
+        worker = self.runner.start(job, self._viewer, None, on_done=lambda result: self._on_returned(result, inputs),
+                                   options=JobOptions(watch=(inputs["synthetic"], inputs["real"])))
+        self.runner.status("loading the CLIP model…" if inputs["model"] else "scoring tiles…")
+        return worker
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+        self.runner.cancel()
 
     # -- handlers (main thread) -----------------------------------------------------------------------------
-    def _on_yielded(self, event: EvalProgress) -> None:
-        self._progress.max = max(1, event.total)
-        self._progress.value = event.done
-        self._status.value = f"{event.done}/{event.total} " + ("tiles scored" if event.stage == "tiles"
-                                                               else "tiles embedded (PLIP)")
-
     def _on_returned(self, evaluation: ImageEvaluation, inputs: dict[str, Any]) -> None:
         from napari.utils.notifications import show_warning
 
@@ -266,7 +230,7 @@ class Compare(DockContainer):
         self._results.value = (format_metrics(result, plip=bool(inputs["model"])) +
                                f"\n{result.n} tiles of {tile} px, {pixels:,} px compared"
                                + (" (tissue)" if inputs["mask"] else ""))
-        scale, translate = _grid(real)
+        scale, translate = (np.asarray(v) for v in place_over(real, box.y, box.x))
         record = {
             "metrics": result.to_row(), "result": result.to_dict(),
             "synthetic": inputs["synthetic"].name, "real": real.name, "tile": tile, "mask": inputs["mask"],
@@ -278,29 +242,15 @@ class Compare(DockContainer):
             self._viewer.layers.remove(name)
         heat = self._viewer.add_image(
             evaluation.heat_map("SSIM"), name=name, colormap="viridis", contrast_limits=(0.0, 1.0), opacity=0.5,
-            scale=tile * scale, translate=translate + np.array([box.y, box.x]) * scale + (tile - 1) / 2 * scale,
+            scale=tile * scale, translate=translate + (tile - 1) / 2 * scale,  # one heat pixel per tile
             metadata={"napari_crafts": record}, units=tuple(str(u) for u in real.units[-2:]),
         )
         heat.colorbar.visible = True  # the legend: SSIM 0 (dark) → 1 (yellow), on the canvas
         self._results.value += "\n" + HEAT_LEGEND
-        self._progress.value = self._progress.max
-        self._status.value = "done"
+        self.runner.status("done")
         for note in result.notes:
             if "not computed" in note or note.startswith("Pixel size"):
                 show_warning(note)
-
-    def _on_aborted(self) -> None:
-        self._status.value = "cancelled: nothing added"
-
-    def _on_errored(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        self._status.value = f"error: {exc}"
-        show_error(str(exc))
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._compute_button.enabled, self._cancel_button.enabled = True, False
 
     # -- swipe / compare ------------------------------------------------------------------------------------
     def toggle_synthetic(self) -> None:

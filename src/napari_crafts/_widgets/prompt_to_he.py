@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Generator
 from typing import Any
 
@@ -10,6 +11,7 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, PushButton
 
+from .._generators import mapped
 from ..generation.prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
 from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
 from ._controls import DockContainer, GenerationControls, LongRunOffer, SaveButton, engine_job, narrow, spin
@@ -111,23 +113,20 @@ def prompt_images(engine: Any, settings: Any, count: int, height: int, width: in
     for i in range(count):
         gen = generate_region(engine, None, Region(0, 0, height, width),
                               dataclasses.replace(settings, seed=settings.seed + i))
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            total = event.tiles * count
-            done = event.tiles_done + i * event.tiles
-            if isinstance(event, TileDone):
-                yield dataclasses.replace(event, tiles_done=done, tiles=total, plane=(i,))
-            else:
-                yield dataclasses.replace(event, tiles_done=done, tiles=total)
+        result = yield from mapped(gen, functools.partial(_in_stack, image=i, count=count))
         images.append(result.rgb)
         records.append(result.provenance)
     prov = {"synthetic": True, "mode": "prompt", "images": records, "warning": records[0]["warning"],
             "seeds": [r["seed"] for r in records], "model": records[0]["model"], "prompt": settings.prompt}
     return RegionResult(np.stack(images), prov, sum(r["tiles"] for r in records), 0, records[0]["notes"])
+
+
+def _in_stack(event: Progress | TileDone, *, image: int, count: int) -> Progress | TileDone:
+    """An image's event counted over the whole stack (its tiles land on plane ``image``)."""
+    done, total = event.tiles_done + image * event.tiles, event.tiles * count
+    if isinstance(event, TileDone):
+        return dataclasses.replace(event, tiles_done=done, tiles=total, plane=(image,))
+    return dataclasses.replace(event, tiles_done=done, tiles=total)
 
 
 def _set_model_scale(layer: Any, result: RegionResult) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io.windows import WindowedArray
+
 #: Single-image formats read whole (no pyramid, no pixel size).
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -26,7 +28,7 @@ class EvaluationError(ValueError):
 # --- aligning two images -------------------------------------------------------------------------------
 
 
-class ResampledImage:
+class ResampledImage(WindowedArray):
     """Lazy view of an RGB image on another pixel grid: output pixel (i, j) samples the source at
     (``scale[0]·i + offset[0]``, ``scale[1]·j + offset[1]``) in source pixels.
 
@@ -35,7 +37,7 @@ class ResampledImage:
     it needs, with enough margin that any window equals the same part of the whole resampled image.
     """
 
-    ndim = 3
+    channels_last = True
 
     def __init__(self, source: Any, shape_yx: tuple[int, int], scale: Sequence[float],
                  offset: Sequence[float]) -> None:
@@ -46,21 +48,8 @@ class ResampledImage:
         self.offset = (float(offset[0]), float(offset[1]))
         self.sigma = tuple(max(0.0, (s - 1.0) / 2.0) for s in self.scale)
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:, :]
-        return out if dtype is None else out.astype(dtype)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        ys, xs = (tuple(key) + (slice(None), slice(None)))[:2]
-        contiguous = isinstance(ys, slice) and isinstance(xs, slice) and ys.step in (None, 1) and xs.step in (None, 1)
-        if not contiguous:
-            raise IndexError("ResampledImage supports only contiguous slices of rows and columns.")
-        i0, i1, _ = ys.indices(self.shape[0])
-        j0, j1, _ = xs.indices(self.shape[1])
-        out = self._window(i0, max(i0, i1), j0, max(j0, j1))
-        rest = (slice(None), slice(None), *key[2:])
-        return out[rest] if len(key) > 2 else out
+    def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
+        return self._window(y, y + height, x, x + width)
 
     def _axis(self, axis: int, start: int, stop: int) -> tuple[np.ndarray, int, int]:
         """Source coordinates of output pixels [start, stop) on ``axis`` and the source rows to read."""
@@ -88,6 +77,13 @@ class ResampledImage:
             info = np.iinfo(self.dtype)
             return np.clip(np.rint(out), info.min, info.max).astype(self.dtype)
         return out.astype(self.dtype)
+
+
+def rescaled(image: Any, mpp: float, to_mpp: float) -> ResampledImage:
+    """``image`` (µm/px ``mpp``) on a grid of ``to_mpp``: same top-left corner, pixel centres on pixel centres."""
+    f = to_mpp / mpp
+    h, w = (max(1, round(int(s) / f)) for s in image.shape[:2])
+    return ResampledImage(image, (h, w), (f, f), (0.5 * f - 0.5, 0.5 * f - 0.5))
 
 
 def _check_rgb(image: Any, what: str) -> Any:
@@ -122,10 +118,9 @@ def align_images(generated: Any, real: Any, *, generated_mpp: float | None = Non
                 "be compared one to one. Use --resample (resample=True) to resample the generated image to the "
                 "real image's pixel size."
             )
-        f = real_mpp / generated_mpp
         before = tuple(int(s) for s in generated.shape[:2])
-        after = (max(1, round(before[0] / f)), max(1, round(before[1] / f)))
-        generated = ResampledImage(generated, after, (f, f), (0.5 * f - 0.5, 0.5 * f - 0.5))
+        generated = rescaled(generated, generated_mpp, real_mpp)
+        after = generated.shape[:2]
         resampled = True
         notes.append(f"Generated image resampled from {generated_mpp:g} to {real_mpp:g} µm/px "
                      f"({before[0]}×{before[1]} → {after[0]}×{after[1]} px).")

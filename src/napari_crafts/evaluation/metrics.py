@@ -198,8 +198,9 @@ def check_same_scale(mpp_a: float | None, mpp_b: float | None, *, resample: bool
     """Make sure an image of pixel size ``mpp_a`` (µm/px) can be compared with one of ``mpp_b``.
 
     Equal within ``rtol``, or either unknown (None): ``image`` comes back unchanged. Different and
-    ``resample``: ``image`` is resampled to ``mpp_b`` (``skimage.transform.rescale``, anti-aliased, dtype
-    kept); shapes are checked afterwards by the metrics. Different and not ``resample``: ValueError.
+    ``resample``: ``image`` is resampled to ``mpp_b`` (as :func:`~napari_crafts.evaluation.inputs.align_images`
+    does: anti-aliased bilinear, dtype kept); shapes are checked afterwards by the metrics. Different and not
+    ``resample``: ValueError.
     """
     if mpp_a is None or mpp_b is None or math.isclose(mpp_a, mpp_b, rel_tol=rtol):
         return image
@@ -210,11 +211,9 @@ def check_same_scale(mpp_a: float | None, mpp_b: float | None, *, resample: bool
         )
     if image is None:
         return None
-    from skimage.transform import rescale
+    from .inputs import rescaled
 
-    arr = np.asarray(image)
-    out = rescale(arr, mpp_a / mpp_b, order=1, anti_aliasing=True, channel_axis=-1, preserve_range=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8) if arr.dtype == np.uint8 else out.astype(arr.dtype)
+    return np.asarray(rescaled(np.asarray(image), mpp_a, mpp_b))
 
 
 # --- large images, tile by tile ------------------------------------------------------------------------
@@ -393,19 +392,14 @@ def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], 
         n=len(generated), **means_stds,
         prompt=prompt, mask=mask if isinstance(mask, str) or mask is None else "custom", notes=notes,
     )
-    if scorer is not None:
-        from .plip import plip_fid, plip_i, plip_t
+    if scorer is not None:  # PLIP metrics are filled in one place: plip_eval.iter_plip
+        from .._generators import run
+        from .plip_eval import iter_plip
 
-        result.model = scorer.name
-        gen_emb, real_emb = scorer.image_embeddings(generated), scorer.image_embeddings(real)
-        result.plip_i = plip_i(gen_emb, real_emb)
-        try:
-            result.plip_fid = plip_fid(gen_emb, real_emb, allow_rank_deficient=allow_rank_deficient)
-        except ValueError as err:
-            warnings.warn(str(err), stacklevel=2)
-            notes.append(f"PLIP-FID not computed: {err}")
-        if prompt is not None:
-            result.plip_t = plip_t(gen_emb, scorer.text_embeddings([prompt]))
+        run(iter_plip(result, scorer, generated, real, prompt=prompt, allow_rank_deficient=allow_rank_deficient))
+        for note in notes:
+            if note.startswith("PLIP-FID not computed"):
+                warnings.warn(note, stacklevel=2)
     return result
 
 

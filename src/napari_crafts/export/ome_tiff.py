@@ -18,6 +18,7 @@ import tifffile
 import zarr
 from numcodecs import Blosc
 
+from ..io.windows import WindowedArray
 from ..provenance import OME_NAMESPACE, PROVENANCE_KEY, json_record
 from .ome_zarr import open_ome_zarr
 from .pyramid import default_levels, level_shapes, mean_downsample_2x
@@ -26,16 +27,18 @@ from .safety import check_output
 TIFF_NAMESPACE = OME_NAMESPACE  # OME MapAnnotation namespace holding the JSON
 
 
-class _ChannelLast:
+class _ChannelLast(WindowedArray):
     """(3, Y, X) array seen as (Y, X, 3), sliced lazily."""
+
+    channels_last = True
 
     def __init__(self, arr: Any) -> None:
         self.arr = arr
         self.shape = (arr.shape[1], arr.shape[2], arr.shape[0])
-        self.dtype = arr.dtype
+        self.dtype = np.dtype(arr.dtype)
 
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        return np.moveaxis(np.asarray(self.arr[:, key[0], key[1]]), 0, -1)
+    def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
+        return np.moveaxis(np.asarray(self.arr[:, y : y + height, x : x + width]), 0, -1)
 
 
 def _tiles(arr: Any, tile: int) -> Iterator[np.ndarray]:

@@ -93,17 +93,15 @@ LIMITS_SAMPLE_PIXELS = 4096 * 4096
 LIMITS_WINDOW = 512
 
 
-class _Plane:
+class _Plane(WindowedArray):
     """Channel ``index`` of a (C, Y, X) array-like, sliced in one read (zarr reads only the window asked)."""
 
     def __init__(self, data: Any, index: int) -> None:
         self.data, self.index = data, index
-        self.shape, self.dtype = tuple(data.shape[1:]), data.dtype
+        self.shape, self.dtype = tuple(data.shape[1:]), np.dtype(data.dtype)
 
-    def __getitem__(self, key: Any) -> Any:
-        key = tuple(k for k in (key if isinstance(key, tuple) else (key,)) if k is not Ellipsis)
-        index = (self.index, *key)
-        return self.data[index]
+    def read(self, y: int, x: int, height: int, width: int) -> np.ndarray:
+        return np.asarray(self.data[self.index, y : y + height, x : x + width])
 
 
 def limits_sample(plane: Any, max_pixels: int = LIMITS_SAMPLE_PIXELS) -> tuple[np.ndarray, str]:

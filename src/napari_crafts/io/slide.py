@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 
 from ..provenance import PROVENANCE_KEY, record_from_ome_xml
+from .windows import read_padded
 
 KINDS = ("rgb", "labels", "channels")
 #: Formats read through tiffslide (whole-slide TIFF flavours); .tif/.tiff go there when they hold RGB.
@@ -83,23 +84,15 @@ class Slide:
             raise SlideError(f"{self.path}: no level {level} (the slide has {len(self.levels)}).")
         if height < 0 or width < 0:
             raise ValueError(f"Window size must not be negative, got {height}×{width}.")
-        arr = self.levels[level]
-        H, W = self.level_shape(level)
-        ya, yb, xa, xb = max(y0, 0), min(y0 + height, H), max(x0, 0), min(x0 + width, W)
-        chan = self.kind == "channels"
-        out = np.zeros((arr.shape[0], height, width) if chan else (height, width, *arr.shape[2:]), dtype=arr.dtype)
-        if ya < yb and xa < xb:
-            src = (slice(None), slice(ya, yb), slice(xa, xb)) if chan else (slice(ya, yb), slice(xa, xb))
-            dst = (slice(None),) * chan + (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
-            try:
-                out[dst] = arr[src].compute(scheduler="synchronous")  # no nested distributed compute
-            except SlideError:
-                raise
-            except Exception as err:  # noqa: BLE001 - one line naming the file and the place
-                cause = (str(err).strip().splitlines() or [""])[0]
-                raise SlideError(f"{self.path}: cannot read level {level} at y={y0}, x={x0} "
-                                 f"({type(err).__name__}: {cause}); the file may be damaged.") from err
-        return out
+        try:  # synchronous compute: no nested distributed compute inside a worker's task
+            return read_padded(self.levels[level], y0, x0, height, width, channels_last=self.kind != "channels",
+                               read=lambda part: part.compute(scheduler="synchronous"))
+        except SlideError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one line naming the file and the place
+            cause = (str(err).strip().splitlines() or [""])[0]
+            raise SlideError(f"{self.path}: cannot read level {level} at y={y0}, x={x0} "
+                             f"({type(err).__name__}: {cause}); the file may be damaged.") from err
 
 
 # --------------------------------------------------------------------------------------------- opening

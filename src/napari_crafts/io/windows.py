@@ -1,10 +1,13 @@
 """Lazy windows: array-likes read window by window (never whole), and zero-padded window reads.
 
-Slides, GeoJSON nuclei and control sources all read their data through these, in level-0 pixels.
+Slides, GeoJSON nuclei, channel planes, resampled images and control sources all read their data through
+these, in level-0 pixels: one :class:`WindowedArray` base gives them numpy's basic slicing, so each subclass
+only says how to read one window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,13 +16,15 @@ import numpy as np
 class WindowedArray:
     """Base of lazy, picklable array-likes read window by window: ``shape``, ``dtype`` and basic slicing.
 
-    A subclass sets ``shape``, ``dtype`` and ``path`` (the file it reads, recorded in provenance) and implements
-    ``read(y, x, height, width)`` over the last two axes; slicing (ints, forward slices, ``...``) becomes one read.
+    A subclass sets ``shape``, ``dtype`` (and ``path`` when it reads a file, recorded in provenance) and
+    implements ``read(y, x, height, width)``: every other axis whole, Y and X the last two axes (…×Y×X), or
+    the first two when ``channels_last`` (Y×X×…). Slicing (ints, forward slices, ``...``) becomes one read.
     """
 
     shape: tuple[int, ...]
     dtype: np.dtype
     path: str
+    channels_last: bool = False
 
     @property
     def ndim(self) -> int:
@@ -34,8 +39,10 @@ class WindowedArray:
             i = next(i for i, k in enumerate(key) if k is Ellipsis)
             key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
         key = key + (slice(None),) * (self.ndim - len(key))
-        (y0, y1, ky), (x0, x1, kx) = (_span(k, n) for k, n in zip(key[-2:], self.shape[-2:], strict=True))
-        window = (*key[:-2], ky, kx)
+        ay = 0 if self.channels_last else self.ndim - 2
+        spans = (_span(k, n) for k, n in zip(key[ay : ay + 2], self.shape[ay : ay + 2], strict=True))
+        (y0, y1, ky), (x0, x1, kx) = spans
+        window = (*key[:ay], ky, kx, *key[ay + 2 :])
         return self.read(y0, x0, y1 - y0, x1 - x0)[window]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -56,11 +63,23 @@ def _span(key: Any, n: int) -> tuple[int, int, Any]:
     return i, i + 1, 0
 
 
-def read_padded(data: Any, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """Window [y, y+h) × [x, x+w) of a 2-D (or …×Y×X) array-like, zero where it falls outside."""
-    H, W = data.shape[-2:]
-    out = np.zeros((*data.shape[:-2], h, w), dtype=data.dtype)
+def read_padded(data: Any, y: int, x: int, h: int, w: int, *, channels_last: bool = False,
+                read: Callable[[Any], np.ndarray] = np.asarray) -> np.ndarray:
+    """Window [y, y+h) × [x, x+w) of an array-like, zero where it falls outside; only the inside is read.
+
+    Y and X are the last two axes (…×Y×X), or the first two with ``channels_last`` (Y×X×…). ``read`` turns the
+    sliced inside into numpy (e.g. a dask array's synchronous compute).
+    """
+    ay = 0 if channels_last else data.ndim - 2
+    H, W = data.shape[ay], data.shape[ay + 1]
+    shape = list(data.shape)
+    shape[ay : ay + 2] = [h, w]
+    out = np.zeros(shape, dtype=data.dtype)
     y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
     if y1 > y0 and x1 > x0:
-        out[..., y0 - y : y1 - y, x0 - x : x1 - x] = np.asarray(data[..., y0:y1, x0:x1])
+        src: list[Any] = [slice(None)] * data.ndim
+        dst: list[Any] = [slice(None)] * data.ndim
+        src[ay : ay + 2] = [slice(y0, y1), slice(x0, x1)]
+        dst[ay : ay + 2] = [slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)]
+        out[tuple(dst)] = read(data[tuple(src)])
     return out
