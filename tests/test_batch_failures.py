@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr.storage._local as local_store  # LocalStore writes every file through its _put
 
-from napari_crafts.wsi.job import TILE_STORE, generate_slide
+from napari_crafts.wsi.job import TILE_STORE, DiskFull, generate_slide
 from napari_crafts.export import PROGRESS_GROUP, read_provenance
 from test_batch import SETTINGS, chunk_files, inproc, write_labels  # noqa: F401 (inproc is a fixture)
 
@@ -131,7 +131,7 @@ def test_disk_full_mid_run_names_resume_and_resume_completes_unchanged(source: P
         return real_put(path, value, exclusive=exclusive)
 
     monkeypatch.setattr(local_store, "_put", put)
-    with pytest.raises(RuntimeError, match=r"^disk full while writing .*full\.ome\.zarr; free space and rerun "
+    with pytest.raises(DiskFull, match=r"^disk full while writing .*full\.ome\.zarr; free space and rerun "
                                            r"with --resume\.$") as failure:
         generate_slide(source, out, model=tiny_model, settings=SETTINGS, chunk=CHUNK, scheduler_address=inproc,
                        progress=False)
@@ -149,6 +149,46 @@ def test_disk_full_mid_run_names_resume_and_resume_completes_unchanged(source: P
     assert first not in written and second in written  # kept what was marked done, redid the rest
     assert result == out and read_provenance(out)["complete"] is True and not (out / TILE_STORE).exists()
     assert chunk_files(out) == chunk_files(undisturbed.path)  # every level, byte for byte
+
+
+# ------------------------------------------------------------------------------------------- a task fails
+
+
+@pytest.mark.slow
+def test_worker_failure_is_one_line_leaves_no_output_and_resume_then_runs(source: Path, tiny_model: Path,
+                                                                          undisturbed: Run, tmp_path: Path,
+                                                                          inproc: str,  # noqa: F811
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """Every render task fails (an internal error, not the user's) before any tile is written: the command
+    says so in one line that names the log holding the traceback (no dask "Compute Failed" blocks), removes the
+    output it created, and a rerun with --resume then runs as usual."""
+    import argparse
+
+    from napari_crafts.cli.generate import configure_parser, main
+    from napari_crafts.export import OmeZarrWriter
+
+    def broken(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    out = tmp_path / "failed.ome.zarr"
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    argv = [str(source), str(out), "--model", str(tiny_model), "--steps", "2", "--tile-size", "64", "--overlap", "16",
+            "--seed", "7", "--prompt", "nuclei", "--batch", "2", "--chunk", str(CHUNK), "--scheduler-address", inproc]
+    capfd.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(OmeZarrWriter, "write_chunk", broken)  # the in-process worker runs this class
+        code = main(parser.parse_args(argv))
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # progress bars aside
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("napari-crafts generate: internal error: RuntimeError: CUDA error: an illegal memory")
+    log = Path(lines[0].split("the traceback is in ")[1].split(" (or rerun")[0])
+    assert "Traceback" in log.read_text() and "broken" in log.read_text()
+    assert not out.exists()  # nothing was generated: nothing left behind to block the rerun
+    assert main(parser.parse_args([*argv, "--resume"])) == 0
+    assert chunk_files(out) == chunk_files(undisturbed.path)
 
 
 # ------------------------------------------------------------------------------------------- progress

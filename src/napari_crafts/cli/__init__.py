@@ -4,49 +4,73 @@
     napari-crafts generate ...      whole slide → pyramidal OME-Zarr on dask.distributed (resumable)
     napari-crafts evaluate GEN REAL the paper's metrics (SSIM, PSNR, MSE, NCC, PLIP-FID/I/T) as a table
     napari-crafts pairs HE OUT      H&E slide (+ nuclei, IF) → training pairs with a held-out band
+    napari-crafts check PATH...     is an image synthetic H&E from napari-crafts? (provenance, watermark)
     napari-crafts tiny-model PATH   write the tiny random model as a diffusers folder
 
-Errors are printed as one line (no traceback) and the exit code is 2.
+Errors are one line on stderr (see ``cli._errors``): exit code 2 for what the user can fix, 1 (with the
+traceback in a log file, or on screen with --verbose) for anything else. Every command that writes follows the
+output rule of ``export.safety``: never over an input, and --overwrite replaces only what napari-crafts wrote.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 from pathlib import Path
 from typing import Any
 
 from ..model.card import CRAFTS_MASK_PROMPT
+from ._errors import ArgumentParser, UsageError, bounded_int, positive_float, run_command
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the input's fault: printed as one line, no traceback."""
-    from ..generation.region import GenerationError
+#: The flag of each GenerationSettings field, for messages about out-of-range values.
+SETTINGS_FLAGS = {
+    "prompt": "--prompt", "negative_prompt": "--negative-prompt", "seed": "--seed", "steps": "--steps",
+    "guidance_scale": "--guidance", "scheduler": "--scheduler", "tile_size": "--tile-size", "overlap": "--overlap",
+    "batch_size": "--batch", "controlnet": "--controlnet", "cfg_cutoff": "--cfg-cutoff",
+    "cache_interval": "--cache-interval",
+}
 
-    return (ValueError, GenerationError, FileExistsError, FileNotFoundError, RuntimeError)
+
+def settings_from_args(**fields: Any) -> Any:
+    """GenerationSettings from command-line values; an invalid one is a UsageError naming its flag."""
+    from ..generation.region import GenerationSettings, SettingsError
+
+    try:
+        return GenerationSettings(**fields)
+    except SettingsError as err:
+        flag = SETTINGS_FLAGS.get(err.field, err.field)
+        raise UsageError(f"{flag} {err.value}: must be {err.valid}.") from None
 
 
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .._sample_data import load_nuclei
-    from ..model.engine import get_engine
     from ..export import save_ome_zarr
-    from ..generation.region import GenerationSettings, Progress, Region, TileDone, generate_region, plan_region, run
+    from ..export.safety import check_output
+    from ..generation.region import Progress, Region, TileDone, generate_region, plan_region, run
     from ..generation.sources import LabelsSource
     from ..generation.tiling import seam_score
+    from ..model.engine import get_engine
 
-    out = Path(args.out)
+    settings = settings_from_args(
+        prompt=args.prompt, seed=args.seed, steps=args.steps, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch,
+    )
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder for the demo's output.")
+    model = [args.model] if Path(args.model).expanduser().exists() else []
+    paths = {kind: check_output(out / name, kind=kind, inputs=model, overwrite=args.overwrite)
+             for kind, name in (("ome-zarr", "synthetic_he.ome.zarr"), ("png", "synthetic_he_SYNTHETIC.png"),
+                                ("json", "provenance.json"))}
     out.mkdir(parents=True, exist_ok=True)
     _, labels = load_nuclei()
     labels = labels[: args.size, : args.size]
     print(f"model: {args.model} (loading…)", flush=True)
     engine = get_engine(args.model, device=args.device, allow_pickle=args.allow_pickle)
     source = LabelsSource(labels, name="nuclei labels (DSB 2018)", mpp=args.mpp)
-    settings = GenerationSettings(
-        prompt=args.prompt, seed=args.seed, steps=args.steps, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch,
-    )
     region = Region(0, 0, *labels.shape)
 
     def report(event: Any) -> None:
@@ -57,13 +81,15 @@ def _demo(args: argparse.Namespace) -> int:
 
     result = run(generate_region(engine, source, region, settings), report)
     border, interior = seam_score(result.rgb, plan_region(source, region, engine, settings).grid)
-    result.provenance["seam_score"] = {"border": border, "interior": interior}
-    zarr_path = out / "synthetic_he.ome.zarr"
-    save_ome_zarr(zarr_path, result.rgb, mpp=args.mpp, provenance=result.provenance, chunk=256, overwrite=True)
-    png = out / "synthetic_he_SYNTHETIC.png"
+    # one tile has no seams (nan): provenance is strict JSON, so that is null
+    result.provenance["seam_score"] = {k: v if math.isfinite(v) else None
+                                       for k, v in (("border", border), ("interior", interior))}
+    zarr_path, png = paths["ome-zarr"], paths["png"]
+    save_ome_zarr(zarr_path, result.rgb, mpp=args.mpp, provenance=result.provenance, chunk=256,
+                  overwrite=args.overwrite)
     _save_png(png, np.concatenate([result.rgb, np.repeat(np.where(labels > 0, 255, 0).astype(np.uint8)[..., None],
                                                                 3, axis=-1)], axis=1), result.provenance)
-    (out / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
+    paths["json"].write_text(json.dumps(result.provenance, indent=2, allow_nan=False))
     for note in result.notes:
         print(f"note: {note}")
     print(f"synthetic H&E: {zarr_path} ({result.rgb.shape[0]}×{result.rgb.shape[1]} px, "
@@ -87,15 +113,19 @@ def _save_png(path: Path, rgb: Any, provenance: dict[str, Any]) -> None:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
+    from ..export.safety import check_output, mark_folder, remove_output
     from ..model.tiny import build_tiny_model
 
-    print(build_tiny_model(args.path, seed=args.seed))
+    path = check_output(args.path, kind="folder", overwrite=args.overwrite)
+    remove_output(path, kind="folder")  # only an earlier output of ours (checked again)
+    mark_folder(path, "tiny random model (napari-crafts tiny-model)")
+    print(build_tiny_model(path, seed=args.seed))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-crafts", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="napari-crafts", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     demo = sub.add_parser("demo", help="offline demo on real nuclei labels with the tiny model")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
@@ -106,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tile-size", type=int, default=128, help="tile side in model px (paper: 512)")
     demo.add_argument("--overlap", type=int, default=32)
     demo.add_argument("--batch", type=int, default=4)
-    demo.add_argument("--size", type=int, default=512, help="side of the labels crop to render (≤ 512)")
-    demo.add_argument("--mpp", type=float, default=0.25, help="pixel size assumed for the labels (µm/px)")
+    demo.add_argument("--size", type=bounded_int(16, 512), default=512,
+                      help="side of the labels crop to render (≤ 512)")
+    demo.add_argument("--mpp", type=positive_float, default=0.25, help="pixel size assumed for the labels (µm/px)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
     demo.add_argument("--device", default=None)
     demo.add_argument("--allow-pickle", action="store_true",
                       help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
-    demo.add_argument("--verbose", action="store_true")
+    demo.add_argument("--verbose", action="store_true", help="show every step, and tracebacks of errors")
     demo.set_defaults(func=_demo)
 
     from . import generate as batch_cli
@@ -126,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.configure_parser(ev)
     ev.set_defaults(func=evaluate.main)
 
+    from . import check
+
+    chk = sub.add_parser("check", help="is an image synthetic H&E from napari-crafts? provenance and watermark")
+    check.configure_parser(chk)
+    chk.set_defaults(func=check.main)
+
     from ..training import pairs_cli
 
     pairs = sub.add_parser("pairs", help="H&E slide (+ nuclei or IF) → training pairs at the model's pixel size")
@@ -134,22 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = sub.add_parser("tiny-model", help="write the tiny random model as a diffusers folder")
     tiny.add_argument("path")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
+    tiny.add_argument("--overwrite", action="store_true", help="replace a model folder napari-crafts wrote")
     tiny.set_defaults(func=_tiny_model)
+    for command in sub.choices.values():  # every command: tracebacks and the libraries' warnings on request
+        try:
+            command.add_argument("--verbose", action="store_true", help="show tracebacks and library warnings")
+        except argparse.ArgumentError:  # the command has its own --verbose
+            pass
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except _user_errors() as exc:
-        print(f"napari-crafts {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"napari-crafts {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.command, args, lambda: args.func(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ..wsi.job import Cancelled, generate_slide
-from ..model.engine import SCHEDULERS
 from ..export import open_ome_zarr
-from ..generation.region import GenerationError, GenerationSettings
-from ..model.card import CRAFTS_MASK_PROMPT
-from ..io.slide import KINDS
+from ..generation.region import GenerationSettings
 from ..generation.tiling import TileGrid, seam_score
+from ..io.slide import KINDS
+from ..model.card import CRAFTS_MASK_PROMPT
+from ..model.engine import SCHEDULERS
+from ._errors import bounded_int, positive_float, run_command
 
 #: Side of the level-0 sample the CLI reports a seam score on.
 SEAM_SAMPLE = 2048
@@ -62,50 +61,53 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=d.overlap, help=f"tile overlap in model px ({d.overlap})")
     parser.add_argument("--batch", type=int, default=d.batch_size,
                         help="tiles per model call (default 0 = auto: as many as fit in free GPU memory; 1 on CPU)")
-    parser.add_argument("--mpp", type=float, default=None, help="source pixel size in µm/px (overrides the file's)")
+    parser.add_argument("--mpp", type=positive_float, default=None,
+                        help="source pixel size in µm/px (overrides the file's)")
     parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
                         help="read the source as labels or channels (default: from the file)")
     parser.add_argument("--scheduler-address", default=None, help="use this dask scheduler instead of a local cluster")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=bounded_int(1, 1024), default=None,
                         help="local worker processes (default: one per GPU; on CPU by cores and memory)")
-    parser.add_argument("--threads-per-worker", type=int, default=1,
+    parser.add_argument("--threads-per-worker", type=bounded_int(1, 1024), default=1,
                         help="torch threads per worker (keep it when resuming: CPU results depend on it)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: one GPU per worker)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the networks in channels-last memory layout (a GPU speed-up; same maths)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet and ControlNet (pays off on long GPU runs; slow first tile)")
-    parser.add_argument("--chunk", type=int, default=512, help="OME-Zarr chunk side in px (default 512)")
+    parser.add_argument("--chunk", type=bounded_int(16, 8192), default=512,
+                        help="OME-Zarr chunk side in px (default 512)")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue an interrupted run (same settings)")
-    again.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output (only one napari-crafts wrote; never an input)")
     parser.add_argument("--tiff", type=Path, default=None, metavar="PATH", help="also write a pyramidal OME-TIFF")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks and library warnings")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``napari-crafts generate``; user errors are one line on stderr (exit code 2), no traceback."""
-    settings = GenerationSettings(
+    """Run ``napari-crafts generate``; errors are one line on stderr (see ``cli._errors``)."""
+    return run_command("generate", args, lambda: _generate(args), interrupted="; rerun with --resume to continue")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ..wsi.job import generate_slide
+    from . import settings_from_args
+
+    settings = settings_from_args(  # every number is checked before anything starts
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
         guidance_scale=args.guidance, scheduler=args.scheduler, tile_size=args.tile_size, overlap=args.overlap,
         batch_size=args.batch, controlnet=args.controlnet, cfg_cutoff=args.cfg_cutoff,
         cache_interval=args.cache_interval,
     )
-    try:
-        out = generate_slide(
-            args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
-            scheduler_address=args.scheduler_address, n_workers=args.workers,
-            threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
-            overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
-            channels_last=args.channels_last, compile=args.compile,
-        )
-        border, interior = sample_seam_score(out)
-    except (ValueError, OSError, RuntimeError, GenerationError, Cancelled) as err:  # SlideError, ModelLoadError…
-        message = str(err).replace("\n", " ")
-        print(f"napari-crafts generate: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("napari-crafts generate: interrupted; rerun with --resume to continue", file=sys.stderr)
-        return 130
+    out = generate_slide(
+        args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
+        scheduler_address=args.scheduler_address, n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
+        overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
+        channels_last=args.channels_last, compile=args.compile,
+    )
+    border, interior = sample_seam_score(out)
     print(f"seam score (mean step at tile edges / inside tiles; ≈1 is seam-free): {border:.2f}/{interior:.2f}")
     print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))
     return 0

@@ -12,6 +12,8 @@ resampled back, so the output has exactly the source's pixel grid and overlays i
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..model.card import CRAFTS_MASK_PROMPT
+from ..model.threads import pinned
 from ..provenance import make_provenance
 from .sources import ControlSource, resize
 from .tiling import Stitcher, Tile, TileGrid, noise_field
@@ -40,6 +43,28 @@ class GenerationError(Exception):
     """
 
 
+class SettingsError(ValueError):
+    """A generation setting out of range: names the field (``field``), the value and what is valid."""
+
+    def __init__(self, field: str, value: Any, valid: str) -> None:
+        self.field, self.value, self.valid = field, value, valid
+        super().__init__(f"{field} must be {valid}, got {value!r}.")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (dask) with its three fields
+        return SettingsError, (self.field, self.value, self.valid)
+
+
+#: Valid ranges (inclusive) of the integer settings; the CLI and the widgets share them.
+SETTINGS_INT_RANGES = {
+    "seed": (0, 2**63 - 1), "steps": (1, 1000), "tile_size": (32, 4096), "overlap": (0, 2048),
+    "batch_size": (0, 256), "cache_interval": (1, 1000),
+}
+#: Valid ranges of the float settings: (low, high, low excluded); NaN and infinities are never valid.
+SETTINGS_FLOAT_RANGES = {
+    "guidance_scale": (0.0, 100.0, False), "controlnet_scale": (0.0, 10.0, False), "cfg_cutoff": (0.0, 1.0, True),
+}
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     prompt: str = CRAFTS_MASK_PROMPT
@@ -56,6 +81,29 @@ class GenerationSettings:
     controlnet: str | None = None
     cfg_cutoff: float = 1.0  # < 1: no guidance after this fraction of the steps (approximate, faster)
     cache_interval: int = 1  # > 1: full UNet every N steps, shallow branch between (approximate, faster)
+
+    def __post_init__(self) -> None:
+        """Refuse values no run can use (SettingsError names the field, the value and the valid range)."""
+        from ..model.engine import SCHEDULERS
+
+        for name, (lo, hi) in SETTINGS_INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= int(value) <= hi:
+                raise SettingsError(name, value, f"an integer from {lo} to {hi}")
+        if self.overlap > self.tile_size // 2:
+            half = self.tile_size // 2
+            raise SettingsError("overlap", self.overlap, f"an integer from 0 to half the tile size ({half})")
+        for name, (low, high, open_low) in SETTINGS_FLOAT_RANGES.items():
+            number = getattr(self, name)
+            real = isinstance(number, numbers.Real) and not isinstance(number, bool)
+            x = float(number) if real else math.nan
+            if not math.isfinite(x) or not (low < x if open_low else low <= x) or x > high:
+                raise SettingsError(name, number, f"a number {'>' if open_low else '≥'} {low:g} and ≤ {high:g}")
+        if self.scheduler not in SCHEDULERS:
+            raise SettingsError("scheduler", self.scheduler, "one of " + ", ".join(SCHEDULERS))
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise SettingsError(name, getattr(self, name), "text")
 
     @property
     def exact(self) -> bool:
@@ -186,13 +234,14 @@ def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: l
         control = np.stack([
             source.control(plan.region.y + t.y, plan.region.x + t.x, t.size, plan.model_tile) for t in tiles
         ])
-    images = yield from engine.generate(
+    # the torch thread count is pinned in whichever thread runs the steps: pixels never depend on the thread
+    images = yield from pinned(engine.generate(
         noise, control, prompt=settings.prompt, negative_prompt=settings.negative_prompt, steps=settings.steps,
         guidance_scale=settings.guidance_scale, controlnet=settings.controlnet,
         controlnet_scale=settings.controlnet_scale, scheduler=settings.scheduler,
         mode=source.mode if source is not None else "prompt", cfg_cutoff=settings.cfg_cutoff,
         cache_interval=settings.cache_interval,
-    )
+    ))
     return [resize(img, plan.grid.tile) for img in images]
 
 
@@ -264,7 +313,8 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
         if source is not None and settings.skip_empty and source.is_empty(region.y + t.y, region.x + t.x, t.size)
     }
     if source is not None and len(empty) == len(grid):
-        raise GenerationError(EMPTY_MESSAGES.get(source.mode, "'{name}' is empty in this region.").format(name=source.name))
+        message = EMPTY_MESSAGES.get(source.mode, "'{name}' is empty in this region.")
+        raise GenerationError(message.format(name=source.name))
     notes = region_notes(engine, plan, settings)
     stitcher = Stitcher(region.height, region.width)
     todo: list[Tile] = []
@@ -287,7 +337,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
     for i in range(0, len(todo), batch):
         chunk = todo[i : i + batch]
         images = yield from render_tiles_adaptive(engine, source, plan, chunk, settings, progress, batch)
-        for tile, image in zip(chunk, images):
+        for tile, image in zip(chunk, images, strict=True):
             box = stitcher.add(tile.y, tile.x, image, grid.weights(tile))
             done += 1
             yield TileDone(done, n, box, stitcher.read(*box))
