@@ -83,6 +83,8 @@ def test_zarr_store_reads_only_its_stored_chunks(nuclei: tuple[np.ndarray, np.nd
     expected = np.array([[lab[y : y + 128, x : x + 128].any() for x in range(0, 1200, 128)]
                          for y in range(0, 1000, 128)])
     np.testing.assert_array_equal(stored, expected)
+    with scan.level0_reader(source.data) as read:  # straight from the zarr array, same pixels
+        np.testing.assert_array_equal(read(100, 130, 200, 300), lab[100:300, 130:430])
     plan = make_plan(lab.shape, 128, 64)
     occ = scan.plan_occupancy(source, plan)
     assert len(occ.blocks) == expected.sum() and occ.skipped == expected.size - expected.sum()
@@ -101,6 +103,8 @@ def test_tiff_with_empty_tiles_left_out(nuclei: tuple[np.ndarray, np.ndarray], t
     index = scan.stored_chunks(source.data)
     assert index is not None and index[0] == (128, 128)
     np.testing.assert_array_equal(index[1].ravel(), [t is not None for t in tiles])
+    with scan.level0_reader(source.data) as read:
+        np.testing.assert_array_equal(read(250, 390, 200, 250), lab[250:450, 390:640])
     plan = make_plan(lab.shape, 128, 64)
     np.testing.assert_array_equal(scan.scan_empty(source, plan, Recorder()), brute_force(source, plan))
 
