@@ -46,52 +46,56 @@ def _encoder_key(key: str, layers: int) -> str | None:
     return None
 
 
+def _renamed(state: dict[str, Any], prefix: str, name: Any, what: str) -> dict[str, Any]:
+    """``state`` with every key ``k`` as ``prefix + name(k)``; a key ``name`` cannot place is an error."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        ldm = name(key)
+        if ldm is None:
+            raise KeyError(f"no LDM name for {what} key {key}")
+        out[prefix + ldm] = value
+    return out
+
+
 def unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     layers = int(config["layers_per_block"])
     up_types = list(config["up_block_types"])
-    out: dict[str, Any] = {}
-    for key, value in state.items():
+
+    def name(key: str) -> str | None:
         parts = key.split(".")
-        ldm = _encoder_key(key, layers)
-        if ldm is None and parts[0] == "up_blocks":
+        if parts[0] == "up_blocks":
             i = int(parts[1])
+            first = i * (layers + 1)
             if parts[2] == "resnets":
-                ldm = f"output_blocks.{i * (layers + 1) + int(parts[3])}.0." + _resnet(".".join(parts[4:]))
-            elif parts[2] == "attentions":
-                ldm = f"output_blocks.{i * (layers + 1) + int(parts[3])}.1." + ".".join(parts[4:])
-            elif parts[2] == "upsamplers":
-                slot = 2 if "CrossAttn" in up_types[i] else 1
-                ldm = f"output_blocks.{i * (layers + 1) + layers}.{slot}." + ".".join(parts[4:])
-        elif ldm is None and parts[0] in ("conv_norm_out", "conv_out"):
-            ldm = ("out.0." if parts[0] == "conv_norm_out" else "out.2.") + ".".join(parts[1:])
-        if ldm is None:
-            raise KeyError(f"no LDM name for UNet key {key}")
-        out["model.diffusion_model." + ldm] = value
-    return out
+                return f"output_blocks.{first + int(parts[3])}.0." + _resnet(".".join(parts[4:]))
+            if parts[2] == "attentions":
+                return f"output_blocks.{first + int(parts[3])}.1." + ".".join(parts[4:])
+            slot = 2 if "CrossAttn" in up_types[i] else 1  # upsamplers.0.conv
+            return f"output_blocks.{first + layers}.{slot}." + ".".join(parts[4:])
+        if parts[0] in ("conv_norm_out", "conv_out"):
+            return ("out.0." if parts[0] == "conv_norm_out" else "out.2.") + ".".join(parts[1:])
+        return _encoder_key(key, layers)
+
+    return _renamed(state, "model.diffusion_model.", name, "UNet")
 
 
 def controlnet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """ControlNet 1.1 layout (keys as in ``control_v11p_sd15_*.pth``, with the ``control_model.`` prefix)."""
     layers = int(config["layers_per_block"])
-    out: dict[str, Any] = {}
-    for key, value in state.items():
+    hint = {"conv_in": "input_hint_block.0.", "conv_out": "input_hint_block.14."}
+
+    def name(key: str) -> str | None:
         parts = key.split(".")
-        ldm = _encoder_key(key, layers)
-        if ldm is None and parts[0] == "controlnet_down_blocks":
-            ldm = f"zero_convs.{parts[1]}.0." + parts[2]
-        elif ldm is None and parts[0] == "controlnet_mid_block":
-            ldm = "middle_block_out.0." + parts[1]
-        elif ldm is None and parts[0] == "controlnet_cond_embedding":
-            if parts[1] == "conv_in":
-                ldm = "input_hint_block.0." + parts[2]
-            elif parts[1] == "conv_out":
-                ldm = "input_hint_block.14." + parts[2]
-            else:  # blocks.k
-                ldm = f"input_hint_block.{2 * (int(parts[2]) + 1)}." + parts[3]
-        if ldm is None:
-            raise KeyError(f"no LDM name for ControlNet key {key}")
-        out["control_model." + ldm] = value
-    return out
+        if parts[0] == "controlnet_down_blocks":
+            return f"zero_convs.{parts[1]}.0." + parts[2]
+        if parts[0] == "controlnet_mid_block":
+            return "middle_block_out.0." + parts[1]
+        if parts[0] == "controlnet_cond_embedding":  # conv_in, blocks.k, conv_out
+            return hint[parts[1]] + parts[2] if parts[1] in hint else \
+                f"input_hint_block.{2 * (int(parts[2]) + 1)}." + parts[3]
+        return _encoder_key(key, layers)
+
+    return _renamed(state, "control_model.", name, "ControlNet")
 
 
 def vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

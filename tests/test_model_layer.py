@@ -221,10 +221,19 @@ def test_single_file_checkpoints_give_the_pixels_of_the_folder(engine: Engine, s
         one.controlnet_path(None, "labels")
 
 
-def test_single_files_follow_the_pickle_rule(tmp_path: Path) -> None:
-    (tmp_path / "model.ckpt").write_bytes(b"not read")
+def test_single_files_follow_the_pickle_rule(engine: Engine, single_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint, _, configs = single_files
+    ckpt = tmp_path / "model.ckpt"  # the same weights as a pickle checkpoint, wrapped as .ckpt files are
+    torch.save({"state_dict": load_file(checkpoint)}, ckpt)
     with pytest.raises(PickleRefused, match="single file in pickle format.*--allow-pickle"):
-        ModelDescription.open(tmp_path / "model.ckpt")
+        ModelDescription.open(ckpt)
+    opted_in = Engine(ModelDescription.open(ckpt, config=configs, allow_pickle=True))
+    noise = noise_field(5, 0, 0, 32, 32)[None]
+    np.testing.assert_array_equal(run(opted_in.generate(noise, None, prompt="nuclei", steps=2)),
+                                  run(engine.generate(noise, None, prompt="nuclei", steps=2)))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ModelLoadError, match="is a file but not a checkpoint"):
         ModelDescription.open(tmp_path / "notes.txt")
