@@ -134,6 +134,7 @@ def _kind(runtime: Runtime) -> Runtime:
 # --------------------------------------------------------------------------------------------- workers
 
 AUTO_TASK_TILES = 8  # tiles per render task when the batch size is auto
+WORKER_WAIT_S = 300  # how long a run waits for the first worker of a remote scheduler
 _WORKER: dict[str, Any] = {}  # per worker process: the device the plugin chose
 
 
@@ -412,7 +413,11 @@ def _holds_work(out: Path) -> bool:
 
 def _workers_runtime(client: Any, model: str, device: str | None, threads: int) -> Runtime:
     """The device and dtype the workers run the model with (``common_runtime`` of every worker's answer)."""
-    client.wait_for_workers(1)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise GenerationError(f"No dask worker joined the scheduler within {WORKER_WAIT_S} s: start workers for "
+                              "it, or leave out --scheduler-address to use a local cluster.") from None
     return common_runtime(list(client.run(_worker_runtime, model, device, threads).values()))
 
 
