@@ -297,9 +297,11 @@ def test_fluorescence_source_matches_generate_region(nuclei: tuple[np.ndarray, n
 # ------------------------------------------------------------------------------------------- pieces
 
 
-def test_model_info_describes_like_the_loaded_engine(tiny_model: Path, engine) -> None:  # type: ignore[no-untyped-def]
-    info = batch.ModelInfo(tiny_model)
-    assert info.describe(None, "labels") == engine.describe(None, "labels")
+def test_model_description_describes_like_the_loaded_engine(tiny_model: Path, engine) -> None:  # type: ignore[no-untyped-def]
+    from napari_crafts.model.description import ModelDescription
+
+    info = ModelDescription.open(tiny_model)  # what the client plans and describes with: no network loaded
+    assert info.at(engine.runtime).describe(None, "labels") == engine.describe(None, "labels")
     assert (info.size_multiple, info.vae_scale_factor, info.mpp) == (engine.size_multiple, engine.vae_scale_factor,
                                                                      engine.mpp)
     assert info.truncated_tokens("x" * 100) == engine.truncated_tokens("x" * 100)

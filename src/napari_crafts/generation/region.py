@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .._generators import mapped, run  # noqa: F401  (run: this module's API; drives any of our generators)
+from .._types import DescribesModel, GenerationEngine, ModelGeometry, PromptModel
 from ..model.card import CRAFTS_MASK_PROMPT
 from ..model.threads import pinned
 from ..provenance import make_provenance
@@ -154,7 +156,7 @@ class Plan:
         return round((self.region.y + tile.y) * f / v), round((self.region.x + tile.x) * f / v)
 
 
-def plan_region(source: ControlSource | None, region: Region, engine: Any, settings: GenerationSettings,
+def plan_region(source: ControlSource | None, region: Region, engine: ModelGeometry, settings: GenerationSettings,
                 *, source_mpp: float | None = None) -> Plan:
     """Check the region against the source and work out the tiling at the model's pixel size."""
     notes: list[str] = []
@@ -224,7 +226,7 @@ class RegionResult:
     notes: list[str] = field(default_factory=list)
 
 
-def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: list[Tile],
+def render_tiles(engine: GenerationEngine, source: ControlSource | None, plan: Plan, tiles: list[Tile],
                  settings: GenerationSettings) -> Generator[Any, None, list[np.ndarray]]:
     """Generate ``tiles`` as one batch; yields engine Steps; returns each tile at source scale (S, S, 3)."""
     latent = plan.model_tile // plan.vae_scale_factor
@@ -245,21 +247,24 @@ def render_tiles(engine: Any, source: ControlSource | None, plan: Plan, tiles: l
     return [resize(img, plan.grid.tile) for img in images]
 
 
-def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan, tiles: list[Tile],
+def render_tiles_adaptive(engine: GenerationEngine, source: ControlSource | None, plan: Plan, tiles: list[Tile],
                           settings: GenerationSettings, on_step: Any,
                           batch: int | None = None) -> Generator[Any, None, list[np.ndarray]]:
     """``render_tiles`` in batches of ``batch`` (default: ``tiles_per_call``), halving it on out-of-memory.
 
-    Yields ``on_step(step)`` for every engine step.
+    Yields ``on_step(step)`` for every engine step. A halved batch is remembered by the engine
+    (``cap_batch``): later calls, and later chunks of this run, start from it instead of running out again.
     """
     from ..model.engine import is_out_of_memory
 
     out: list[np.ndarray] = []
+    flags = {"guidance": settings.guidance_scale > 1.0, "control": source is not None}
     batch = batch or tiles_per_call(engine, source, plan, settings)
     while len(out) < len(tiles):
+        batch = min(batch, engine.batch_cap(plan.model_tile, **flags) or batch)
         chunk = tiles[len(out) : len(out) + batch]
         try:
-            images = yield from _mapped(render_tiles(engine, source, plan, chunk, settings), on_step)
+            images = yield from mapped(render_tiles(engine, source, plan, chunk, settings), on_step)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -270,26 +275,18 @@ def render_tiles_adaptive(engine: Any, source: ControlSource | None, plan: Plan,
                     "fp16, fewer other programs on the GPU, or the CPU."
                 ) from None
             batch //= 2
+            engine.cap_batch(plan.model_tile, batch, **flags)
             continue
         out.extend(images)
     return out
 
 
-def tiles_per_call(engine: Any, source: ControlSource | None, plan: Plan, settings: GenerationSettings) -> int:
+def tiles_per_call(engine: GenerationEngine, source: ControlSource | None, plan: Plan,
+                   settings: GenerationSettings) -> int:
     """``settings.batch_size``, or for 0 (auto) what fits in free GPU memory (``Engine.auto_batch``)."""
     if settings.batch_size > 0:
         return settings.batch_size
     return engine.auto_batch(plan.model_tile, guidance=settings.guidance_scale > 1.0, control=source is not None)
-
-
-def _mapped(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:
-    """Yield ``fn(event)`` for each event of ``gen``; return what ``gen`` returns."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield fn(event)
 
 
 def _empty_cache() -> None:
@@ -302,7 +299,7 @@ def _empty_cache() -> None:
         pass
 
 
-def generate_region(engine: Any, source: ControlSource | None, region: Region,
+def generate_region(engine: GenerationEngine, source: ControlSource | None, region: Region,
                     settings: GenerationSettings = GenerationSettings(),
                     *, source_mpp: float | None = None) -> Generator[Progress | TileDone, None, RegionResult]:
     """Generate synthetic H&E for ``region`` of ``source`` (None: prompt only), tile by tile."""
@@ -346,7 +343,7 @@ def generate_region(engine: Any, source: ControlSource | None, region: Region,
     return RegionResult(stitcher.read(0, 0, region.height, region.width), prov, n - skipped, skipped, notes)
 
 
-def region_notes(engine: Any, plan: Plan, settings: GenerationSettings) -> list[str]:
+def region_notes(engine: PromptModel, plan: Plan, settings: GenerationSettings) -> list[str]:
     """What the user should be told about a run: the plan's notes, and what CLIP cut from the prompt."""
     notes = list(plan.notes)
     if cut := engine.truncated_tokens(settings.prompt):
@@ -354,7 +351,7 @@ def region_notes(engine: Any, plan: Plan, settings: GenerationSettings) -> list[
     return notes
 
 
-def region_provenance(engine: Any, source: ControlSource | None, plan: Plan, settings: GenerationSettings,
+def region_provenance(engine: DescribesModel, source: ControlSource | None, plan: Plan, settings: GenerationSettings,
                       notes: list[str], *, settings_extra: dict[str, Any] | None = None,
                       source_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The provenance record of a region run (in memory or on a cluster: the same record)."""
@@ -370,13 +367,3 @@ def region_provenance(engine: Any, source: ControlSource | None, plan: Plan, set
         notes=notes,
     )
 
-
-def run(gen: Generator[Any, None, Any], on_event: Any = None) -> Any:
-    """Drive a generator to the end (for scripts, tests, the CLI); returns its return value."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(event)
