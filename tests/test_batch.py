@@ -85,15 +85,12 @@ def inproc():  # type: ignore[no-untyped-def]
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """The workers' torch thread count (threads_per_worker=1) in this thread: CPU pixels depend on it."""
-    import torch
+    """The workers' torch thread count (threads_per_worker=1) for generation in this thread: CPU pixels depend
+    on it (model.threads pins it in whichever thread generates)."""
+    from napari_crafts.model.threads import torch_threads
 
-    threads = torch.get_num_threads()  # per thread: a worker thread setting it does not change ours
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -240,7 +237,7 @@ def test_disk_full_says_free_space_and_resume(source: Path, tiny_model: Path, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(OmeZarrWriter, "write_chunk", full)  # the in-process worker runs this class
-    with pytest.raises(RuntimeError, match="disk full while writing .*free space and rerun with --resume"):
+    with pytest.raises(batch.DiskFull, match="disk full while writing .*free space and rerun with --resume"):
         generate_slide(source, tmp_path / "out.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=128,
                        scheduler_address=inproc, progress=False)
 

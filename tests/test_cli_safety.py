@@ -270,6 +270,19 @@ def test_user_errors_are_one_line_and_bugs_point_to_their_traceback(capsys: pyte
     assert err.startswith("Traceback") and err.splitlines()[-1].endswith("the traceback is above; please report it.")
 
 
+@pytest.mark.slow
+def test_local_workers_leave_ctrl_c_to_the_client() -> None:
+    """A terminal's Ctrl-C reaches the worker processes too; they ignore it (no traceback from each worker), and
+    the client stops the run in one line."""
+    import signal
+
+    from napari_crafts.wsi.job import _connect
+
+    with _connect(None, 1, lambda *args: None) as client:
+        ignored = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    assert list(ignored.values()) == [True]
+
+
 def test_cli_prints_no_library_advice(tmp_path: Path, tiny_model: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Without accelerate, diffusers advises installing it at every model load: not while a command runs (but with

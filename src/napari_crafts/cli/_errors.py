@@ -37,7 +37,9 @@ USER_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EEXIST, 
 NOISY_LOGGERS = ("distributed", "asyncio", "tornado")
 #: Environment read by transformers/diffusers when imported (here and in the worker processes we start).
 QUIET_ENVIRONMENT = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
-                     "DASK_LOGGING__DISTRIBUTED": "critical", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+                     "DASK_LOGGING__DISTRIBUTED": "critical", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                     # after Ctrl-C the workers' semaphores are cleaned up by multiprocessing, which says so
+                     "PYTHONWARNINGS": "ignore::UserWarning:multiprocessing.resource_tracker"}
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 

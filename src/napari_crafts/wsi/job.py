@@ -281,6 +281,7 @@ def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterato
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                    silence_logs=logging.CRITICAL)
         client = Client(cluster)
+        client.register_plugin(_LeaveInterruptsToClient())
     try:
         try:
             import bokeh  # noqa: F401
@@ -293,6 +294,19 @@ def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterato
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+class _LeaveInterruptsToClient(WorkerPlugin):
+    """Workers of our local cluster ignore Ctrl-C: the terminal sends it to them too, and the client stops the
+    run and closes the cluster (otherwise each worker prints its own KeyboardInterrupt traceback)."""
+
+    name = "napari-crafts-interrupts"
+
+    def setup(self, worker: Any) -> None:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():  # a worker process (not an in-process one)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _is_disk_full(err: BaseException | None) -> bool:
