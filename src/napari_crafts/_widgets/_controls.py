@@ -66,6 +66,12 @@ def spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: s
     return cls(value=value, min=lo, max=hi, step=step, label=label, tooltip=TOOLTIPS.get(key, ""))
 
 
+def wrapped(label: Label) -> Label:
+    """A label whose long text wraps to the dock's width instead of widening the dock."""
+    label.native.setWordWrap(True)
+    return label
+
+
 def narrow(box: ComboBox, chars: int = 14) -> None:
     """Let a combo box with long entries shrink to ``chars`` characters, so the dock stays narrow."""
     from qtpy.QtWidgets import QComboBox
@@ -251,7 +257,7 @@ class RegionControls(Container):
         self._viewer = viewer
         self._mpp_box = spin("µm/px", 0.0, 0.0, 100.0, 0.0001, key="mpp")
         self._found: float | None = None  # the exact value found (the box shows it rounded)
-        self._mpp_origin = Label(value="", label="")
+        self._mpp_origin = wrapped(Label(value="", label=""))
         self._choice = RegionChoice(TOOLTIPS)
         self._region_box, self._shapes_layer = self._choice.box, self._choice.shapes
         super().__init__(widgets=[self._mpp_box, self._mpp_origin, *self._choice.widgets], labels=True)
@@ -299,7 +305,7 @@ class LongRunOffer(Container):
     runner's button)."""
 
     def __init__(self) -> None:
-        self._text = Label(value="")
+        self._text = wrapped(Label(value=""))
         self._anyway = PushButton(text="Run anyway")
         self._fast = PushButton(text="Use fast settings", tooltip=TOOLTIPS["fast"])
         buttons: Container[Any] = Container(widgets=[self._anyway, self._fast], layout="horizontal", labels=False)

@@ -23,6 +23,7 @@ class JobRunner(Container):
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)  # a long message wraps instead of widening the dock
         super().__init__(widgets=[self._run, self._cancel, self._progress, self._status])
         self._cancel.changed.connect(self.cancel)
         self.worker: Any = None
@@ -131,9 +132,11 @@ class JobRunner(Container):
         elif isinstance(event, Stage):
             self.status(event.text)
         elif isinstance(event, RunEstimate):
-            self.status(f"estimated: {event.text()}")
             if event.long and self._job.on_long_run is not None:
+                self.status("waiting for your answer: run anyway, or use the fast settings?")
                 self._job.on_long_run(event)
+            else:
+                self.status(f"estimated: {event.text()}")
         elif isinstance(event, BatchProgress):
             if event.what == "tiles":
                 self._progress.max, self._progress.value = max(1, event.total), event.done

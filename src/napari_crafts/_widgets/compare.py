@@ -126,6 +126,7 @@ class Compare(DockContainer):
         self._toggle_button = PushButton(text="Toggle synthetic", tooltip=COMPARE_TOOLTIPS["toggle"])
         self._opacity_slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, label="synthetic opacity",
                                            tooltip=COMPARE_TOOLTIPS["opacity"])
+        self._results.native.setWordWrap(True)  # long notes and the legend wrap instead of widening the dock
         super().__init__(widgets=[
             self._synthetic_layer, self._real_layer, self._region_box, self._shapes_layer, self._tile_box,
             self._mask_box, self._clip_box, self._prompt_box, self.runner, self._results, self._toggle_button,

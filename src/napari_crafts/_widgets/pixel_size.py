@@ -25,6 +25,7 @@ class PixelSize(DockContainer):
         self._mpp = FloatSpinBox(value=0.25, min=0.001, max=1000.0, step=0.001, label="µm/px",
                                  tooltip="Pixel size in µm per pixel (0.25 ≈ 40x, 0.5 ≈ 20x).")
         self._current = Label(value="", label="now")
+        self._current.native.setWordWrap(True)
         self._set = PushButton(text="Set pixel size")
         super().__init__(widgets=[self._layers, self._mpp, self._current, self._set])
         self._set.changed.connect(lambda: self.set_pixel_size())
