@@ -351,7 +351,8 @@ class Engine:
         # 6. Decode.
         return self._decode(latents)
 
-    def _step(self, sched, step_t, t, latents, embeds, net, cond_image, cn_scale, guidance, cfg, cache, full=True):
+    def _step(self, sched: Any, step_t: Any, t: Any, latents: Any, embeds: Any, net: Any, cond_image: Any,
+              cn_scale: float, guidance: float, cfg: bool, cache: FeatureCache | None, full: bool = True) -> Any:
         """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` and not ``full`` only their
         shallow branch; a full step with a ``cache`` keeps the deep feature in it.
 
