@@ -31,12 +31,14 @@ build_pairs('$SLIDE', '$WORK/pairs', nuclei='auto', simulate_if=True, mpp=0.5, t
 
 # 3. UNet + ControlNets (labels, fluorescence) together; Min-SNR-5 weighting; half the captions dropped so
 #    classifier-free guidance (7.5 by default) has nothing to amplify; 10 % of samples without ControlNet so
-#    the UNet alone makes H&E (prompt-only generation)
-"$PY" -m napari_crafts.training.train_cli "$WORK/pairs" --base "$WORK/vae" --stage joint --out "$WORK/joint" \
-  --steps 4000 --batch-size 32 --learning-rate 3e-4 --warmup-steps 200 --snr-gamma 5 --prompt-dropout 0.5 \
-  --control-dropout 0.1 --controlnet-init-std 0.01 --ema --ema-decay 0.999 --checkpoint-every 250 \
-  --keep-checkpoints 3 --validation-tiles 4 --validation-steps 15 --save-dtype fp16 --threads 1 --seed 0 \
-  --name "napari-crafts demo model (CMU-1, CPU-trained)"
+#    the UNet alone makes H&E (prompt-only generation). Run for 4000 steps, then continued to 6000 with
+#    --resume (the same run: batches and random numbers depend on the step only), ~75 min of steps here.
+JOINT=(--base "$WORK/vae" --stage joint --out "$WORK/joint" --batch-size 32 --learning-rate 3e-4 --warmup-steps 200
+  --snr-gamma 5 --prompt-dropout 0.5 --control-dropout 0.1 --controlnet-init-std 0.01 --ema --ema-decay 0.999
+  --checkpoint-every 250 --keep-checkpoints 3 --validation-tiles 4 --validation-steps 15 --save-dtype fp16
+  --threads 1 --seed 0 --name "napari-crafts demo model (CMU-1, CPU-trained)")
+"$PY" -m napari_crafts.training.train_cli "$WORK/pairs" "${JOINT[@]}" --steps 4000
+"$PY" -m napari_crafts.training.train_cli "$WORK/pairs" "${JOINT[@]}" --steps 6000 --resume
 
 # 4. the shipped folder (no training/ state) and its checks
 DEST=src/napari_crafts/data/demo_model
@@ -45,4 +47,7 @@ if [ -e "$DEST" ] && ! grep -qs '"trained_by": "napari-crafts train"' "$DEST/nap
 fi
 rm -rf "$DEST" && mkdir -p "$DEST"
 (cd "$WORK/joint" && tar cf - --exclude=./training .) | (cd "$DEST" && tar xf -)
+# the run's README counted its checkpoints in weights_mb (fixed since in model_folder.folder_size_mb)
+MB=$("$PY" -c "from napari_crafts.training.model_folder import folder_size_mb; print(f'{folder_size_mb(\"$DEST\"):.1f}')")
+sed -i "s/^| weights_mb | .* MB |$/| weights_mb | $MB MB |/" "$DEST/README.md"
 "$PY" scripts/check_demo_model.py --model "$DEST" --pairs "$WORK/pairs" --out "$WORK/checks"

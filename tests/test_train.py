@@ -111,7 +111,13 @@ def test_joint_training_learns_and_the_engine_loads_and_generates(pairs, tiny_mo
     card = json.loads((out / "napari_crafts.json").read_text())
     assert card["controlnets"] == {"labels": "controlnet", "fluorescence": "controlnet_fluorescence"}
     assert card["mpp"] == 0.5 and card["name"] == "test model" and card["trained_by"] == "napari-crafts train"
-    assert "Every image this model makes is synthetic" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "Every image this model makes is synthetic" in readme
+    from napari_crafts.training.model_folder import folder_size_mb
+
+    weights = sum(f.stat().st_size for p in ("unet", "vae", "text_encoder", "controlnet", "controlnet_fluorescence")
+                  for f in (out / p).glob("*.safetensors")) / 1e6
+    assert folder_size_mb(out) == pytest.approx(weights) and f"| weights_mb | {weights:.1f} MB |" in readme
     # validation images and numbers beside the checkpoint, from held-out tiles
     ckpt = out / "training" / "checkpoints" / "step-000016"
     assert (ckpt / "validation" / "labels.png").is_file() and (ckpt / "validation" / "fluorescence.png").is_file()
@@ -247,3 +253,75 @@ def test_cli(pairs, tiny_model, tmp_path, capsys):
     assert _standalone([str(pairs), "--base", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Base model:") and "\n" not in err
+
+
+def test_base_fine_tuning_with_crafts_losses_and_a_caption_manifest(pairs, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from napari_crafts.model.engine import Engine
+    from napari_crafts.training.data import open_pairs
+
+    ids = [r.id for r in open_pairs(pairs).records]
+    manifest = tmp_path / "captions.csv"
+    lines = ["id,caption,category"] + [
+        f"{tid},{'epidermis with many nuclei' if i % 2 else 'pink dermis with collagen'},"
+        f"{'epidermis' if i % 2 else 'dermis'}" for i, tid in enumerate(ids)]
+    manifest.write_text("\n".join(lines) + "\n")
+    settings = TrainSettings(stage="base", steps=3, batch_size=6, corr_weight=0.5, cate_weight=0.5,
+                             train_text_encoder=True, checkpoint_every=3, validation_tiles=0, learning_rate=1e-3)
+    out = tmp_path / "ft"
+    train(pairs, out, base=tiny_model, settings=settings, manifest=manifest, progress=False)
+    rows = log(out)
+    assert all(float(r["corr"]) > 0 and float(r["cate"]) > 0 for r in rows)
+    for row in rows:  # the logged total is the weighted sum
+        total = float(row["mse"]) + 0.5 * float(row["corr"]) + 0.5 * float(row["cate"])
+        assert float(row["loss"]) == pytest.approx(total, rel=1e-5)
+
+    def weights(folder: Path, part: str) -> dict:
+        name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        return load_file(folder / part / name)
+
+    for part, changed in (("unet", True), ("text_encoder", True), ("vae", False)):
+        a, b = weights(tiny_model, part), weights(out, part)
+        assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a) == changed, part
+    card = json.loads((out / "napari_crafts.json").read_text())
+    assert card["controlnets"] == {} and not (out / "controlnet").exists()
+    assert card["training"]["settings"]["corr_weight"] == 0.5
+    assert Engine(out).card.prompt in ("pink dermis with collagen", "epidermis with many nuclei")  # most common
+    with pytest.raises(TrainingError, match="needs categories"):
+        train(pairs, tmp_path / "nocat", base=tiny_model, settings=settings, progress=False)
+
+
+def test_controlnet_can_continue_the_base_own(pairs, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    s = TrainSettings(stage="controlnet", steps=1, checkpoint_every=1, controlnet_init="base", modes=("labels",),
+                      learning_rate=1e-4, **FAST)
+    out = tmp_path / "cont"
+    train(pairs, out, base=tiny_model, settings=s, progress=False)
+    base = load_file(tiny_model / "controlnet" / "diffusion_pytorch_model.safetensors")
+    new = load_file(out / "controlnet" / "diffusion_pytorch_model.safetensors")
+    key = "controlnet_down_blocks.0.weight"  # zero in a fresh ControlNet, random in the tiny model's own
+    assert base[key].abs().max() > 0.1 and (new[key] - base[key]).abs().max() < 0.01
+    only_labels = tmp_path / "only_labels"
+    train(pairs, only_labels, base=tiny_model, settings=TrainSettings(**{**s.record(), "controlnet_init": "unet"}),
+          progress=False)
+    with pytest.raises(TrainingError, match="no ControlNet for fluorescence"):
+        train(pairs, tmp_path / "x", base=only_labels, progress=False,
+              settings=TrainSettings(**{**s.record(), "modes": ("fluorescence",)}))
+
+
+def test_bf16_and_gradient_checkpointing_train_and_fp16_on_cpu_is_refused(pairs, tiny_model, tmp_path):
+    import torch
+
+    s = TrainSettings(stage="joint", steps=2, checkpoint_every=2, **FAST)
+    train(pairs, tmp_path / "fp32", base=tiny_model, settings=s, progress=False)
+    fast = TrainSettings(**{**s.record(), "mixed_precision": "bf16", "gradient_checkpointing": True})
+    train(pairs, tmp_path / "bf16", base=tiny_model, settings=fast, progress=False)
+    a, b = log(tmp_path / "fp32"), log(tmp_path / "bf16")
+    assert all(np.isfinite(float(r["loss"])) for r in b)
+    assert a[0]["loss"] != b[0]["loss"] and float(a[0]["loss"]) == pytest.approx(float(b[0]["loss"]), rel=0.05)
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="fp16 needs a GPU"):
+            train(pairs, tmp_path / "fp16", base=tiny_model, progress=False,
+                  settings=TrainSettings(**{**s.record(), "mixed_precision": "fp16"}))

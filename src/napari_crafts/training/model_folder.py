@@ -138,9 +138,12 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def folder_size_mb(path: str | Path) -> float:
-    """Total size of the weight files (safetensors) under ``path``, in MB (10**6 bytes)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*.safetensors")) / 1e6
+def folder_size_mb(path: str | Path, skip: tuple[str, ...] = ("training",)) -> float:
+    """Size of the model's weight files (safetensors) in MB (10**6 bytes), not counting the ``skip`` subfolders
+    (a run's checkpoints)."""
+    root = Path(path)
+    return sum(f.stat().st_size for f in root.rglob("*.safetensors")
+               if f.relative_to(root).parts[0] not in skip) / 1e6
 
 
 def model_card_markdown(info: dict[str, Any]) -> str:
@@ -185,9 +188,13 @@ def model_card(parts: Parts, split: PairsSplit, settings: TrainSettings) -> dict
 
 
 def run_prompt(settings: TrainSettings, split: PairsSplit) -> str:
+    """The model's default prompt: the one caption of the run, else the training set's most common caption."""
+    from collections import Counter
+
     if settings.caption is not None:
         return settings.caption
-    return split.records[0].caption or CRAFTS_MASK_PROMPT
+    common = Counter(r.caption for r in split.records if r.caption).most_common(1)
+    return common[0][0] if common else CRAFTS_MASK_PROMPT
 
 
 def data_card(split: PairsSplit) -> dict[str, Any]:

@@ -121,20 +121,33 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
         raise TrainingError(f"Tiles are {train_split.tile_px} px but this model needs multiples of {mult} px "
                             f"(VAE factor × 2^(UNet blocks − 1)): rebuild the pairs with --tile-px "
                             f"{max(mult, train_split.tile_px // mult * mult)}.")
-    parts.controlnets = {}  # the output holds the ControlNets this run trains, no others
-    if settings.stage in ("controlnet", "joint"):
-        make_controlnets(parts, modes, settings)
+    if settings.stage in ("controlnet", "joint") and settings.controlnet_init == "base":
+        missing = [m for m in modes if m not in parts.controlnets]
+        if missing:
+            raise TrainingError(f"The base model has no ControlNet for {', '.join(missing)} to continue: "
+                                "use --controlnet-init unet (fresh from the UNet), or train only the modes it has.")
+        parts.controlnets = {m: parts.controlnets[m] for m in modes}
+    else:
+        parts.controlnets = {}  # the output holds the ControlNets this run trains, no others
+        if settings.stage in ("controlnet", "joint"):
+            make_controlnets(parts, modes, settings)
     needs = [m for m in modes if settings.stage in ("controlnet", "joint")]
     data = load_arrays(train_split, needs)
     val = _validation_data(dataset, settings, modes)
 
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    # accelerate keeps its state per process; each run (tests, the napari widget) sets its own precision
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     try:
         accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=settings.device == "cpu",
                                   gradient_accumulation_steps=settings.grad_accum)
     except ValueError as exc:
         raise TrainingError(f"--mixed-precision {settings.mixed_precision}: {exc} (on CPU use bf16 or no).") from None
+    if settings.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise TrainingError("--mixed-precision fp16 needs a GPU; on CPU use --mixed-precision bf16 or no.")
     stage = Stage(parts, settings, data, modes, accelerator.device, train_split)
     params = stage.named_params()
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, weight_decay=1e-2)
@@ -294,7 +307,8 @@ class _NaN(Exception):
 
 def _check_same_run(old: dict[str, Any], new: dict[str, Any]) -> None:
     """A resumed run must train the same thing the same way (only --steps may grow)."""
-    a, b = dict(old["settings"]), dict(new["settings"])
+    defaults = TrainSettings().record()  # settings added since the run started read as their defaults
+    a, b = {**defaults, **old["settings"]}, {**defaults, **new["settings"]}
     a.pop("steps", None), b.pop("steps", None)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "device")
     if diff or old.get("dataset") != new.get("dataset"):

@@ -51,7 +51,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--validation-steps", type=int, default=d.validation_steps)
     p.add_argument("--prompt-dropout", type=float, default=d.prompt_dropout)
     p.add_argument("--control-dropout", type=float, default=d.control_dropout)
-    p.add_argument("--controlnet-init-std", type=float, default=d.controlnet_init_std)
+    p.add_argument("--controlnet-init-std", type=float, default=d.controlnet_init_std,
+                   help="joint: std of the ControlNets' zero convolutions at the start (0: zero)")
+    p.add_argument("--controlnet-init", choices=("unet", "base"), default=d.controlnet_init,
+                   help="unet: new ControlNets copied from the UNet (the recipe); base: continue the base's own")
     p.add_argument("--snr-gamma", type=float, default=d.snr_gamma, help="Min-SNR-γ loss weighting (0: off)")
     p.add_argument("--corr-weight", type=float, default=d.corr_weight, help="weight of CRAFTS' L_corr (stage base)")
     p.add_argument("--cate-weight", type=float, default=d.cate_weight, help="weight of CRAFTS' L_cate (stage base)")
@@ -81,6 +84,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         validation_tiles=args.validation_tiles, validation_steps=args.validation_steps,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()), prompt_dropout=args.prompt_dropout,
         control_dropout=args.control_dropout, controlnet_init_std=args.controlnet_init_std,
+        controlnet_init=args.controlnet_init,
         snr_gamma=args.snr_gamma, corr_weight=args.corr_weight, cate_weight=args.cate_weight,
         train_text_encoder=args.train_text_encoder, augment=not args.no_augment, vae_crop=args.vae_crop,
         kl_weight=args.kl_weight, caption=args.caption, save_dtype=args.save_dtype, device=args.device,
