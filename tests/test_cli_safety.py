@@ -243,6 +243,25 @@ def test_no_parser_matches_prefixes() -> None:
     assert {name: p.allow_abbrev for name, p in subparsers.choices.items()} == dict.fromkeys(subparsers.choices, False)
 
 
+# ------------------------------------------------------------------------------------------- 5. files by content
+
+
+def test_a_float_image_read_as_fluorescence_says_so_and_kind_labels_reads_it(tmp_path: Path,
+                                                                               nuclei: tuple[np.ndarray, np.ndarray]
+                                                                               ) -> None:
+    from napari_crafts.wsi.job import _read_as
+    from napari_crafts.wsi.source_file import open_source
+
+    path = tmp_path / "segmentation.tif"
+    tifffile.imwrite(path, nuclei[1][:96, :96].astype(np.float32), resolution=(1e4 / MPP, 1e4 / MPP),
+                     resolutionunit="CENTIMETER")
+    header = _read_as(open_source(path), None)  # what the header line of a run says after "from <file>"
+    assert header.startswith("fluorescence: one channel of float32 values") and "rerun with --kind labels" in header
+    labels = open_source(path, kind="labels")
+    assert labels.mode == "labels" and _read_as(labels, "labels") == "labels"
+    np.testing.assert_array_equal(labels.data[0:96, 0:96], nuclei[1][:96, :96])
+
+
 # ------------------------------------------------------------------------------------------- 6, 7. errors
 
 

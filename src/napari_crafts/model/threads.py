@@ -22,16 +22,19 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 _DEFAULT: list[int] = []  # the process's count, decided once
+#: OMP_NUM_THREADS as the process started (read at import: a dask Nanny later sets it to 1 in *this* process,
+#: for the workers it spawns, and torch in this process must not follow).
+_STARTUP_OMP = os.environ.get("OMP_NUM_THREADS", "").strip()
 _LOCAL = threading.local()  # .threads: an enclosing torch_threads(n) in this thread
 T = TypeVar("T")
 
 
 def default_threads() -> int:
-    """The process's torch thread count for pixel math: ``OMP_NUM_THREADS``, else the physical cores."""
+    """The process's torch thread count for pixel math: ``OMP_NUM_THREADS`` as the process started, else the
+    physical cores."""
     if not _DEFAULT:
-        env = os.environ.get("OMP_NUM_THREADS", "").strip()
-        if env.isdigit() and int(env) > 0:
-            n = int(env)
+        if _STARTUP_OMP.isdigit() and int(_STARTUP_OMP) > 0:
+            n = int(_STARTUP_OMP)
         else:
             import psutil
 
