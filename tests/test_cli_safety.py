@@ -153,6 +153,10 @@ def test_demo_and_tiny_model_follow_the_same_rule(tmp_path: Path, capsys: pytest
     code, _, err = run_cli(["tiny-model", model], capsys)
     assert code == 2 and "--overwrite" in one_line(err)
     assert run_cli(["tiny-model", model, "--overwrite", "--seed", "1"], capsys)[0] == 0
+    (model / "unet_notes.txt").write_text("mine")  # a file napari-crafts did not write, inside its own output
+    code, _, err = run_cli(["tiny-model", model, "--overwrite"], capsys)
+    assert code == 2 and "holds files napari-crafts did not write there (unet_notes.txt)" in one_line(err)
+    assert (model / "unet_notes.txt").read_text() == "mine" and (model / "unet").is_dir()
 
 
 def test_output_kinds_are_recognised_by_content(tmp_path: Path) -> None:
@@ -172,7 +176,7 @@ def test_output_kinds_are_recognised_by_content(tmp_path: Path) -> None:
     record = tmp_path / "prov.json"
     record.write_text(json.dumps(PROV))
     folder = tmp_path / "model"
-    mark_folder(folder, "test")
+    mark_folder(folder, "test", ["a.txt"])
     link = tmp_path / "link.zarr"
     link.symlink_to(zarr_out)
     assert [output_kind(p) for p in (zarr_out, tiff_out, png, record, folder)] == [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -14,9 +13,9 @@ import zarr
 from PIL import Image
 from skimage.draw import disk
 
+from napari_crafts.export.safety import OutputError, OutputExists
 from napari_crafts.generation.sources import FluorescenceSource, LabelsSource, resize
 from napari_crafts.io.slide import open_slide
-from napari_crafts.training import pairs_cli
 from napari_crafts.training.pairs import FORMAT, PairsError, build_pairs, iter_pairs
 from napari_crafts.training.stain import haematoxylin_od
 
@@ -347,12 +346,12 @@ def test_output_rules(scene, labelled, tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     kw = {"nuclei": scene["labels"], "mpp": MODEL_MPP, "tile_px": 40, "stride_px": 40}
-    with pytest.raises(PairsError, match="already exists: choose a new folder, or pass --overwrite"):
+    with pytest.raises(OutputExists, match="already exists: use --overwrite to replace it"):
         build_pairs(scene["he"], other, **kw)
-    with pytest.raises(PairsError, match="is not a dataset written by napari-crafts pairs"):
+    with pytest.raises(OutputError, match="is a folder that napari-crafts did not write"):
         build_pairs(scene["he"], other, overwrite=True, **kw)
     assert (other / "notes.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1
-    with pytest.raises(PairsError, match="lies inside the input"):
+    with pytest.raises(OutputError, match="is also an input of this command"):
         build_pairs(scene["he"], scene["he"], overwrite=True, **kw)
     ngff = tmp_path / "labels.ome.zarr"  # nuclei as an OME-Zarr folder: the output may not go inside it
     root = zarr.open_group(ngff, mode="w")
@@ -360,7 +359,7 @@ def test_output_rules(scene, labelled, tmp_path):
     root.attrs.update({"multiscales": [{"version": "0.4", "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
                        {"name": "x", "type": "space", "unit": "micrometer"}], "datasets": [{"path": "0",
                        "coordinateTransformations": [{"type": "scale", "scale": [SRC_MPP, SRC_MPP]}]}]}]})
-    with pytest.raises(PairsError, match="lies inside the input"):
+    with pytest.raises(OutputError, match="lies inside the input"):
         build_pairs(scene["he"], ngff / "pairs", **{**kw, "nuclei": ngff})
     ours = build_pairs(scene["he"], tmp_path / "ours", **{**kw, "nuclei": ngff})  # OME-Zarr labels work
     first = json.loads((ours / "dataset.json").read_text())["counts"]
@@ -368,7 +367,7 @@ def test_output_rules(scene, labelled, tmp_path):
     build_pairs(scene["he"], ours, overwrite=True, **{**kw, "stride_px": 20})  # ours: may be replaced
     assert json.loads((ours / "dataset.json").read_text())["counts"]["train"] > first["train"]
     (ours / "train" / "my_notes.txt").write_text("keep me")  # a file the builder did not write
-    with pytest.raises(PairsError, match=r"holds files napari-crafts pairs did not write \(train/my_notes.txt\)"):
+    with pytest.raises(OutputError, match=r"holds files napari-crafts did not write there \(train/my_notes.txt\)"):
         build_pairs(scene["he"], ours, overwrite=True, **kw)
     assert (ours / "train" / "my_notes.txt").read_text() == "keep me"
     (ours / "train" / "my_notes.txt").unlink()
@@ -396,17 +395,18 @@ def test_failed_or_cancelled_run_leaves_nothing(scene, tmp_path):
 # ------------------------------------------------------------------------------------------ command line
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="napari-crafts pairs")
-    pairs_cli.configure_parser(parser)
-    return parser.parse_args(argv)
+def napari_crafts_pairs(argv: list[str]) -> int:
+    """``napari-crafts pairs ARGV`` through the real command line (its error reporting included)."""
+    from napari_crafts.cli import main
+
+    return main(["pairs", *argv])
 
 
 def test_cli_builds_and_reports(scene, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = pairs_cli.main(parse([str(scene["he"]), str(out), "--nuclei", str(scene["labels"]), "--mpp", "0.5",
-                               "--tile-px", "40", "--stride-px", "20", "--test-band", "270:", "--quiet",
-                               "--category", "discs"]))
+    rc = napari_crafts_pairs([str(scene["he"]), str(out), "--nuclei", str(scene["labels"]), "--mpp", "0.5",
+                              "--tile-px", "40", "--stride-px", "20", "--test-band", "270:", "--quiet",
+                              "--category", "discs"])
     text = capsys.readouterr().out
     card = json.loads((out / "dataset.json").read_text())
     assert rc == 0 and card["split"]["band"] == [270, 420] and card["category"] == "discs"
@@ -422,7 +422,7 @@ def test_cli_builds_and_reports(scene, tmp_path, capsys):
     (["--mpp", "0.5", "--test-band", "400:420"], "Test band 400:420 is 20 rows high, less than one tile"),
 ])
 def test_cli_errors_are_one_line(scene, tmp_path, capsys, argv, message):
-    rc = pairs_cli.main(parse([str(scene["he"]), str(tmp_path / "o"), "--tile-px", "40", "--quiet", *argv]))
+    rc = napari_crafts_pairs([str(scene["he"]), str(tmp_path / "o"), "--tile-px", "40", "--quiet", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("napari-crafts pairs: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

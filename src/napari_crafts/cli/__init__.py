@@ -114,11 +114,12 @@ def _save_png(path: Path, rgb: Any, provenance: dict[str, Any]) -> None:
 
 def _tiny_model(args: argparse.Namespace) -> int:
     from ..export.safety import check_output, mark_folder, remove_output
+    from ..model.card import MODEL_FOLDER_CONTENTS
     from ..model.tiny import build_tiny_model
 
     path = check_output(args.path, kind="folder", overwrite=args.overwrite)
     remove_output(path, kind="folder")  # only an earlier output of ours (checked again)
-    mark_folder(path, "tiny random model (napari-crafts tiny-model)")
+    mark_folder(path, "tiny random model (napari-crafts tiny-model)", MODEL_FOLDER_CONTENTS)
     print(build_tiny_model(path, seed=args.seed))
     return 0
 

@@ -16,11 +16,12 @@ Every command that writes (generate, demo, evaluate --csv/--json, tiny-model, pa
              ``"generator": "napari-crafts …"`` (a results file, one entry per row)
   csv        a header with a ``generator`` column whose first row reads ``napari-crafts …``
   folder     a folder holding the marker file ``.napari-crafts-output.json`` (:func:`mark_folder`),
-             e.g. a model, a training set, a demo output
+             e.g. a model, a training set; the marker lists what the command writes there (``contents``)
   =========  ==============================================================================================
 
 Anything else at an output path is refused with a message that names it. :func:`remove_output` is the only
-place that deletes an earlier output, and checks the same rule again just before it does.
+place that deletes an earlier output, and checks the same rule again just before it does: a folder of ours
+that holds anything its marker does not list (a file someone put there) is not deleted.
 """
 
 from __future__ import annotations
@@ -108,22 +109,66 @@ def remove_output(path: str | os.PathLike[str], *, kind: str) -> None:
     target = Path(path).expanduser().absolute()
     if not os.path.lexists(target):
         return
-    found = output_kind(target)
-    if found != kind or target.is_symlink():
-        raise OutputError(f"{target} is not a napari-crafts {_NAMES.get(kind, kind)}: not deleting it; choose "
-                          "another path, or move it away yourself.")
+    check_removable(target, kind=kind)
     if target.is_dir():
         shutil.rmtree(target)
     else:
         target.unlink()
 
 
-def mark_folder(path: str | os.PathLike[str], what: str) -> None:
-    """Mark a folder we create as ours (write it first, so a run cut short still leaves a recognisable folder)."""
+def check_removable(path: str | os.PathLike[str], *, kind: str) -> None:
+    """Raise :class:`OutputError` unless ``path`` is an output of ``kind`` that napari-crafts wrote, holding
+    nothing else (for folders: only what its marker lists)."""
+    target = Path(path).expanduser().absolute()
+    found = output_kind(target)
+    if found != kind or target.is_symlink():
+        raise OutputError(f"{target} is not a napari-crafts {_NAMES.get(kind, kind)}: not deleting it; choose "
+                          "another path, or move it away yourself.")
+    if kind == "folder" and (foreign := foreign_files(target)):
+        shown = ", ".join(str(f.relative_to(target)) for f in foreign[:3]) + (" …" if len(foreign) > 3 else "")
+        raise OutputError(f"{target} holds files napari-crafts did not write there ({shown}): not deleting it; "
+                          "move them out, or choose another path.")
+
+
+def mark_folder(path: str | os.PathLike[str], what: str, contents: Iterable[str]) -> None:
+    """Mark a folder we create as ours (write it first, so a run cut short still leaves a recognisable folder).
+
+    ``contents`` are the paths the command writes inside it, as patterns relative to the folder ("unet/*",
+    "*/he/*.png"; ``*`` stays within one level, ``**`` spans any number); :func:`remove_output` deletes the
+    folder only while everything in it matches one of them.
+    """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {GENERATOR_FIELD: GENERATOR, "version": package_version(), "what": what}
+    record = {GENERATOR_FIELD: GENERATOR, "version": package_version(), "what": what, "contents": list(contents)}
     (folder / FOLDER_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def foreign_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Files and links in a marked folder of ours that its marker's ``contents`` do not list (all, unmarked)."""
+    root = Path(folder)
+    marker = _read_json(root / FOLDER_MARKER)
+    patterns = [str(c) for c in marker.get("contents", [])] if isinstance(marker, dict) else []
+    found = []
+    for f in sorted(root.rglob("*")):
+        if f.is_dir() and not f.is_symlink():
+            continue
+        rel = f.relative_to(root).as_posix()
+        if rel == FOLDER_MARKER and not f.is_symlink():
+            continue
+        if f.is_symlink() or not any(_matches(rel.split("/"), c.split("/")) for c in patterns):
+            found.append(f)
+    return found
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Path segments against pattern segments (fnmatch per segment; ``**`` for any number of segments)."""
+    from fnmatch import fnmatchcase
+
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
 
 
 def is_ours(path: str | os.PathLike[str]) -> bool:

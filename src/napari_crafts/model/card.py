@@ -8,6 +8,12 @@ from pathlib import Path
 
 #: Optional JSON file at a model folder's root. Every key is optional.
 MODEL_CARD_FILE = "napari_crafts.json"
+#: What a diffusers model folder holds (the paths napari-crafts writes when it makes one: tiny-model, train), as
+#: patterns for ``export.safety.mark_folder``: the pipeline index, our card, one folder per component.
+MODEL_FOLDER_CONTENTS = (
+    "model_index.json", MODEL_CARD_FILE, "README.md",
+    "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "controlnet/*", "controlnet_*/*",
+)
 
 #: The CRAFTS paper's mask → H&E prompt (arXiv 2512.13164).
 CRAFTS_MASK_PROMPT = (

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.metrics import tissue_mask
+from ..export.safety import check_output, check_removable, mark_folder, remove_output
 from ..generation.conditioning import FLUORESCENCE_ENCODING
 from ..generation.sources import FluorescenceSource, LabelsSource, read_padded, resize
 from ..io.slide import Slide, open_slide
@@ -47,6 +48,10 @@ CARD = "dataset.json"
 #: preview.png and each split's metadata.jsonl).
 TILE_KINDS = ("he", "control_labels", "control_fluorescence")
 SPLITS = ("train", "test")
+#: What the builder writes in a dataset folder (``export.safety.mark_folder``): ``--overwrite`` replaces a dataset
+#: only while it holds nothing else.
+CONTENTS = (CARD, "preview.png", *(f"{s}/metadata.jsonl" for s in SPLITS),
+            *(f"{s}/{k}/*.png" for s in SPLITS for k in TILE_KINDS))
 RESAMPLING = ("H&E: generation.sources.resize (area-averaged when shrinking), as generated tiles are; controls: "
               "LabelsSource.control / FluorescenceSource.control, the functions inference calls")
 TISSUE_RULE = "metrics.tissue_mask (largest channel OD > 0.1) on the H&E window at source resolution"
@@ -227,59 +232,6 @@ def _open_fluorescence(path: Path, he: Slide, channels: dict[str, str] | None) -
 # ------------------------------------------------------------------------------------------------ output
 
 
-def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    real = out.resolve()
-    for p in inputs:
-        if real == p or real.is_relative_to(p):
-            raise PairsError(f"Output {out} lies inside the input {p}: choose a folder outside it.")
-        if p.is_relative_to(real):
-            raise PairsError(f"Output {out} holds the input {p}: choose another output folder.")
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise PairsError(f"{out} already exists: choose a new folder, or pass --overwrite to replace a dataset "
-                         "that napari-crafts pairs wrote.")
-    if not is_pairs_dataset(out):
-        raise PairsError(f"{out} exists and is not a dataset written by napari-crafts pairs (no {CARD} with "
-                         f"format '{FORMAT}'): refusing to overwrite it; choose another output folder.")
-    _refuse_foreign_files(out)
-
-
-def _foreign_files(dataset: Path) -> list[Path]:
-    """Files and links in a pairs dataset that this builder does not write (someone else put them there)."""
-    ours = {Path(CARD), Path("preview.png")}
-    foreign = []
-    for f in sorted(dataset.rglob("*")):
-        rel = f.relative_to(dataset)
-        if f.is_dir() and not f.is_symlink() and (len(rel.parts) == 1 and rel.name in SPLITS
-                                                  or len(rel.parts) == 2 and rel.parts[0] in SPLITS
-                                                  and rel.name in TILE_KINDS):
-            continue
-        tile = (len(rel.parts) == 3 and rel.parts[0] in SPLITS and rel.parts[1] in TILE_KINDS
-                and rel.suffix == ".png")
-        listed = len(rel.parts) == 2 and rel.parts[0] in SPLITS and rel.name == "metadata.jsonl"
-        if f.is_symlink() or not (rel in ours or tile or listed):
-            foreign.append(f)
-    return foreign
-
-
-def _refuse_foreign_files(dataset: Path) -> None:
-    """--overwrite replaces only what this builder wrote: a dataset holding anything else is left alone."""
-    if foreign := _foreign_files(dataset):
-        shown = ", ".join(str(f.relative_to(dataset)) for f in foreign[:3]) + (" …" if len(foreign) > 3 else "")
-        raise PairsError(f"{dataset} holds files napari-crafts pairs did not write ({shown}): refusing to overwrite "
-                         "it; move them out or choose another output folder.")
-
-
-def is_pairs_dataset(path: Path) -> bool:
-    """True for a folder (not a link) whose dataset.json says it is this builder's format."""
-    try:
-        card = json.loads((path / CARD).read_text())
-    except (OSError, ValueError):
-        return False
-    return path.is_dir() and not path.is_symlink() and isinstance(card, dict) and card.get("format") == FORMAT
-
-
 def _save_png(path: Path, rgb: np.ndarray, note: str | None = None) -> None:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -373,7 +325,7 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
     nuclei_path = None if options.nuclei in (None, "auto") else Path(options.nuclei).expanduser().resolve()
     if_path = None if options.fluorescence is None else Path(options.fluorescence).expanduser().resolve()
     inputs = [p for p in (he_path, nuclei_path, if_path) if p is not None]
-    _check_output(out, inputs, overwrite)
+    out = check_output(out, kind="folder", inputs=inputs, overwrite=overwrite)  # export.safety's rule
     size = max(1, round(options.tile_px / (he.mpp / mpp)))  # plan_region's rule
     stride_px = options.stride_px or max(1, options.tile_px // 2)
     stride = max(1, round(stride_px / (he.mpp / mpp)))
@@ -385,6 +337,7 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
 
     created = _make_parents(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    mark_folder(work, "training pairs (napari-crafts pairs)", CONTENTS)
     try:
         controls = yield from _open_controls(he, read_rgb, work, options, nuclei_path, if_path)
         caption = options.caption or (CRAFTS_MASK_PROMPT if controls.labels is not None else FLUORESCENCE_PROMPT)
@@ -604,14 +557,12 @@ def _rmdir(folder: Path) -> None:
 
 
 def _move_into_place(work: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; an old dataset there (checked as ours) goes only after that."""
-    if not out.exists():
+    """Rename the finished folder to ``out``; an old dataset there goes only after that, and only while it is
+    still an output of ours that holds nothing else (``export.safety``, checked again: it may have changed)."""
+    if not os.path.lexists(out):
         work.rename(out)
         return
-    if not is_pairs_dataset(out):  # checked again: the folder may have changed during the run
-        raise PairsError(f"{out} changed during the run and is no longer a napari-crafts pairs dataset: "
-                         "refusing to overwrite it.")
-    _refuse_foreign_files(out)
+    check_removable(out, kind="folder")
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     old.rmdir()
     out.rename(old)
@@ -620,4 +571,4 @@ def _move_into_place(work: Path, out: Path) -> None:
     except BaseException:
         old.rename(out)
         raise
-    shutil.rmtree(old)
+    remove_output(old, kind="folder")

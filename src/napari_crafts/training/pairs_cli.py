@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._generators import run
 from .nuclei import NucleiParams
 from .pairs import PairsOptions, PairsProgress, iter_pairs, parse_band, parse_channels
 
@@ -71,29 +72,16 @@ def options_from_args(args: argparse.Namespace) -> PairsOptions:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``napari-crafts pairs``; user errors are one line on stderr (exit code 2), no traceback."""
+    """Run ``napari-crafts pairs``. Errors reach ``cli.main``, which reports them in one line (``cli._errors``);
+    a failed or interrupted run leaves nothing behind."""
     bars: dict[str, Any] = {}
+    gen = iter_pairs(args.he, args.output, options_from_args(args), overwrite=args.overwrite)
     try:
-        gen = iter_pairs(args.he, args.output, options_from_args(args), overwrite=args.overwrite)
-        try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    out = stop.value
-                    break
-                if not args.quiet:
-                    _show(bars, event)
-        finally:
-            gen.close()
-            for bar in bars.values():
-                bar.close()
-    except (ValueError, OSError) as err:  # PairsError, SlideError, ConditioningError, GeoJSONError, file errors
-        print(f"napari-crafts pairs: error: {str(err).replace(chr(10), ' ')}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("napari-crafts pairs: interrupted; nothing was left behind", file=sys.stderr)
-        return 130
+        out = run(gen, None if args.quiet else lambda event: _show(bars, event))
+    finally:
+        gen.close()
+        for bar in bars.values():
+            bar.close()
     import json
 
     card = json.loads((out / "dataset.json").read_text())
