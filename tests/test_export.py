@@ -20,8 +20,10 @@ from napari_crafts.export import (
     PROGRESS_GROUP,
     PROVENANCE_KEY,
     create_ome_zarr,
+    is_complete,
     open_ome_zarr_for_resume,
     read_provenance,
+    save_ome_zarr,
     write_pyramidal_tiff,
 )
 from napari_crafts.export.ome_zarr import OWNERSHIP_MARK
@@ -362,3 +364,19 @@ def test_read_provenance_none_for_foreign_files(tmp_path: Path) -> None:
     assert read_provenance(tmp_path / "plain.tif") is None
     (tmp_path / "folder").mkdir()
     assert read_provenance(tmp_path / "folder") is None
+    assert read_provenance(tmp_path / "missing.ome.zarr") is None and not is_complete(tmp_path / "missing.tif")
+
+
+def test_records_hold_no_nan_so_they_stay_valid_json(tmp_path: Path) -> None:
+    import json
+
+    from napari_crafts.provenance import json_record
+
+    record = json_record({"synthetic": True, "seam_score": {"border": float("nan"), "interior": 1.0},
+                          "limits": [[0.0, float("inf")]]})
+    assert record == {"synthetic": True, "seam_score": {"border": None, "interior": 1.0}, "limits": [[0.0, None]]}
+    store = tmp_path / "nan.ome.zarr"
+    save_ome_zarr(store, rgb(16, 16), mpp=0.5, provenance={"synthetic": True, "score": float("nan")}, chunk=16)
+    attrs = (store / "zarr.json") if (store / "zarr.json").exists() else (store / ".zattrs")
+    json.loads(attrs.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the stored record"))
+    assert read_provenance(store)["score"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from typing import Any
 
 #: Key of the record in an OME-Zarr's attributes and in an OME-TIFF's MapAnnotation.
@@ -75,8 +76,22 @@ def record_from_ome_xml(ome_xml: str) -> dict[str, Any] | None:
 
 
 def json_record(provenance: dict[str, Any]) -> dict[str, Any]:
-    """The record as plain JSON types (a copy), as the file formats store it; TypeError if it is not JSON-able."""
+    """The record as plain JSON types (a copy), as the file formats store it; TypeError if it is not JSON-able.
+
+    Non-finite numbers (NaN, ±inf: e.g. a seam score over a single tile) become null, so the record is always
+    valid JSON, which has no NaN.
+    """
     try:
-        return json.loads(json.dumps(provenance))
+        return json.loads(json.dumps(_finite(provenance), allow_nan=False))
     except (TypeError, ValueError) as err:
         raise TypeError(f"Provenance must be a JSON-able dict: {err}") from None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

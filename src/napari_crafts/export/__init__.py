@@ -44,6 +44,8 @@ __all__ = [
 def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The provenance dict stored in a napari-crafts OME-Zarr or TIFF; None if there is none."""
     spath = os.fspath(path)
+    if not os.path.exists(spath):
+        return None
     if os.path.isdir(spath):
         try:
             prov = zarr.open_group(spath, mode="r").attrs.get(PROVENANCE_KEY)
