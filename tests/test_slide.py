@@ -388,8 +388,9 @@ def test_reader_channels_and_provenance(tmp_path):
     [(levels, kwargs, layer_type)] = napari_get_reader(str(path))(str(path))
     assert layer_type == "image" and kwargs["channel_axis"] == 0 and kwargs["name"] == ["DAPI", "CD3"]
     assert [lv.shape for lv in levels] == [(2, 64, 64), (2, 32, 32)]
-    meta = kwargs["metadata"]["napari_crafts"]
-    assert meta["synthetic"] is True and meta["seed"] == 3 and meta["mpp"] == 0.5
+    metas = [m["napari_crafts"] for m in kwargs["metadata"]]  # one record per channel layer, each naming its channel
+    assert [(m["channel"], m["channel_index"]) for m in metas] == [("DAPI", 0), ("CD3", 1)]
+    assert all(m["synthetic"] is True and m["seed"] == 3 and m["mpp"] == 0.5 for m in metas)
 
 
 def test_reader_layer_tuples_build_napari_layers(tmp_path):

@@ -38,7 +38,7 @@ def test_whole_layer_lands_exactly_over_the_labels(widget, qtbot, nuclei, engine
     assert w.generate() is not None
     _wait(qtbot, w)
     out = viewer.layers[-1]
-    assert out.name == "nuclei · synthetic H&E (CRAFTS)" and out.rgb
+    assert out.name == "synthetic H&E (CRAFTS) · nuclei" and out.rgb
     assert out.data.shape == (100, 120, 3)
     np.testing.assert_allclose(out.scale, labels.scale)
     np.testing.assert_allclose(out.translate, labels.translate)
@@ -178,7 +178,7 @@ def test_background_job_writes_ome_zarr_and_opens_it_over_the_labels(widget, qtb
     worker.yielded.connect(seen.append)
     _wait(qtbot, w)
     out = viewer.layers[-1]
-    assert out.name == "nuclei · synthetic H&E (CRAFTS)"
+    assert out.name == "synthetic H&E (CRAFTS) · nuclei"
     level0 = np.asarray(out.data[0] if out.multiscale else out.data)
     assert level0.shape == (96, 128, 3)
     np.testing.assert_allclose(out.scale, labels.scale)
