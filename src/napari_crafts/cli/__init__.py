@@ -4,6 +4,7 @@
     napari-crafts generate ...      whole slide → pyramidal OME-Zarr on dask.distributed (resumable)
     napari-crafts evaluate GEN REAL the paper's metrics (SSIM, PSNR, MSE, NCC, PLIP-FID/I/T) as a table
     napari-crafts pairs HE OUT      H&E slide (+ nuclei, IF) → training pairs with a held-out band
+    napari-crafts train PAIRS --out MODEL   ControlNets / CRAFTS fine-tuning / a small model from scratch
     napari-crafts check PATH...     is an image synthetic H&E from napari-crafts? (provenance, watermark)
     napari-crafts tiny-model PATH   write the tiny random model as a diffusers folder
 
@@ -79,9 +80,11 @@ def _demo(args: argparse.Namespace) -> int:
         elif isinstance(event, Progress) and event.step == event.steps and args.verbose:
             print(f"    step {event.step}/{event.steps}", flush=True)
 
-    result = run(generate_region(engine, source, region, settings), report)
+    result = run(generate_region(engine, source, region, settings,
+                                 watermark="--no-watermark" if args.no_watermark else True), report)
     border, interior = seam_score(result.rgb, plan_region(source, region, engine, settings).grid)
-    # one tile has no seams (nan): provenance is strict JSON, so that is null
+    # one tile has no seams (nan): provenance is strict JSON, so that is null. The watermark's record hash
+    # leaves seam_score out (it is measured on the marked output).
     result.provenance["seam_score"] = {k: v if math.isfinite(v) else None
                                        for k, v in (("border", border), ("interior", interior))}
     zarr_path, png = paths["ome-zarr"], paths["png"]
@@ -95,6 +98,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"synthetic H&E: {zarr_path} ({result.rgb.shape[0]}×{result.rgb.shape[1]} px, "
           f"{result.tiles_generated} tiles, seam score border/interior {border:.2f}/{interior:.2f})")
     print(f"preview (left: synthetic, right: labels): {png}")
+    mark = result.provenance["watermark"]
+    print(f"watermark: payload {mark['payload']}" if mark["enabled"] else f"watermark: off ({mark['reason']})",
+          f"(check any copy with: napari-crafts check {png})")
     print(f"open it in napari: napari {zarr_path}")
     if engine.card.tiny:
         print("This ran the tiny random demo model: its pictures are noise-like. Use --model for real weights.")
@@ -127,6 +133,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="napari-crafts", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    from . import generate as batch_cli
 
     demo = sub.add_parser("demo", help="offline demo on real nuclei labels with the tiny model")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
@@ -141,13 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="side of the labels crop to render (≤ 512)")
     demo.add_argument("--mpp", type=positive_float, default=0.25, help="pixel size assumed for the labels (µm/px)")
     demo.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
+    demo.add_argument("--no-watermark", action="store_true", help=batch_cli.NO_WATERMARK_HELP)
     demo.add_argument("--device", default=None)
     demo.add_argument("--allow-pickle", action="store_true",
                       help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
     demo.add_argument("--verbose", action="store_true", help="show every step, and tracebacks of errors")
     demo.set_defaults(func=_demo)
-
-    from . import generate as batch_cli
 
     gen = sub.add_parser("generate", help="whole slide → pyramidal OME-Zarr (dask.distributed, resumable)")
     batch_cli.configure_parser(gen)
@@ -170,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = sub.add_parser("pairs", help="H&E slide (+ nuclei or IF) → training pairs at the model's pixel size")
     pairs_cli.configure_parser(pairs)
     pairs.set_defaults(func=pairs_cli.main)
+
+    from ..training import train_cli
+
+    train = sub.add_parser("train", help="train ControlNets, fine-tune the base (CRAFTS losses) or a small model "
+                           "from scratch on a pairs set", description=train_cli.__doc__.split("\n\n")[0])
+    train_cli.configure_parser(train)
+    train.set_defaults(func=train_cli.main)
 
     tiny = sub.add_parser("tiny-model", help="write the tiny random model as a diffusers folder")
     tiny.add_argument("path")
