@@ -28,6 +28,7 @@ from napari_crafts.export import PROGRESS_GROUP, OmeZarrWriter, mean_downsample_
 from napari_crafts.generation.region import BACKGROUND_RGB, GenerationError, GenerationSettings, Region, generate_region, run
 from napari_crafts.io.slide import SlideError, SlideRef, open_slide
 from napari_crafts.generation.sources import LabelsSource
+from napari_crafts.export.watermark import payload_for, watermark_image
 
 FAST = dict(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=2)
 SETTINGS = GenerationSettings(**FAST)  # 5×5 tiles of 64 px (stride 48) over 256², rendered two per model call
@@ -134,11 +135,12 @@ def test_slide_becomes_complete_pyramid_with_scale_and_provenance(straight: Path
 def test_level0_equals_generate_region_in_memory(straight: Path, labels: np.ndarray, engine) -> None:  # type: ignore[no-untyped-def]
     with one_torch_thread():
         ref = run(generate_region(engine, LabelsSource(labels, name="labels", mpp=MPP), Region(0, 0, 256, 256),
-                                  SETTINGS))
+                                  SETTINGS, watermark=False))
     assert ref.tiles_skipped == 4  # the cleared corner: tiles (3..4, 3..4) never reach the model
     level0 = level_arrays(straight)[0].transpose(1, 2, 0)
-    np.testing.assert_array_equal(level0, ref.rgb)  # same seams, same blending, chunks written exactly
-    assert (level0[208:, 208:] == BACKGROUND_RGB).all()  # covered by empty tiles only
+    # same seams, same blending, then each 128-px chunk watermarked once with the payload of the stored record
+    np.testing.assert_array_equal(level0, watermark_image(ref.rgb, payload_for(read_provenance(straight)), chunk=128))
+    assert (ref.rgb[208:, 208:] == BACKGROUND_RGB).all()  # covered by empty tiles only
 
 
 @pytest.mark.slow
@@ -286,9 +288,10 @@ def test_fluorescence_source_matches_generate_region(nuclei: tuple[np.ndarray, n
 
     fluo = FluorescenceSource(img, name="dapi.tif", mpp=MPP)
     with one_torch_thread():
-        ref = run(generate_region(get_engine(tiny_model), fluo, Region(0, 0, 112, 112), settings))
+        ref = run(generate_region(get_engine(tiny_model), fluo, Region(0, 0, 112, 112), settings, watermark=False))
     assert prov["source"]["channels"] == fluo.describe()["channels"]  # same roles and limits (whole channel)
-    np.testing.assert_array_equal(level_arrays(out)[0].transpose(1, 2, 0), ref.rgb)
+    np.testing.assert_array_equal(level_arrays(out)[0].transpose(1, 2, 0),
+                                  watermark_image(ref.rgb, payload_for(prov), chunk=64))
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -330,11 +333,12 @@ def test_geojson_nuclei_generate_like_the_labels_they_rasterise_to(labels: np.nd
     code, _, err = cli([str(geo), str(tmp_path / "x.ome.zarr"), "--model", str(tiny_model)], capsys)
     assert code == 2 and "GeoJSON does not say the slide's pixel size; pass it with --mpp" in err
     assert not (tmp_path / "x.ome.zarr").exists()
+    # unmarked: the two records differ (source path), so their watermarks would differ
     out = generate_slide(geo, tmp_path / "geo.ome.zarr", model=tiny_model, settings=SETTINGS, mpp=MPP, chunk=64,
-                         scheduler_address=inproc, progress=False)
+                         scheduler_address=inproc, progress=False, watermark=False)
     raster = write_labels(tmp_path / "raster.tif", GeoJSONLabels(geo)[...])
     ref = generate_slide(raster, tmp_path / "ref.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=64,
-                         scheduler_address=inproc, progress=False)
+                         scheduler_address=inproc, progress=False, watermark=False)
     np.testing.assert_array_equal(level_arrays(out)[0], level_arrays(ref)[0])
     prov = read_provenance(out)
     assert prov["source"]["path"].endswith("nuclei.geojson") and prov["source"]["mpp_from"] == "--mpp"

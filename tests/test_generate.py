@@ -56,7 +56,9 @@ def test_empty_tiles_are_filled_without_the_model(engine, fast):
     lab = np.zeros((128, 256), np.uint16)
     lab[10:30, 10:30] = 1  # only the first tiles hold a nucleus
     src = LabelsSource(lab, name="sparse", mpp=0.25)
-    result, events = _events(generate_region(engine, src, Region(0, 0, 128, 256), dataclasses.replace(fast, overlap=0)))
+    # unmarked: the watermark would put its faint pattern on the filled glass
+    result, events = _events(generate_region(engine, src, Region(0, 0, 128, 256), dataclasses.replace(fast, overlap=0),
+                                             watermark=False))
     skipped = [e for e in events if isinstance(e, TileDone) and e.skipped]
     assert result.tiles_skipped == len(skipped) == 7 and result.tiles_generated == 1  # 2×4 tiles, one nucleus
     assert (result.rgb[64:, 64:] == BACKGROUND_RGB).all()
@@ -87,7 +89,8 @@ def test_out_of_memory_halves_the_batch_then_explains(engine, nuclei, fast, monk
 
     src = LabelsSource(nuclei[1], name="nuclei", mpp=0.25)
     region = Region(0, 0, 100, 100)
-    reference = run(generate_region(engine, src, region, fast)).rgb
+    # unmarked: the record (so the watermark's payload) names the batch size, the pixels must not
+    reference = run(generate_region(engine, src, region, fast, watermark=False)).rgb
     real = type(engine).generate
     calls = []
 
@@ -99,7 +102,7 @@ def test_out_of_memory_halves_the_batch_then_explains(engine, nuclei, fast, monk
 
     monkeypatch.setattr(type(engine), "generate", flaky)
     monkeypatch.setattr(engine, "_batch_caps", {})  # what this test teaches the shared engine is undone after
-    out = run(generate_region(engine, src, region, dataclasses.replace(fast, batch_size=4))).rgb
+    out = run(generate_region(engine, src, region, dataclasses.replace(fast, batch_size=4), watermark=False)).rgb
     np.testing.assert_array_equal(out, reference)
     assert calls[:3] == [4, 2, 1] and set(calls[3:]) == {1}  # later chunks start from the batch that fitted
 

@@ -15,6 +15,8 @@ from ._errors import bounded_int, positive_float, run_command
 
 #: Side of the level-0 sample the CLI reports a seam score on.
 SEAM_SAMPLE = 2048
+NO_WATERMARK_HELP = ("leave the invisible watermark out of the pixels (recorded in the provenance, which still says "
+                     "synthetic; see docs/watermark.md)")
 
 
 def sample_seam_score(path: str | Path, side: int = SEAM_SAMPLE) -> tuple[float, float]:
@@ -82,6 +84,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     again.add_argument("--overwrite", action="store_true",
                        help="replace an existing output (only one napari-crafts wrote; never an input)")
     parser.add_argument("--tiff", type=Path, default=None, metavar="PATH", help="also write a pyramidal OME-TIFF")
+    parser.add_argument("--no-watermark", action="store_true", help=NO_WATERMARK_HELP)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and library warnings")
 
 
@@ -106,6 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
         overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
         channels_last=args.channels_last, compile=args.compile,
+        watermark="--no-watermark" if args.no_watermark else True,
     )
     border, interior = sample_seam_score(out)
     print(f"seam score (mean step at tile edges / inside tiles; ≈1 is seam-free): {border:.2f}/{interior:.2f}")

@@ -179,7 +179,10 @@ def _provenance(record: dict[str, Any] | None) -> dict[str, Any]:
         return {"found": True, "synthetic": None, "note": record["unreadable"]}
     keys = ("synthetic", "generator", "version", "mode", "created", "complete", "warning")
     summary: dict[str, Any] = {"found": True, **{k: record.get(k) for k in keys}}
-    summary["record_hash"] = f"{wm.record_hash(record):08x}"
+    try:
+        summary["record_hash"] = f"{wm.record_hash(record):08x}"
+    except wm.WatermarkError:  # not JSON (e.g. a layer's metadata edited in Python): nothing to match
+        summary["record_hash"] = None
     summary["watermark"] = record.get("watermark")
     return summary
 
@@ -190,6 +193,9 @@ def _verdict(rep: ImageReport) -> tuple[bool, str]:
     if mark.get("found"):
         if rep.record_match:
             return True, "SYNTHETIC: napari-crafts watermark and provenance record, and they match"
+        if prov.get("found") and rep.record_match is None:  # the payload (or the record's hash) did not read
+            return True, ("SYNTHETIC: napari-crafts watermark (its payload could not be read to match it) and a "
+                          "provenance record")
         if prov.get("found"):
             return True, ("SYNTHETIC: napari-crafts watermark and a provenance record that does not match it "
                           "(record edited, or the pixels come from another output)")
@@ -211,18 +217,53 @@ def check_image(path: str | Path, *, max_tiles: int = DEFAULT_MAX_TILES) -> Imag
     try:
         opened = _open_pillow(p) if p.suffix.lower() in PILLOW_SUFFIXES else _open_lazy(p)
         rep.format, shape, read, record = opened
-        rep.shape = [int(shape[0]), int(shape[1])]
-        rep.provenance = _provenance(record)
-        if read is None:
-            rep.watermark = {"checked": False, "found": False, "note": "not an RGB image: watermark not checked"}
-        else:
-            rep.watermark = _watermark(read, shape, max_tiles)
+        _fill(rep, shape, read, record, max_tiles)
     except (SlideError, wm.WatermarkError) as err:
         rep.error = " ".join(str(err).split())
     except (OSError, ValueError) as err:  # Pillow: unreadable or truncated file
         rep.error = f"{p}: cannot read it as an image ({type(err).__name__}: {' '.join(str(err).split())})."
     except Exception as err:  # noqa: BLE001 - e.g. Pillow's DecompressionBombError: one line, not a traceback
         rep.error = f"{p}: {type(err).__name__}: {' '.join(str(err).split())}"
+    return _decide(rep)
+
+
+def check_array(data: Any, record: dict[str, Any] | None, *, name: str = "layer",
+                max_tiles: int = DEFAULT_MAX_TILES) -> ImageReport:
+    """Check pixels in memory or lazy (numpy, dask, zarr; (Y, X), (Y, X, 3) or (Y, X, 4) uint8) and the record
+    that goes with them (a napari layer's data and metadata): the same report as for a file."""
+    rep = ImageReport(path=name, format="array")
+    record = record if isinstance(record, dict) else None
+    shape = tuple(int(n) for n in data.shape)
+    rgb = len(shape) == 3 and shape[2] in (3, 4)
+    if np.dtype(data.dtype) != np.uint8 or not (len(shape) == 2 or rgb):
+        _fill(rep, shape[:2], None, record, max_tiles)
+        rep.watermark["note"] = (f"not an 8-bit grey or RGB image ({data.dtype}, shape {shape}): watermark not "
+                                 "checked")
+        return _decide(rep)
+
+    def read(y: int, x: int, h: int, w: int) -> np.ndarray:
+        return np.asarray(data[y : y + h, x : x + w, :3] if rgb else data[y : y + h, x : x + w])
+
+    try:
+        _fill(rep, (shape[0], shape[1]), read, record, max_tiles)
+    except wm.WatermarkError as err:
+        rep.error = " ".join(str(err).split())
+    return _decide(rep)
+
+
+def _fill(rep: ImageReport, shape: tuple[int, ...], read: Reader | None, record: dict[str, Any] | None,
+          max_tiles: int) -> None:
+    """The shape, provenance and watermark parts of a report."""
+    rep.shape = [int(shape[0]), int(shape[1])]
+    rep.provenance = _provenance(record)
+    if read is None:
+        rep.watermark = {"checked": False, "found": False, "note": "not an RGB image: watermark not checked"}
+    else:
+        rep.watermark = _watermark(read, (rep.shape[0], rep.shape[1]), max_tiles)
+
+
+def _decide(rep: ImageReport) -> ImageReport:
+    """The match and verdict of a filled report (or its error line)."""
     if rep.error:
         rep.verdict = f"error: {rep.error}"
         return rep

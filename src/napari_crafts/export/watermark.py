@@ -65,9 +65,14 @@ MIN_SIDE = 64  # px: smaller images are not checked
 #: z at or above which a watermark counts as found; see docs/watermark.md for the measured null distribution.
 Z_THRESHOLD = 8.0
 CHUNK = 512  # the output grid that phase 2 marks chunk by chunk
-#: Provenance keys left out of the record hash: they change on resume, the writers add them, or they hold the
-#: watermark itself.
-HASH_EXCLUDED_KEYS = frozenset({"created", "complete", "mpp", "watermark"})
+#: Provenance keys left out of the record hash, because they are added or changed after the pixels are final:
+#: "created"/"complete" change on resume and at the end; "mpp" the writers add, "mpp_set_by" the Pixel size
+#: widget; "path"/"kind" the reader adds when it opens an output; "stack_index" the writer adds to each image of
+#: a stack; "seam_score" is measured on the finished output (``demo``); "watermark" holds the watermark itself.
+HASH_EXCLUDED_KEYS = frozenset({"created", "complete", "mpp", "mpp_set_by", "path", "kind", "stack_index",
+                                "seam_score", "watermark"})
+#: What the record says when the Python API's switch turned the watermark off.
+OFF_IN_API = "watermark=False"
 _KNOWN_BITS = 16  # tag + version
 CHASE_BITS, CHASE_FLIPS = 8, 2  # payload reading may flip up to 2 of the 8 weakest bits (CRC + tag decide)
 #: Order in which a cell's pixels take a fractional change (4×4 Bayer matrix: spread out, no visible texture).
@@ -122,10 +127,16 @@ class Payload:
 
 
 def record_hash(provenance: Mapping[str, Any]) -> int:
-    """First 32 bits of the SHA-256 of the provenance record (canonical JSON, without :data:`HASH_EXCLUDED_KEYS`)."""
+    """First 32 bits of the SHA-256 of the provenance record (canonical JSON, without :data:`HASH_EXCLUDED_KEYS`).
+
+    The record is hashed as the file formats store it (``provenance.json_record``: tuples as lists, NaN and
+    infinities as null), so a record in memory and the same record read back from a file hash alike.
+    """
+    from ..provenance import json_record
+
     kept = {k: v for k, v in provenance.items() if k not in HASH_EXCLUDED_KEYS}
     try:
-        text = json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        text = json.dumps(json_record(kept), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     except (TypeError, ValueError) as err:
         raise WatermarkError(f"Provenance must be a JSON-able dict to hash it: {err}") from None
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
@@ -155,6 +166,42 @@ def describe_watermark(payload: Payload) -> dict[str, Any]:
 def describe_no_watermark(reason: str) -> dict[str, Any]:
     """The provenance entry when the watermark was turned off on purpose (``reason``: e.g. the flag used)."""
     return {"enabled": False, "method": f"napari-crafts {METHOD}", "reason": reason}
+
+
+def sign_record(record: dict[str, Any], watermark: bool | str = True) -> Payload | None:
+    """Put the ``"watermark"`` entry in a final provenance record; the payload to embed, or None when it is off.
+
+    Call it once everything but :data:`HASH_EXCLUDED_KEYS` is in ``record``. ``watermark``: True marks; False
+    (the Python API's switch, recorded as :data:`OFF_IN_API`) or the name of the switch that turned it off (e.g.
+    ``"--no-watermark"``) records that it was turned off on purpose.
+    """
+    if isinstance(watermark, str) or not watermark:
+        record["watermark"] = describe_no_watermark(watermark if isinstance(watermark, str) else OFF_IN_API)
+        return None
+    payload = payload_for(record)
+    record["watermark"] = describe_watermark(payload)
+    return payload
+
+
+def mark_kept_pixels(data: np.ndarray, record: dict[str, Any]) -> bool:
+    """Mark, in place, what a stopped run kept in a layer, unless its record already has a watermark entry.
+
+    ``data`` is uint8 (…, Y, X, 3|4): RGB or RGBA, one image or a stack, each image marked on its own 512-px
+    chunk grid. With an alpha channel, pixels never painted (alpha 0) stay as they were. The record gets its
+    ``"watermark"`` entry; True when the pixels were marked (False: the record says marked, or turned off).
+    """
+    if "watermark" in record:
+        return False
+    payload = sign_record(record)
+    if payload is None:  # pragma: no cover - sign_record(record) always marks
+        return False
+    for index in np.ndindex(*data.shape[:-3]):
+        plane = data[index]  # a view: marked in place
+        marked = watermark_image(np.ascontiguousarray(plane[..., :3]), payload)
+        if plane.shape[-1] == 4:
+            marked[plane[..., 3] == 0] = plane[..., :3][plane[..., 3] == 0]
+        plane[..., :3] = marked
+    return True
 
 
 # --------------------------------------------------------------------------------------------- the pattern

@@ -3,6 +3,8 @@
 ``generate_region`` is a Qt-free generator: it yields ``Progress`` after every denoising step and
 ``TileDone`` after every tile (with the freshly blended pixels), and returns a ``RegionResult``. Stopping
 the generator (napari's worker.quit, Ctrl-C) stops within one step; tiles already yielded stay valid.
+The result carries the invisible watermark (``export.watermark``, on its 512-px chunk grid, as the whole-slide
+writer marks); tiles yielded during the run are previews without it.
 
 Coordinates: a Region is in the source's level-0 pixels. The model works at its own pixel size
 (``Engine.mpp``); each tile is read at the source's scale, resampled to the model's, generated, and
@@ -301,8 +303,15 @@ def _empty_cache() -> None:
 
 def generate_region(engine: GenerationEngine, source: ControlSource | None, region: Region,
                     settings: GenerationSettings = GenerationSettings(),
-                    *, source_mpp: float | None = None) -> Generator[Progress | TileDone, None, RegionResult]:
-    """Generate synthetic H&E for ``region`` of ``source`` (None: prompt only), tile by tile."""
+                    *, source_mpp: float | None = None,
+                    watermark: bool | str = True) -> Generator[Progress | TileDone, None, RegionResult]:
+    """Generate synthetic H&E for ``region`` of ``source`` (None: prompt only), tile by tile.
+
+    The result is watermarked once it is final; ``watermark=False`` (or the name of the switch that turned it
+    off, e.g. "--no-watermark") leaves the pixels alone and records that it was off (``sign_record``).
+    """
+    from ..export.watermark import sign_record, watermark_image
+
     plan = plan_region(source, region, engine, settings, source_mpp=source_mpp)
     grid = plan.grid
     empty = {
@@ -340,7 +349,11 @@ def generate_region(engine: GenerationEngine, source: ControlSource | None, regi
             yield TileDone(done, n, box, stitcher.read(*box))
     prov = region_provenance(engine, source, plan, settings, notes,
                              settings_extra={"tiles_skipped_empty": skipped, "tiles_per_call": batch})
-    return RegionResult(stitcher.read(0, 0, region.height, region.width), prov, n - skipped, skipped, notes)
+    rgb = stitcher.read(0, 0, region.height, region.width)
+    payload = sign_record(prov, watermark)  # the record is final: its hash is the watermark's payload
+    if payload is not None:
+        rgb = watermark_image(rgb, payload)
+    return RegionResult(rgb, prov, n - skipped, skipped, notes)
 
 
 def region_notes(engine: PromptModel, plan: Plan, settings: GenerationSettings) -> list[str]:

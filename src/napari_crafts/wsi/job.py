@@ -1,14 +1,16 @@
 """Whole-slide generation, headless: a labels or fluorescence slide → pyramidal OME-Zarr on dask.distributed.
 
 ``generate_slide`` renders level 0 of a slide with the same tiling, seeds and blending as ``generate_region``
-(the in-memory path behind the widgets) — level 0 is byte-identical to its result for the same settings — but
+(the in-memory path behind the widgets) — level 0 is byte-identical to its result for the same settings, up to
+the watermark, whose payload is the hash of each output's own record (see ``docs/watermark.md``) — but
 never holds the slide in memory and spreads the work over dask.distributed workers:
 
 0. scan:    which tiles are empty (tasks over rows of tiles; the answer is cached in the tile store);
 1. render:  one task per batch of non-empty tiles → a private tile store inside the output (one zarr chunk
             per tile, a done marker after each); empty tiles are never sent to the model;
 2. blend:   one task per level-0 output chunk: the tiles touching it, blended with ``Stitcher`` in the order
-            ``generate_region`` adds them, so every pixel sees the same float operations;
+            ``generate_region`` adds them, so every pixel sees the same float operations, then watermarked
+            (``export.watermark``: a pure function of the chunk, its origin and the record's payload);
 3. pyramid: one task per chunk of each reduced level (``OmeZarrWriter.build_level``);
 then the image is flagged complete, the tile store deleted and, if asked, a pyramidal OME-TIFF written.
 
@@ -43,6 +45,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..export import PROGRESS_GROUP, OmeZarrWriter, create_ome_zarr, is_complete, ome_zarr_to_tiff
 from ..export.safety import OutputExists, check_output, remove_output
+from ..export.watermark import CELL, Payload, embed_watermark, sign_record
 from ..generation.region import (
     BACKGROUND_RGB,
     BatchProgress,
@@ -209,12 +212,14 @@ def _render_task(model: str, device: str | None, threads: int, runtime: Runtime,
     return len(todo)
 
 
-def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, cy: int, cx: int,
-                touching: list[tuple[int, int, bool]], rendered: list[Any]) -> int:
-    """Blend the tiles touching level-0 chunk (cy, cx) exactly as generate_region does, and write it.
+def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, payload: Payload | None, cy: int,
+                cx: int, touching: list[tuple[int, int, bool]], rendered: list[Any]) -> int:
+    """Blend the tiles touching level-0 chunk (cy, cx) exactly as generate_region does, watermark it (unless
+    ``payload`` is None) and write it.
 
     ``touching`` lists (row, col, empty) in grid order; ``rendered`` holds the results of the render tasks
-    this one waited for (unused: the tiles are read from the store).
+    this one waited for (unused: the tiles are read from the store). The mark goes on the final, blended chunk
+    (never on model tiles) and depends only on its pixels, origin and payload: a resumed run writes the same bytes.
     """
     if writer.chunk_done(0, cy, cx):
         return 0
@@ -233,7 +238,10 @@ def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, cy:
         ty1, tx1 = min(y1 - tile.y, tile.size), min(x1 - tile.x, tile.size)
         weights = grid.weights(tile)[ty0:ty1, tx0:tx1]
         stitcher.add(tile.y + ty0 - y0, tile.x + tx0 - x0, image[ty0:ty1, tx0:tx1], weights)
-    writer.write_chunk(0, cy, cx, stitcher.read(0, 0, y1 - y0, x1 - x0))
+    rgb = stitcher.read(0, 0, y1 - y0, x1 - x0)
+    if payload is not None:
+        rgb = embed_watermark(rgb, payload, origin=(y0, x0))
+    writer.write_chunk(0, cy, cx, rgb)
     return 1
 
 
@@ -323,7 +331,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
                    progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
                    cancel: threading.Event | None = None, allow_pickle: bool = False,
-                   channels_last: bool = False, compile: bool = False) -> Path:
+                   channels_last: bool = False, compile: bool = False, watermark: bool | str = True) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
     ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels").
@@ -333,12 +341,17 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     ``overwrite`` replaces an existing output. ``tiff`` also writes a pyramidal OME-TIFF there at the end.
     ``on_progress(what, done, total)`` hears of finished "tiles" and "chunks"; setting ``cancel`` stops the run
     at the next finished task (raising ``Cancelled``; resume later with ``resume=True``). ``channels_last`` and
-    ``compile`` are the workers' ``Engine`` options (speed, not maths).
+    ``compile`` are the workers' ``Engine`` options (speed, not maths). Every level-0 chunk is watermarked
+    after blending (the pyramid is built from marked level 0); ``watermark=False`` (or the name of the switch
+    that turned it off, e.g. "--no-watermark") leaves the pixels alone and records that it was off.
     """
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
     if threads_per_worker < 1:
         raise ValueError(f"--threads-per-worker must be at least 1, got {threads_per_worker}.")
+    if watermark is True and chunk % CELL:
+        raise ValueError(f"--chunk {chunk}: the watermark needs chunks on its {CELL}-px cell grid: use a multiple "
+                         f"of {CELL} (e.g. {chunk // CELL * CELL or CELL}).")
     # 0. The output rule (export.safety), before anything starts: never over an input, replace only our own.
     inputs = [source_path] + [p for p in (model, settings.controlnet) if p and Path(p).expanduser().exists()]
     check_output(out, kind="ome-zarr", inputs=inputs, overwrite=overwrite or resume, advice="pass --resume to "
@@ -354,11 +367,13 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     creates = not (resume and os.path.lexists(out))
     made = False  # this run created the store: a failure before any tile removes it (and only it)
 
-    def open_output(runtime: Runtime) -> tuple[OmeZarrWriter, dict[str, Any]]:
-        """Create the output, or reopen it after export has checked it was made with these settings."""
+    def open_output(runtime: Runtime) -> tuple[OmeZarrWriter, dict[str, Any], Payload | None]:
+        """Create the output, or reopen it after export has checked it was made with these settings; the
+        watermark's payload (None: turned off) comes from the record as it is stored."""
         nonlocal made
         provenance = _provenance(source, plan, description, runtime, settings, threads_per_worker,
                                  mpp_given=mpp is not None)
+        payload = sign_record(provenance, watermark)  # a resume must store (and check) the same entry
         writer = create_ome_zarr(out, source.shape, mpp=source.mpp, provenance=provenance, chunk=chunk,
                                  resume=resume, overwrite=overwrite)
         made = creates
@@ -368,7 +383,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             f"overlap {grid.overlap} px; {writer.levels} levels of {chunk}-px chunks")
         for note in provenance["notes"]:
             say(f"note: {note}")
-        return writer, provenance
+        return writer, provenance, payload
 
     try:
         # 2. A finished store: nothing to render; check the settings and start no cluster.
@@ -384,9 +399,9 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                 client.register_plugin(ModelPlugin(*engine_args[:2], threads_per_worker, stores, allow_pickle,
                                                    options))
                 runtime = _workers_runtime(client, *engine_args)
-                writer, provenance = open_output(runtime)
+                writer, provenance, payload = open_output(runtime)
                 # 3. Run whatever is not done on the workers, then flag the image complete.
-                job = _Job(client, writer, source, plan, settings, engine_args, runtime, provenance, say,
+                job = _Job(client, writer, source, plan, settings, engine_args, runtime, provenance, payload, say,
                            progress)
                 job.submit_level0()
                 job.submit_pyramid()
@@ -468,6 +483,7 @@ class _Job:
     engine_args: tuple[str, str | None, int]  # model folder, device, torch threads
     runtime: Runtime  # where the tiles are made (the provenance's device and dtype)
     provenance: dict[str, Any]
+    payload: Payload | None  # the watermark each level-0 chunk gets after blending (None: turned off)
     say: Any
     progress: bool = False  # progress bars on the terminal
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # keys unique to this run
@@ -513,7 +529,7 @@ class _Job:
         for c in pending:
             flags.append([(t.row, t.col, bool(empty[t.row, t.col])) for t in touching[c]])
             waits.append(list({id(f): f for t in touching[c] if (f := rendering.get((t.row, t.col)))}.values()))
-        blend = partial(_blend_task, writer, store, wire.grid)
+        blend = partial(_blend_task, writer, store, wire.grid, self.payload)
         futures = self._map("blend", blend, [c[0] for c in pending], [c[1] for c in pending], flags, waits)
         self.chunks.update({(0, *c): f for c, f in zip(pending, futures, strict=True)})
 
