@@ -107,3 +107,28 @@ def test_channel_roles_from_the_command_line():
         parse_channel_roles("DAPI", names)
     with pytest.raises(ConditioningError, match="mark the nuclear channel"):
         parse_channel_roles("Cy3=other", names)
+
+
+def test_generate_takes_channel_roles_by_the_names_the_file_stores(tmp_path, channels, capsys):
+    from napari_crafts.cli import main
+    from napari_crafts.wsi.source_file import open_source
+
+    path = write_qptiff(tmp_path / "vectra.qptiff", channels)
+    guessed = open_source(path).roles
+    given = open_source(path, channels="cy3=nuclear,PanCK (Opal 520)=cytoplasm").roles
+    assert given == {0: "other", 1: "cytoplasm", 2: "nuclear"} and given != guessed
+    # an unknown name: one line listing the file's channels, before any model or cluster starts, nothing written
+    out = tmp_path / "out.ome.zarr"
+    assert main(["generate", str(path), str(out), "--model", "tiny-demo", "--channels", "FITC=nuclear"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("'vectra.qptiff' has no channel 'FITC'; its channels are: 0=DAPI, 1=PanCK (Opal 520), 2=Cy3.")
+    assert "\n" not in err and not out.exists()
+    with pytest.raises(ValueError, match="holds nuclear labels: --channels is for fluorescence"):
+        open_source(tifffile_labels(tmp_path / "labels.tif"), mpp=0.5, channels="DAPI=nuclear")
+
+
+def tifffile_labels(path: Path) -> Path:
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:20, 10:20] = 1
+    tifffile.imwrite(path, labels)
+    return path

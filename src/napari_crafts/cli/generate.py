@@ -67,6 +67,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="source pixel size in µm/px (overrides the file's)")
     parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
                         help="read the source as labels or channels (default: from the file)")
+    parser.add_argument("--channels", default=None, metavar="NAME=ROLE,...",
+                        help="roles of fluorescence channels, by the names the file stores (or index): e.g. "
+                             "DAPI=nuclear,FITC=cytoplasm; roles: nuclear, cytoplasm, membrane, other (default: "
+                             "guessed from the names)")
     parser.add_argument("--scheduler-address", default=None, help="use this dask scheduler instead of a local cluster")
     parser.add_argument("--workers", type=bounded_int(1, 1024), default=None,
                         help="local worker processes (default: one per GPU; on CPU by cores and memory)")
@@ -105,6 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     )
     out = generate_slide(
         args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
+        channels=args.channels,
         scheduler_address=args.scheduler_address, n_workers=args.workers,
         threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
         overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,

@@ -326,7 +326,8 @@ def _is_disk_full(err: BaseException | None) -> bool:
 
 
 def generate_slide(source_path: str | Path, output: str | Path, *, model: str | Path, settings: GenerationSettings,
-                   mpp: float | None = None, kind: str | None = None, scheduler_address: str | None = None,
+                   mpp: float | None = None, kind: str | None = None, channels: str | None = None,
+                   scheduler_address: str | None = None,
                    n_workers: int | None = None, threads_per_worker: int = 1, device: str | None = None,
                    chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
                    progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
@@ -334,7 +335,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    channels_last: bool = False, compile: bool = False, watermark: bool | str = True) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
-    ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels").
+    ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels");
+    ``channels`` gives fluorescence channels their roles ("DAPI=nuclear,FITC=cytoplasm"; default: guessed).
     Workers: a local cluster of ``n_workers`` processes (default: one per GPU, else by cores and memory), or
     the dask scheduler at ``scheduler_address``. Each worker loads the model once and uses
     ``threads_per_worker`` torch threads. ``resume`` continues an interrupted run (same settings, checked);
@@ -361,7 +363,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             raise OutputExists(f"--tiff {tiff} already exists: remove it or choose another --tiff path.")
         check_output(tiff, kind="ome-tiff", inputs=[*inputs, out], overwrite=overwrite, flag="--tiff")
     # 1. Open the source and describe the model: small files only, no network (errors here cost seconds).
-    source = open_source(source_path, mpp=mpp, kind=kind)
+    source = open_source(source_path, mpp=mpp, kind=kind, channels=channels)
     description = ModelDescription.open(model, allow_pickle=allow_pickle)
     plan = plan_region(source, Region(0, 0, *source.shape), description, settings)
     creates = not (resume and os.path.lexists(out))

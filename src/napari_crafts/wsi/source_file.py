@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..generation.conditioning import parse_channel_roles
 from ..generation.sources import FluorescenceSource, LabelsSource
 from ..io.geojson import SUFFIXES as GEOJSON_SUFFIXES
 from ..io.geojson import GeoJSONLabels
@@ -30,10 +31,13 @@ class SlideArray(WindowedArray):
         return self.ref.read(y, x, height, width)
 
 
-def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None = None) -> Any:
+def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None = None,
+                channels: str | None = None) -> Any:
     """Level 0 of a labels or fluorescence file as a picklable control source.
 
-    Only metadata is read (and, for fluorescence, the sample its normalisation limits come from).
+    Only metadata is read (and, for fluorescence, the sample its normalisation limits come from). ``channels``
+    gives fluorescence channels their roles ("DAPI=nuclear,FITC=cytoplasm", names as the file stores them);
+    without it the roles are guessed from the names.
     """
     if Path(path).suffix.lower() in GEOJSON_SUFFIXES:
         return _geojson_source(Path(path), mpp)
@@ -47,8 +51,12 @@ def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None 
     level0 = slide.levels[0]
     data = SlideArray(SlideRef(str(slide.path), 0, mpp=mpp, kind=slide.kind), level0.shape, level0.dtype)
     if slide.kind == "labels":
+        if channels:
+            raise ValueError(f"{slide.path} holds nuclear labels: --channels is for fluorescence channels.")
         return LabelsSource(data, name=slide.path.name, mpp=slide.mpp)
-    return FluorescenceSource(data, channel_names=slide.channel_names, name=slide.path.name, mpp=slide.mpp)
+    names = slide.channel_names or [f"channel {i}" for i in range(level0.shape[0])]
+    roles = parse_channel_roles(channels, names, name=slide.path.name) if channels else None
+    return FluorescenceSource(data, roles=roles, channel_names=names, name=slide.path.name, mpp=slide.mpp)
 
 
 def _geojson_source(path: Path, mpp: float | None) -> LabelsSource:
