@@ -1,6 +1,6 @@
 """Headless entry points over the same core as the napari widgets.
 
-    napari-crafts demo              offline demo: tiny model, real nuclei labels → synthetic H&E (OME-Zarr + PNG)
+    napari-crafts demo              offline demo: trained demo model, nuclei labels → synthetic H&E (OME-Zarr + PNG)
     napari-crafts generate ...      whole slide → pyramidal OME-Zarr on dask.distributed (resumable)
     napari-crafts evaluate GEN REAL the paper's metrics (SSIM, PSNR, MSE, NCC, PLIP-FID/I/T) as a table
     napari-crafts pairs HE OUT      H&E slide (+ nuclei, IF) → training pairs with a held-out band
@@ -53,6 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..generation.region import Progress, Region, TileDone, generate_region, plan_region, run
     from ..generation.sources import LabelsSource
     from ..generation.tiling import seam_score
+    from ..model.catalog import is_demo_model
     from ..model.engine import get_engine
 
     settings = settings_from_args(
@@ -103,7 +104,10 @@ def _demo(args: argparse.Namespace) -> int:
           f"(check any copy with: napari-crafts check {png})")
     print(f"open it in napari: napari {zarr_path}")
     if engine.card.tiny:
-        print("This ran the tiny random demo model: its pictures are noise-like. Use --model for real weights.")
+        print("This ran the tiny random test model: its pictures are noise-like. Use --model for real weights.")
+    elif is_demo_model(engine.path):
+        print("This ran the demo model: a toy-scale model trained here on one small CC0 slide (CMU-1) to show the "
+              "workflow, not CRAFTS. Use --model for real weights.")
     return 0
 
 
@@ -133,11 +137,14 @@ def _tiny_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="napari-crafts", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    from ..model.catalog import default_model
     from . import generate as batch_cli
 
-    demo = sub.add_parser("demo", help="offline demo on real nuclei labels with the tiny model")
+    demo = sub.add_parser("demo", help="offline demo on real nuclei labels with the bundled demo model")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--model", default="tiny-demo", help="diffusers folder or hub id (default: tiny-demo)")
+    demo.add_argument("--model", default=default_model(),
+                      help="diffusers folder or hub id; 'demo': the bundled model trained on CMU-1, 'tiny-demo': "
+                           "the tiny random test model (default: %(default)s)")
     demo.add_argument("--prompt", default=CRAFTS_MASK_PROMPT)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=6, help="denoising steps (paper: 50; demo default 6 for CPU)")

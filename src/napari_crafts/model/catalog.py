@@ -23,6 +23,8 @@ from .tiny import TINY_MODEL_ID
 DEMO_MODEL_ID = "demo"
 #: Where the bundled demo model lives inside the package.
 DEMO_MODEL_DIR = "data/demo_model"
+NO_DEMO_MODEL = ("This napari-crafts install has no bundled demo model ('demo'): choose 'tiny-demo' or a model "
+                 "folder (--model PATH, or Browse… in the widget).")
 RECENT_FILE = "recent_models.json"
 #: How many folders/hub ids the recent list keeps.
 RECENT_LIMIT = 10
@@ -53,22 +55,32 @@ def demo_model_path() -> Path | None:
     return path if is_model_folder(path) else None
 
 
+def is_demo_model(path: str | Path) -> bool:
+    """Whether ``path`` is the bundled demo model's folder."""
+    bundled = demo_model_path()
+    return bundled is not None and Path(path).expanduser().resolve() == bundled.resolve()
+
+
 def is_model_folder(path: str | Path) -> bool:
     """Whether ``path`` looks like a diffusers model folder (a pipeline or a single model)."""
     p = Path(path)
     return (p / "model_index.json").is_file() or (p / "config.json").is_file()
 
 
+def bundled_demo_model() -> Path:
+    """The bundled demo model's folder (what ``demo`` means); a ModelLoadError when this install has none."""
+    from .description import ModelLoadError
+
+    path = demo_model_path()
+    if path is None:
+        raise ModelLoadError(NO_DEMO_MODEL)
+    return path
+
+
 def resolve(ref: str) -> str:
     """What the engine should load for a list entry: ``demo`` becomes the bundled folder, the rest is as given."""
     ref = ref.strip()
-    if ref == DEMO_MODEL_ID:
-        path = demo_model_path()
-        if path is None:
-            raise ValueError("This napari-crafts install has no bundled demo model: choose 'tiny-demo' or a model "
-                             "folder (Browse…).")
-        return str(path)
-    return ref
+    return str(bundled_demo_model()) if ref == DEMO_MODEL_ID else ref
 
 
 def default_model() -> str:

@@ -62,8 +62,11 @@ def is_single_file(path: Path) -> bool:
 
 
 def resolve_model(ref: str | Path, *, allow_pickle: bool = False) -> Path:
-    """A local diffusers folder or single checkpoint file for ``ref`` (a path, or a hub id fetched into the cache)."""
-    path = Path(ref).expanduser()
+    """A local diffusers folder or single checkpoint file for ``ref`` (a path, a hub id fetched into the cache, or
+    ``demo``: the trained demo model bundled in the package, read in place)."""
+    from .catalog import DEMO_MODEL_ID, bundled_demo_model
+
+    path = bundled_demo_model() if str(ref).strip() == DEMO_MODEL_ID else Path(ref).expanduser()
     if not path.exists():
         if str(ref).count("/") != 1 or str(ref).startswith((".", "/", "~")):
             raise ModelLoadError(f"Model '{ref}' not found: give a local diffusers folder or a hub id like 'org/name'.")
@@ -210,7 +213,7 @@ class ModelDescription:
     @classmethod
     def open(cls, model: str | Path, *, allow_pickle: bool = False,
              config: str | Path | None = None) -> ModelDescription:
-        """Describe ``model``: a diffusers folder, a single checkpoint file, a hub id, or ``"tiny-demo"``.
+        """Describe ``model``: a diffusers folder, a single checkpoint file, a hub id, ``"demo"`` or ``"tiny-demo"``.
 
         ``config``: for a single file, the diffusers-layout folder with the networks' configs (default: SD1.5's,
         in the package).

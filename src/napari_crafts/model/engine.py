@@ -489,17 +489,21 @@ def get_engine(
     model: str | Path, *, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
     channels_last: bool = False, compile: bool = False, per_device: int | None = None,
 ) -> Engine:
-    """The cached Engine for these arguments; ``model`` may be ``"tiny-demo"`` (built on first use).
+    """The cached Engine for these arguments; ``model`` may be ``"demo"`` (the bundled trained demo model) or
+    ``"tiny-demo"`` (built on first use).
 
     At most ``per_device`` (default ``ENGINES_PER_DEVICE``) engines are kept per device: asking for another
     model drops the least recently used one first and frees its memory (``gc`` and the CUDA cache), so
     switching models in a widget does not pile them up on the GPU. A caller still holding a dropped engine
     keeps it working; its memory is freed when the caller lets go.
     """
+    from .catalog import DEMO_MODEL_ID
     from .tiny import TINY_MODEL_ID, ensure_tiny_model
 
     if str(model) == TINY_MODEL_ID:
         model = ensure_tiny_model()
+    elif str(model) == DEMO_MODEL_ID:
+        model = resolve_model(model)  # the bundled folder: one cache entry whether asked by id or by path
     path = Path(model).expanduser()
     where = pick_device(device)
     key = (str(path.resolve()) if path.exists() else str(model), where, dtype, allow_pickle, channels_last, compile)
