@@ -186,5 +186,11 @@ def test_background_job_writes_ome_zarr_and_opens_it_over_the_labels(widget, qtb
     assert out.metadata["napari_crafts"]["synthetic"] is True and out.metadata["napari_crafts"]["seed"] == 5
     assert any(type(e).__name__ == "BatchProgress" for e in seen)
     settings = GenerationSettings(prompt="nuclei", seed=5, steps=2, tile_size=64, overlap=16)
-    ref = run(generate_region(engine, LabelsSource(lab, name="nuclei", mpp=0.25), Region(0, 0, 96, 128), settings))
-    assert np.abs(level0.astype(int) - ref.rgb).max() <= 1  # same pixels (workers use 1 torch thread: ±1 rounding)
+    from napari_crafts.export.watermark import payload_for, watermark_image
+    from napari_crafts.model.threads import torch_threads
+
+    with torch_threads(1):  # the workers' thread count: the same pixels
+        ref = run(generate_region(engine, LabelsSource(lab, name="nuclei", mpp=0.25), Region(0, 0, 96, 128), settings,
+                                  watermark=False))
+    # watermarked once, after blending, with the payload of the output's own record
+    np.testing.assert_array_equal(level0, watermark_image(ref.rgb, payload_for(out.metadata["napari_crafts"])))

@@ -3,7 +3,10 @@
 File › Save Selected Layers (choose "napari-crafts" in the dialog's file types) and the widgets' Save… button
 both end here. Every file says it is synthetic when the layer does: the OME-TIFF in an OME MapAnnotation, the
 OME-Zarr in its attributes, the PNG in text chunks (``napari_crafts``: the record as JSON; ``Description``: its
-warning). Pixels are written losslessly (zlib, PNG), so an embedded watermark survives. The output rule of
+warning). Pixels are written as they are and losslessly (zlib, PNG): a layer made here already carries the
+invisible watermark (``export.watermark``; its record's ``"watermark"`` entry), which is never added a second
+time; a layer whose record has no such entry is written unmarked, its record says so, and so does a warning.
+The output rule of
 ``export.safety`` applies: never over the layer's source image or the file the layer was read from, and an
 existing file is replaced only when napari-crafts wrote it (the save dialog has already asked the user).
 """
@@ -20,6 +23,9 @@ import numpy as np
 
 from .provenance import PROVENANCE_KEY, json_record
 
+#: What a file's record says when the layer it was saved from had no watermark entry (e.g. an output made
+#: before watermarking): the writer stores pixels as they are and never marks them itself.
+NOT_MARKED = "saved by the napari writer from a layer without a watermark entry (its pixels were not marked)"
 FORMATS = {".ome.tif": "ome-tiff", ".ome.tiff": "ome-tiff", ".tif": "ome-tiff", ".tiff": "ome-tiff",
            ".ome.zarr": "ome-zarr", ".zarr": "ome-zarr", ".png": "png"}
 
@@ -80,10 +86,18 @@ def save_layer_data(path: str, data: Any, meta: dict[str, Any], *, kind: str) ->
         check_output(target, kind=kind, inputs=inputs, overwrite=True, flag="Save")
     write: Callable[[Path, np.ndarray, float | None, dict[str, Any]], None] = _WRITERS[kind]
     mpp = layer_mpp(meta)
-    for i, (target, image) in enumerate(zip(targets, images, strict=True)):
-        image_record = record
-        if len(images) > 1 and isinstance(record.get("images"), list) and len(record["images"]) == len(images):
-            image_record = {**record["images"][i], "stack_index": i}
+    own = arr.ndim == 4 and isinstance(record.get("images"), list) and len(record["images"]) == len(images)
+    records = [{**record["images"][i], "stack_index": i} if own else dict(record) for i in range(len(images))]
+    if unmarked := [r for r in records if "watermark" not in r]:
+        from napari.utils.notifications import show_warning
+
+        from .export.watermark import describe_no_watermark
+
+        for r in unmarked:
+            r["watermark"] = describe_no_watermark(NOT_MARKED)
+        show_warning(f"'{meta.get('name', 'layer')}' has no watermark in its record: saved without one in its "
+                     "pixels (its provenance still says synthetic).")
+    for target, image, image_record in zip(targets, images, records, strict=True):
         write(target, np.asarray(image), mpp, image_record)
     return [str(t) for t in targets]
 

@@ -38,6 +38,7 @@ from ._text import (
     REGION_WHOLE,
     TOO_LARGE,
     TOOLTIPS,
+    WATERMARK_OFF,
     WIDGET_REGION_LIMIT,
     output_name,
 )
@@ -165,9 +166,10 @@ class GenerationControls(Container):
         self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
                                 tooltip=TOOLTIPS["device"])
         self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])
+        self._watermark = CheckBox(value=True, text="watermark", tooltip=TOOLTIPS["watermark"])
         self._restore = PushButton(text="Restore defaults", tooltip=TOOLTIPS["restore"])
         advanced = [self._negative, self._scheduler, self._cfg_cutoff, self._cache_interval, self._tile,
-                    self._overlap, self._batch, self._device, self._allow_pickle, self._restore]
+                    self._overlap, self._batch, self._device, self._allow_pickle, self._watermark, self._restore]
         if controlnet:
             advanced.insert(0, self._controlnet)
         self._advanced = Container(widgets=advanced, labels=True, visible=False)
@@ -193,7 +195,7 @@ class GenerationControls(Container):
         self._model.value = default_model()
         self._seed.value, self._cfg.value = 0, GenerationSettings().guidance_scale
         self._negative.value, self._controlnet.value, self._batch.value = "", "", 0
-        self._device.value, self._allow_pickle.value = "auto", False
+        self._device.value, self._allow_pickle.value, self._watermark.value = "auto", False, True
 
     def apply(self, settings: GenerationSettings) -> None:
         """Show ``settings`` in the controls (e.g. the fast settings the long-run offer chose)."""
@@ -210,6 +212,10 @@ class GenerationControls(Container):
             controlnet=self._controlnet.value.strip() or None, cfg_cutoff=float(self._cfg_cutoff.value),
             cache_interval=int(self._cache_interval.value),
         )
+
+    def watermark(self) -> bool | str:
+        """``generate_region``'s ``watermark``: True, or the name of the switch that turned it off."""
+        return True if self._watermark.value else WATERMARK_OFF
 
     def engine_args(self) -> dict[str, Any]:
         from ..model.catalog import resolve
@@ -374,17 +380,19 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
     """Add a transparent output layer exactly over ``region`` of ``layer`` and generate into it in the background.
 
     The job reads only ``source`` (built before it starts); removing ``layer`` or the output stops it. On a
-    CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings).
+    CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings). The result is
+    watermarked unless ``controls``' Watermark box is unticked (tiles shown during the run are previews).
     """
     from ..generation.estimate import RunDecision, measured, settings_to_run
     from ..generation.progress import ProgressClock
     from ..generation.region import generate_region, plan_region
 
+    watermark = controls.watermark() if controls is not None else True
     scale, translate = place_over(layer, region.y, region.x)
     output = add_output_layer(
         viewer, (region.height, region.width), scale=scale, translate=translate,
         name=output_name(layer.name, settings.exact),
-        provenance={"synthetic": True, "status": "running", "source": layer.name}, units=output_units(layer),
+        provenance=running_record(watermark, source=layer.name), units=output_units(layer),
     )
     decision = RunDecision()
 
@@ -395,8 +403,8 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
             chosen = yield from settings_to_run(engine, lambda s: plan_region(source, region, engine, s), settings,
                                                 control=True, decision=decision)
             final = plan_region(source, region, engine, chosen)
-            return (yield from measured(generate_region(engine, source, region, chosen), engine, final.model_tile,
-                                        control=True, guidance=chosen.guidance_scale > 1.0))
+            return (yield from measured(generate_region(engine, source, region, chosen, watermark=watermark), engine,
+                                        final.model_tile, control=True, guidance=chosen.guidance_scale > 1.0))
 
         return (yield from engine_job(engine_args, run, mode=source.mode, controlnet=settings.controlnet))
 
@@ -419,6 +427,17 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
     options = JobOptions(watch=[layer], clock=ProgressClock(settings.steps), on_long_run=long_run,
                          notes_shown=notes_shown, on_finished=offer.close if offer is not None else None)
     return runner.start(job, viewer, output, options=options)
+
+
+def running_record(watermark: bool | str, **extra: Any) -> dict[str, Any]:
+    """The output layer's record while a run fills it; with the watermark off it says so already, so that the
+    tiles a cancelled run keeps are left unmarked (``JobRunner``; ``export.watermark.mark_kept_pixels``)."""
+    from ..export.watermark import describe_no_watermark
+
+    record: dict[str, Any] = {"synthetic": True, "status": "running", **extra}
+    if watermark is not True:
+        record["watermark"] = describe_no_watermark(str(watermark))
+    return record
 
 
 class SaveButton(PushButton):

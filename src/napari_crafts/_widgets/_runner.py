@@ -99,6 +99,8 @@ class JobRunner(Container):
         self.cancel_event.set()
         self.worker.quit()
         done, total = self._tiles
+        if done:
+            self._mark_kept(f"stopped after {done}/{total} tiles")
         show_warning(why + (f" {done}/{total} tiles kept." if done else ""))
         self.status(why)
 
@@ -193,6 +195,8 @@ class JobRunner(Container):
         if self.output is not None and done == 0 and self.output in self._viewer.layers:
             self._viewer.layers.remove(self.output)  # nothing generated: leave no empty layer behind
             self.output = None
+        elif done:
+            self._mark_kept()
         self.status(f"error: {exc}")
         show_error(str(exc))
 
@@ -204,8 +208,23 @@ class JobRunner(Container):
             self._viewer.layers.remove(self.output)  # nothing painted: leave no empty layer behind
             self.output = None
         elif self.output is not None:
-            self.output.metadata["napari_crafts"]["status"] = f"cancelled after {done}/{total} tiles"
+            self._mark_kept(f"cancelled after {done}/{total} tiles")
         self.status(f"cancelled: {done}/{total} tiles kept" if done else "cancelled: nothing generated")
+
+    def _mark_kept(self, status: str | None = None) -> None:
+        """The tiles a stopped run keeps are its output: they get the watermark once, the record its entry
+        (``export.watermark.mark_kept_pixels``; left alone when the record says it is marked or turned off).
+        ``status`` goes into the record first, as the record the payload stands for must be final."""
+        from ..export.watermark import mark_kept_pixels
+
+        layer = self.output
+        if layer is None or self._viewer is None or layer not in self._viewer.layers:
+            return
+        meta = layer.metadata.setdefault("napari_crafts", {"synthetic": True})
+        if status is not None:
+            meta["status"] = status
+        if isinstance(layer.data, np.ndarray) and mark_kept_pixels(layer.data, meta):
+            layer.refresh()
 
     def _on_finished(self) -> None:
         self.worker = None

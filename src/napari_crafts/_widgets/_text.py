@@ -10,7 +10,11 @@ TOOLTIPS = {
     "browse": "Choose a model folder on disk (diffusers layout: model_index.json at its root).",
     "hub": "A Hugging Face hub id (org/name) to download once into the hub cache; overrides the list while set.",
     "restore": "Every generation setting back to its default.",
-    "advanced": "Scheduler, fast-mode settings, tiles, batch, device, ControlNet, negative prompt, pickle weights.",
+    "advanced": "Scheduler, fast-mode settings, tiles, batch, device, ControlNet, negative prompt, pickle weights, "
+    "watermark.",
+    "watermark": "Put the invisible watermark in the pixels of the result (docs/watermark.md): it says 'synthetic' "
+    "even when the metadata is lost. Unticked: the pixels are left alone and the provenance records that it was "
+    "turned off. Tiles shown during a run are previews; the finished (or cancelled) layer is marked once.",
     "fast": "Fewer steps with a multistep scheduler, guidance for the first half, feature reuse and smaller tiles: "
     "much faster on a CPU, approximate (recorded in the provenance and the layer name).",
     "save": "Save the synthetic layer with its provenance record: OME-TIFF (.ome.tif), OME-Zarr (.ome.zarr) or PNG.",
@@ -52,6 +56,8 @@ TOOLTIPS = {
 }
 
 NO_CHANNELS = "Choose the fluorescence channel layer(s) first (e.g. DAPI)."
+#: What the provenance says when the widgets' Watermark box was unticked.
+WATERMARK_OFF = "napari: Watermark unticked"
 
 ADVANCED_CLOSED, ADVANCED_OPEN = "▸ Advanced", "▾ Advanced"
 MPP_UNKNOWN = "unknown: set it here or in Pixel size"

@@ -103,7 +103,7 @@ class LabelsToHE(DockContainer):
         settings, engine_args = self.controls.settings(), self.controls.engine_args()
         kwargs = dict(model=engine_args["model"], device=engine_args["device"], settings=settings,
                       mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value),
-                      allow_pickle=engine_args["allow_pickle"])
+                      allow_pickle=engine_args["allow_pickle"], watermark=self.controls.watermark())
         if engine_args["model"] == TINY_MODEL_ID:
             kwargs["model"] = str(ensure_tiny_model())
 

@@ -14,7 +14,16 @@ from magicgui.widgets import ComboBox, PushButton
 from .._generators import mapped
 from ..generation.prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
 from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
-from ._controls import DockContainer, GenerationControls, LongRunOffer, SaveButton, engine_job, narrow, spin
+from ._controls import (
+    DockContainer,
+    GenerationControls,
+    LongRunOffer,
+    SaveButton,
+    engine_job,
+    narrow,
+    running_record,
+    spin,
+)
 from ._runner import JobOptions, JobRunner, add_output_layer
 from ._text import TOOLTIPS, output_name
 
@@ -74,9 +83,10 @@ class PromptToHE(DockContainer):
 
         n, h, w = int(self._count.value), int(self._height.value), int(self._width.value)
         mpp = model_mpp(engine_args["ref"])  # images made from text have the model's pixel size
+        watermark = self.controls.watermark()
         output = add_output_layer(
             self._viewer, (h, w), name=output_name("prompt", settings.exact), scale=(mpp, mpp), translate=(0.0, 0.0),
-            provenance={"synthetic": True, "status": "running"}, planes=(n,), units=("µm", "µm"),
+            provenance=running_record(watermark), planes=(n,), units=("µm", "µm"),
         )
         decision = RunDecision()
 
@@ -86,7 +96,7 @@ class PromptToHE(DockContainer):
             def run(engine: Any) -> Generator[Any, None, Any]:
                 chosen = yield from settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, h, w), engine, s),
                                                     settings, control=False, copies=n, decision=decision)
-                return (yield from prompt_images(engine, chosen, n, h, w))
+                return (yield from prompt_images(engine, chosen, n, h, w, watermark=watermark))
 
             return (yield from engine_job(engine_args, run))
 
@@ -106,13 +116,14 @@ class PromptToHE(DockContainer):
                                  options=options)
 
 
-def prompt_images(engine: Any, settings: Any, count: int, height: int, width: int
-                  ) -> Generator[Progress | TileDone, None, RegionResult]:
-    """``count`` images from the prompt alone, seeds seed, seed+1, …; events carry the image index as plane."""
+def prompt_images(engine: Any, settings: Any, count: int, height: int, width: int, *,
+                  watermark: bool | str = True) -> Generator[Progress | TileDone, None, RegionResult]:
+    """``count`` images from the prompt alone, seeds seed, seed+1, …; events carry the image index as plane.
+    Each image is watermarked with its own record (``"images"``), as ``generate_region`` marks one."""
     images, records = [], []
     for i in range(count):
         gen = generate_region(engine, None, Region(0, 0, height, width),
-                              dataclasses.replace(settings, seed=settings.seed + i))
+                              dataclasses.replace(settings, seed=settings.seed + i), watermark=watermark)
         result = yield from mapped(gen, functools.partial(_in_stack, image=i, count=count))
         images.append(result.rgb)
         records.append(result.provenance)
