@@ -204,7 +204,7 @@ def test_real_fluorescence_channels_with_roles(scene, tmp_path):
     names = {"Name": ["panCK", "DAPI", "CD45"]}
     path = write_tiff(tmp_path / "if.ome.tif", stack, metadata={"axes": "CYX", "Channel": names})
     out = build_pairs(scene["he"], tmp_path / "if", nuclei=scene["labels"], fluorescence=path,
-                      channels={"DAPI": "nuclear", "panck": "cytoplasm"}, mpp=MODEL_MPP, tile_px=40, stride_px=40,
+                      channels="DAPI=nuclear, panck=cytoplasm", mpp=MODEL_MPP, tile_px=40, stride_px=40,
                       test_fraction=0)
     card = json.loads((out / "dataset.json").read_text())
     assert card["fluorescence"]["simulated"] is False
@@ -216,6 +216,10 @@ def test_real_fluorescence_channels_with_roles(scene, tmp_path):
         np.testing.assert_array_equal(png(out, "train", row["control_fluorescence"]),
                                       source.control(row["y"], row["x"], 50, 40))
     assert {s["role"] for s in card["sources"]} == {"he", "labels", "fluorescence"}
+    with pytest.raises(ValueError, match="'if.ome.tif' has no channel 'FITC'; its channels are: 0=panCK, 1=DAPI, 2=CD45"):
+        build_pairs(scene["he"], tmp_path / "bad", nuclei=scene["labels"], fluorescence=path,
+                    channels="FITC=nuclear", mpp=MODEL_MPP, tile_px=40, stride_px=40, test_fraction=0)
+    assert not (tmp_path / "bad").exists()
 
 
 # ------------------------------------------------------------------------------------------ real H&E, auto nuclei
@@ -415,7 +419,7 @@ def test_cli_builds_and_reports(scene, tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--mpp", "0.5", "--test-band", "a:b"], "Test band 'a:b' is not 'y0:y1'"),
-    (["--mpp", "0.5", "--channels", "DAPI"], "Channel role 'DAPI' is not NAME=ROLE"),
+    (["--mpp", "0.5", "--channels", "DAPI=nuclear"], "--channels gives the roles of the --fluorescence file's"),
     (["--mpp", "0.5", "--min-tissue", "2"], "--min-tissue is a fraction in [0, 1], got 2.0"),
     (["--mpp", "0.5", "--nuclei", "none"], "No control to pair with the H&E"),
     (["--mpp", "0.5", "--simulate-if", "--fluorescence", "x.tif"], "either real fluorescence"),

@@ -17,7 +17,7 @@ pytest.importorskip("accelerate")
 
 from napari_crafts.training import stage as stage_mod  # noqa: E402
 from napari_crafts.training.data import DatasetError  # noqa: E402
-from napari_crafts.training.model_folder import OutputExistsError  # noqa: E402
+from napari_crafts.export.safety import OutputError, OutputExists  # noqa: E402
 from napari_crafts.training.train import TrainingError, TrainSettings, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -142,7 +142,7 @@ def test_resume_after_a_kill_continues_with_the_same_losses(pairs, tiny_model, t
     # killed during step 4: step 3 was done but never checkpointed, the last checkpoint is step 2
     r = train(pairs, killed, base=tiny_model, settings=settings, progress=False, stop_after=3)
     assert r.steps == 3 and [int(row["step"]) for row in log(killed)] == [1, 2, 3]
-    with pytest.raises(OutputExistsError, match="--resume"):
+    with pytest.raises(OutputExists, match="--resume"):
         train(pairs, killed, base=tiny_model, settings=settings, progress=False)
     train(pairs, killed, base=tiny_model, settings=settings, progress=False, resume=True)
     a, b = log(whole), log(killed)
@@ -223,16 +223,22 @@ def test_outputs_are_never_overwritten_unless_ours_and_asked(pairs, tiny_model, 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    for overwrite in (False, True):
-        with pytest.raises(OutputExistsError):
-            train(pairs, foreign, base=tiny_model, settings=s, progress=False, overwrite=overwrite)
-    assert (foreign / "precious.txt").read_text() == "keep me"
-    with pytest.raises(TrainingError, match="not written by napari-crafts train"):
-        train(pairs, foreign, base=tiny_model, settings=s, progress=False, resume=True)
+    for overwrite, resume in ((False, False), (True, False), (False, True)):
+        with pytest.raises(OutputError, match=str(foreign)):
+            train(pairs, foreign, base=tiny_model, settings=s, progress=False, overwrite=overwrite, resume=resume)
+    assert sorted(p.name for p in foreign.iterdir()) == ["precious.txt"]
+    for inside in (Path(pairs) / "model", Path(tiny_model) / "model"):  # never inside an input
+        with pytest.raises(OutputError, match="inside the input"):
+            train(pairs, inside, base=tiny_model, settings=s, progress=False)
+        assert not inside.exists()
     ours = tmp_path / "ours"
     train(pairs, ours, base=tiny_model, settings=s, progress=False)
     train(pairs, ours, base=tiny_model, settings=s, progress=False, overwrite=True)
     assert (ours / "model_index.json").is_file()
+    (ours / "notes.txt").write_text("mine")  # a file we did not write: the folder is no longer ours alone
+    with pytest.raises(OutputError, match="notes.txt"):
+        train(pairs, ours, base=tiny_model, settings=s, progress=False, overwrite=True)
+    assert (ours / "notes.txt").read_text() == "mine" and (ours / "model_index.json").is_file()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -242,17 +248,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli(pairs, tiny_model, tmp_path, capsys):
-    from napari_crafts.training.train_cli import _standalone, main
+    from napari_crafts.cli import main
 
     out = tmp_path / "cli"
-    args = parse([str(pairs), "--base", str(tiny_model), "--out", str(out), "--steps", "2", "--batch-size", "2",
-                  "--modes", "labels", "--validation-tiles", "0", "--quiet", "--checkpoint-every", "2"])
-    assert main(args) == 0
-    assert "model:" in capsys.readouterr().out
+    assert main(["train", str(pairs), "--base", str(tiny_model), "--out", str(out), "--steps", "2", "--batch-size",
+                 "2", "--modes", "labels", "--validation-tiles", "0", "--quiet", "--checkpoint-every", "2"]) == 0
+    assert f"model: {out}" in capsys.readouterr().out
     assert json.loads((out / "napari_crafts.json").read_text())["controlnets"] == {"labels": "controlnet"}
-    assert _standalone([str(pairs), "--base", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", str(pairs), "--base", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: Base model:") and "\n" not in err
+    assert err.startswith("napari-crafts train: error: Base model:") and "\n" not in err
+    assert not (tmp_path / "x").exists()  # nothing left behind by a run that could not start
 
 
 def test_base_fine_tuning_with_crafts_losses_and_a_caption_manifest(pairs, tiny_model, tmp_path):

@@ -15,11 +15,15 @@ def _into(gen: Generator[Any, None, T], box: list[T]) -> Generator[Any, None, No
 
 def run(gen: Generator[Any, None, T], on_event: Callable[[Any], object] | None = None) -> T:
     """Drive ``gen`` to the end (for scripts, tests, the CLI), handing each event to ``on_event``; return its
-    return value."""
+    return value. If ``on_event`` raises (Ctrl-C, a cancel), ``gen`` is closed at once, so its clean-up runs."""
     box: list[T] = []
-    for event in _into(gen, box):
-        if on_event is not None:
-            on_event(event)
+    inner = _into(gen, box)
+    try:
+        for event in inner:
+            if on_event is not None:
+                on_event(event)
+    finally:
+        inner.close()
     return box[0]
 
 

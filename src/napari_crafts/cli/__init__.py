@@ -16,6 +16,7 @@ output rule of ``export.safety``: never over an input, and --overwrite replaces 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,17 @@ from typing import Any
 from ..model.card import CRAFTS_MASK_PROMPT
 from ._errors import ArgumentParser, UsageError, bounded_int, positive_float, run_command
 
+#: Commands whose parser (``configure_parser``) and entry point (``main``) live in their own module.
+COMMANDS = {
+    "generate": ("napari_crafts.cli.generate", "whole slide → pyramidal OME-Zarr (dask.distributed, resumable)"),
+    "evaluate": ("napari_crafts.cli.evaluate", "score synthetic H&E against real H&E: the CRAFTS paper's metrics "
+                 "table"),
+    "check": ("napari_crafts.cli.check", "is an image synthetic H&E from napari-crafts? provenance and watermark"),
+    "pairs": ("napari_crafts.training.pairs_cli", "H&E slide (+ nuclei or IF) → training pairs at the model's "
+              "pixel size"),
+    "train": ("napari_crafts.training.train_cli", "train ControlNets, fine-tune the base (CRAFTS losses) or a "
+              "small model from scratch on a pairs set"),
+}
 #: The flag of each GenerationSettings field, for messages about out-of-range values.
 SETTINGS_FLAGS = {
     "prompt": "--prompt", "negative_prompt": "--negative-prompt", "seed": "--seed", "steps": "--steps",
@@ -162,34 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="show every step, and tracebacks of errors")
     demo.set_defaults(func=_demo)
 
-    gen = sub.add_parser("generate", help="whole slide → pyramidal OME-Zarr (dask.distributed, resumable)")
-    batch_cli.configure_parser(gen)
-    gen.set_defaults(func=batch_cli.main)
-
-    from . import evaluate
-
-    ev = sub.add_parser("evaluate", help="score synthetic H&E against real H&E: the CRAFTS paper's metrics table")
-    evaluate.configure_parser(ev)
-    ev.set_defaults(func=evaluate.main)
-
-    from . import check
-
-    chk = sub.add_parser("check", help="is an image synthetic H&E from napari-crafts? provenance and watermark")
-    check.configure_parser(chk)
-    chk.set_defaults(func=check.main)
-
-    from ..training import pairs_cli
-
-    pairs = sub.add_parser("pairs", help="H&E slide (+ nuclei or IF) → training pairs at the model's pixel size")
-    pairs_cli.configure_parser(pairs)
-    pairs.set_defaults(func=pairs_cli.main)
-
-    from ..training import train_cli
-
-    train = sub.add_parser("train", help="train ControlNets, fine-tune the base (CRAFTS losses) or a small model "
-                           "from scratch on a pairs set", description=train_cli.__doc__.split("\n\n")[0])
-    train_cli.configure_parser(train)
-    train.set_defaults(func=train_cli.main)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure_parser(command)
+        command.set_defaults(func=module.main)
 
     tiny = sub.add_parser("tiny-model", help="write the tiny random model as a diffusers folder")
     tiny.add_argument("path")

@@ -192,7 +192,7 @@ def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
 def batch_indices(n: int, batch: int, step: int, seed: int) -> np.ndarray:
     """Tile indices of batch ``step`` (0-based): consecutive slices of the per-epoch permutations."""
     start = step * batch
-    idx = []
+    idx: list[int] = []
     while len(idx) < batch:
         epoch, pos = divmod(start + len(idx), n)
         order = epoch_order(n, epoch, seed)

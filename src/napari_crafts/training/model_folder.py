@@ -4,8 +4,9 @@ The folder is what ``Engine(path)`` and diffusers' ``StableDiffusionControlNetPi
 model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/, controlnet/ (the labels ControlNet, or
 the first mode's), controlnet_<mode>/ for the others, all weights in safetensors. ``napari_crafts.json`` says
 which ControlNet serves which mode (``{"controlnets": {"labels": "controlnet", "fluorescence":
-"controlnet_fluorescence"}}``), the µm/px the model was trained at, and carries our marker
-(``TRAINED_BY``): only a folder with that marker may ever be replaced (``--overwrite``).
+"controlnet_fluorescence"}}``), the µm/px the model was trained at, and who made it (``TRAINED_BY``).
+What may be replaced is decided by the output rule (``export.safety``): ``train`` marks its folder
+(``TRAIN_FOLDER_CONTENTS``) and replaces only such a folder, only while it holds nothing else.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import copy
 import json
 import shutil
 import tempfile
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE
+from ..export.safety import check_output
+from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE, MODEL_FOLDER_CONTENTS
 
 if TYPE_CHECKING:
     from .data import PairsSplit
@@ -31,8 +34,8 @@ TRAINED_BY_VALUE = "napari-crafts train"
 README = "README.md"
 
 
-class OutputExistsError(FileExistsError):
-    """An output path that exists and may not be replaced; the message says what to do."""
+#: What ``napari-crafts train`` writes in its output folder (the marker's contents, ``export.safety``).
+TRAIN_FOLDER_CONTENTS = (*MODEL_FOLDER_CONTENTS, "training/**")
 
 
 def controlnet_subfolder(mode: str, first: bool) -> str:
@@ -45,27 +48,9 @@ def ordered_modes(modes: Any) -> list[str]:
     return sorted(modes, key=lambda m: (m != "labels", m))
 
 
-def is_our_output(path: str | Path) -> bool:
-    """True when ``path`` is a folder whose napari_crafts.json carries the ``napari-crafts train`` marker."""
-    card = Path(path) / MODEL_CARD_FILE
-    try:
-        return json.loads(card.read_text()).get(TRAINED_BY) == TRAINED_BY_VALUE
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def check_output(path: str | Path, *, overwrite: bool, what: str = "Output") -> None:
-    """Refuse an existing ``path`` unless ``overwrite`` and it is our own earlier output."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if not overwrite:
-        raise OutputExistsError(f"{what} {path} exists: choose another path, or pass --overwrite to replace "
-                                "an earlier napari-crafts train output (or --resume to continue it).")
-    if not is_our_output(path):
-        raise OutputExistsError(f"{what} {path} exists and was not written by napari-crafts train (no "
-                                f"'{TRAINED_BY}' marker in {MODEL_CARD_FILE}): it is never replaced; choose "
-                                "another path.")
+def _model_entry(name: str) -> bool:
+    """Whether a top-level entry of a model folder is part of the model (what :func:`save_model_folder` writes)."""
+    return any(fnmatchcase(name, pattern.split("/")[0]) for pattern in MODEL_FOLDER_CONTENTS)
 
 
 def _half(module: Any, dtype: str) -> Any:
@@ -84,15 +69,16 @@ def save_model_folder(path: str | Path, *, vae: Any, unet: Any, text_encoder: An
 
     ``controlnets`` maps mode → ControlNetModel; ``card`` goes into napari_crafts.json (with our marker and
     the ``controlnets`` map added); ``dtype`` 'fp16' stores half-precision weights (the engine upcasts on CPU).
-    ``replace`` allows replacing an existing folder only when it is our own output; its entries named in
-    ``keep`` (e.g. ``training``) stay, everything else of the old model goes.
+    An existing folder is refused unless ``replace`` (the caller has checked it is its own output, see
+    ``export.safety``); then the old model's parts are replaced, and anything else in it (the marker, the
+    entries named in ``keep``, e.g. ``training``, a file someone put there) stays.
     """
     import diffusers
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     path = Path(path)
-    if path.exists() and not (replace and is_our_output(path)):
-        check_output(path, overwrite=replace)
+    if path.exists() and not replace:
+        check_output(path, kind="folder")  # refused: it exists
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
@@ -101,6 +87,7 @@ def save_model_folder(path: str | Path, *, vae: Any, unet: Any, text_encoder: An
                      unet=_half(unet, dtype), scheduler=scheduler, safety_checker=None, feature_extractor=None,
                      requires_safety_checker=False)
         modes = ordered_modes(controlnets)
+        pipe: Any  # the pipeline class only decides which folders save_pretrained writes
         if modes:
             pipe = StableDiffusionControlNetPipeline(controlnet=_half(controlnets[modes[0]], dtype), **parts)
         else:
@@ -122,7 +109,7 @@ def save_model_folder(path: str | Path, *, vae: Any, unet: Any, text_encoder: An
                 _remove(path / entry.name)
                 entry.rename(path / entry.name)
             for entry in path.iterdir():
-                if entry.name not in new and entry.name not in keep:
+                if entry.name not in new and entry.name not in keep and _model_entry(entry.name):
                     _remove(entry)
         else:
             tmp.rename(path)

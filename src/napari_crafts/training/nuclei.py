@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._generators import run
 from ..evaluation.metrics import TISSUE_OD_THRESHOLD, tissue_mask
 from ..generation.sources import limits_sample
 from .stain import ReadRGB, haematoxylin_od
@@ -210,9 +211,4 @@ def segment_slide(read_rgb: ReadRGB, shape: tuple[int, int], out: Any, *, mpp: f
                   params: NucleiParams = NucleiParams(), block: int = 2048,
                   margin: int | None = None) -> tuple[float, NucleiStats]:
     """:func:`iter_segment_slide` run to the end."""
-    gen = iter_segment_slide(read_rgb, shape, out, mpp=mpp, params=params, block=block, margin=margin)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    return run(iter_segment_slide(read_rgb, shape, out, mpp=mpp, params=params, block=block, margin=margin))

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from .._generators import run
 from ..evaluation.metrics import tissue_mask
 from ..export.safety import check_output, check_removable, mark_folder, remove_output
-from ..generation.conditioning import FLUORESCENCE_ENCODING
+from ..generation.conditioning import FLUORESCENCE_ENCODING, parse_channel_roles
 from ..generation.sources import FluorescenceSource, LabelsSource, read_padded, resize
 from ..io.slide import Slide, open_slide
 from ..model.card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT, ModelCard
@@ -71,7 +72,7 @@ class PairsOptions:
 
     nuclei: str | Path | None = "auto"  # "auto", a labels file (TIFF, OME-Zarr, GeoJSON) or None
     fluorescence: str | Path | None = None  # co-registered IF channels (C, Y, X) on the H&E's pixel grid
-    channels: dict[str, str] | None = None  # channel name or index → role; None = conditioning.guess_roles
+    channels: str | None = None  # "DAPI=nuclear,panCK=cytoplasm" (name or index = role); None: guessed from names
     simulate_if: bool = False  # nuclear/cytoplasm channels from haematoxylin/eosin OD
     mpp: float | None = None  # the model's µm/px; None = from ``model``'s napari_crafts.json
     model: str | Path | None = None
@@ -131,17 +132,6 @@ def parse_band(text: str) -> tuple[int, int] | tuple[int, None]:
         return (int(a), int(b)) if b.strip() else (int(a), None)
     except ValueError:
         raise PairsError(f"Test band '{text}' is not 'y0:y1' (rows in H&E pixels, e.g. 2400:2967).") from None
-
-
-def parse_channels(text: str) -> dict[str, str]:
-    """'DAPI=nuclear,panCK=cytoplasm' → {'DAPI': 'nuclear', 'panCK': 'cytoplasm'}."""
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, role = item.partition("=")
-        if not sep or not name.strip() or not role.strip():
-            raise PairsError(f"Channel role '{item}' is not NAME=ROLE (e.g. DAPI=nuclear,panCK=cytoplasm).")
-        out[name.strip()] = role.strip()
-    return out
 
 
 def sha256_path(path: Path) -> str:
@@ -208,23 +198,12 @@ def _open_labels(path: Path, he: Slide) -> tuple[LabelsSource, dict[str, Any]]:
     return source, {"path": str(path), "role": "labels", "mpp": mpp, "shape": list(he.shape)}
 
 
-def _roles(spec: dict[str, str], names: list[str], path: Path) -> dict[int, str]:
-    lower = {n.lower(): i for i, n in enumerate(names)}
-    roles = {i: "other" for i in range(len(names))}
-    for key, role in spec.items():
-        i = int(key) if key.isdigit() else lower.get(key.lower())
-        if i is None or not 0 <= i < len(names):
-            raise PairsError(f"{path.name} has no channel '{key}'; its channels are: {', '.join(names)}.")
-        roles[i] = role
-    return roles
-
-
-def _open_fluorescence(path: Path, he: Slide, channels: dict[str, str] | None) -> tuple[FluorescenceSource, dict]:
+def _open_fluorescence(path: Path, he: Slide, channels: str | None) -> tuple[FluorescenceSource, dict]:
     slide = open_slide(path, kind="channels")
     _same_grid(he, path, slide.shape, slide.mpp, "Fluorescence")
     n = slide.levels[0].shape[0]
     names = slide.channel_names or [f"channel {i}" for i in range(n)]
-    roles = _roles(channels, names, path) if channels else None
+    roles = parse_channel_roles(channels, names, name=path.name) if channels else None
     source = FluorescenceSource(slide.levels[0], roles=roles, channel_names=names, name=path.name, mpp=he.mpp)
     return source, {"path": str(path), "role": "fluorescence", "mpp": he.mpp, "shape": [n, *he.shape]}
 
@@ -307,6 +286,8 @@ def _check_options(options: PairsOptions) -> None:
         raise PairsError(f"--min-tissue is a fraction in [0, 1], got {options.min_tissue}.")
     if options.simulate_if and options.fluorescence is not None:
         raise PairsError("Pass either real fluorescence (--fluorescence) or --simulate-if, not both.")
+    if options.channels and options.fluorescence is None:
+        raise PairsError("--channels gives the roles of the --fluorescence file's channels: pass --fluorescence too.")
     if options.nuclei is None and options.fluorescence is None and not options.simulate_if:
         raise PairsError("No control to pair with the H&E: give nuclei (--nuclei auto or a labels file), "
                          "--fluorescence, or --simulate-if.")
@@ -418,17 +399,8 @@ def build_pairs(he_path: str | Path, out: str | Path, *, overwrite: bool = False
     unknown = set(options) - {f.name for f in dataclasses.fields(PairsOptions)}
     if unknown:
         raise TypeError(f"build_pairs() got unknown options: {', '.join(sorted(unknown))}")
-    gen = iter_pairs(he_path, out, PairsOptions(**options), overwrite=overwrite)
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            if on_progress is not None:
-                on_progress(event)
-    finally:
-        gen.close()  # a callback that raised (Ctrl-C, a cancel) still cleans up what the run wrote
+    # a callback that raises (Ctrl-C, a cancel) closes the run, which cleans up what it wrote
+    return run(iter_pairs(he_path, out, PairsOptions(**options), overwrite=overwrite), on_progress)
 
 
 def _reader(he: Slide) -> ReadRGB:

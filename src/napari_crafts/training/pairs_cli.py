@@ -9,7 +9,7 @@ from typing import Any
 
 from .._generators import run
 from .nuclei import NucleiParams
-from .pairs import PairsOptions, PairsProgress, iter_pairs, parse_band, parse_channels
+from .pairs import PairsOptions, PairsProgress, iter_pairs, parse_band
 
 EXAMPLE = ("example: napari-crafts pairs slide.svs pairs/ --nuclei auto --simulate-if --mpp 0.5 --tile-px 128 "
            "--stride-px 64")
@@ -64,9 +64,9 @@ def options_from_args(args: argparse.Namespace) -> PairsOptions:
     band = parse_band(args.test_band) if args.test_band else None
     return PairsOptions(
         nuclei=nuclei, fluorescence=args.fluorescence,
-        channels=parse_channels(args.channels) if args.channels else None, simulate_if=args.simulate_if,
+        channels=args.channels, simulate_if=args.simulate_if,
         mpp=args.mpp, model=args.model, source_mpp=args.source_mpp, tile_px=args.tile_px, stride_px=args.stride_px,
-        min_tissue=args.min_tissue, test_band=band, test_fraction=args.test_fraction,  # type: ignore[arg-type]
+        min_tissue=args.min_tissue, test_band=band, test_fraction=args.test_fraction,
         caption=args.caption, category=args.category, nuclei_params=NucleiParams(threshold=args.nuclei_threshold),
     )
 

@@ -51,7 +51,7 @@ def load_parts(path: str | Path, *, allow_pickle: bool = False) -> Parts:
     if missing:
         raise TrainingError(f"Base model {folder} has no {', '.join(missing)}/: give a complete SD1.5-style "
                             "diffusers folder (or --config small to start from scratch).")
-    kw = dict(torch_dtype=torch.float32, use_safetensors=None if allow_pickle else True)
+    kw: dict[str, Any] = dict(torch_dtype=torch.float32, use_safetensors=None if allow_pickle else True)
     try:
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
@@ -119,7 +119,8 @@ class Stage:
         self.noise_scheduler = DDPMScheduler.from_config(parts.scheduler_config)
         self.alphas = self.noise_scheduler.alphas_cumprod
         self._text_cache: dict[str, tuple[Any, Any]] = {}
-        self.latent_mean = self.latent_std = None
+        self.latent_mean: Any = None  # (N, views, C, h, w) once the latents are cached
+        self.latent_std: Any = None
         if s.stage != "vae":
             self._cache_latents()
         self.mu_sigma = self._category_stats() if s.cate_weight else (0.0, 1.0)
@@ -261,7 +262,7 @@ class Stage:
                 continue
             assign[self.modes[(i + int(idx[0])) % len(self.modes)]].append(i)
         down: list[Any] | None = None
-        mid = None
+        mid: Any = None
         for mode, rows in assign.items():
             if not rows:
                 continue

@@ -32,17 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from ..export.safety import OutputError, check_output, mark_folder, remove_output
 from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE
 from .checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import CONTROL_KEYS, PairsSplit, TileArrays, load_arrays, open_pairs
 from .model_folder import (
+    TRAIN_FOLDER_CONTENTS,
     TRAINED_BY,
     TRAINED_BY_VALUE,
-    check_output,
     data_card,
     folder_size_mb,
     hardware,
-    is_our_output,
     model_card,
     model_card_markdown,
     run_notes,
@@ -81,10 +81,8 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
     ``base``: the model folder to start from; ``config`` (``small`` or a JSON file) instead starts from a
     random small model. ``resume`` continues ``out``'s last checkpoint; ``overwrite`` replaces an earlier
     output of ours; ``name`` goes into the model card. ``stop_after`` stops after that many steps of this call,
-    as a kill would (for tests).
+    as a kill would (for tests). A run that fails before its first checkpoint removes the folder it created.
     """
-    import torch
-
     settings.check()
     _quiet()
     out = Path(out)
@@ -92,14 +90,34 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
         raise TrainingError("Give the model to start from (--base FOLDER) or --config small to start from scratch.")
     if base is not None and config is not None:
         raise TrainingError("Give either --base or --config, not both.")
+    inputs = [dataset, base, config, manifest]
     if resume and not out.exists():
         resume = False
-    if resume and not is_our_output(out):
-        raise TrainingError(f"Cannot resume {out}: it was not written by napari-crafts train.")
-    if not resume:
-        check_output(out, overwrite=overwrite)
-        if out.exists():
-            shutil.rmtree(out)
+    if resume:
+        check_output(out, kind="folder", inputs=inputs, overwrite=True)  # never over an input
+        if not (out / TRAINING_DIR / "run.json").is_file():
+            raise TrainingError(f"Cannot resume {out}: it was not written by napari-crafts train.")
+    else:  # the output rule (export.safety): never over an input; replace only a model folder this command made
+        check_output(out, kind="folder", inputs=inputs, overwrite=overwrite, advice="pass --resume to continue it")
+        remove_output(out, kind="folder")
+        mark_folder(out, f"model folder ({TRAINED_BY_VALUE})", TRAIN_FOLDER_CONTENTS)
+    try:
+        return _train(dataset, out, settings=settings, base=base, config=config, resume=resume, manifest=manifest,
+                      progress=progress, allow_pickle=allow_pickle, name=name, stop_after=stop_after)
+    except BaseException:
+        # a run that fails before its first checkpoint removes the folder it created (nothing worth resuming)
+        if not resume and not list_checkpoints(out / TRAINING_DIR / "checkpoints"):
+            with contextlib.suppress(OutputError):
+                remove_output(out, kind="folder")
+        raise
+
+
+def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str | Path | None,
+           config: str | Path | None, resume: bool, manifest: str | Path | None, progress: bool, allow_pickle: bool,
+           name: str | None, stop_after: int | None) -> TrainResult:
+    """:func:`train` once its output folder is there."""
+    import torch
+
     train_split = open_pairs(dataset, "train", manifest=manifest)
     run_dir = out / TRAINING_DIR
     ckpt_dir = run_dir / "checkpoints"

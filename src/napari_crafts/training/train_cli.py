@@ -8,8 +8,7 @@
     napari-crafts train pairs/ --config small --stage vae --out run/vae
     napari-crafts train pairs/ --base run/vae --stage joint --out run/model
 
-The lead wires ``configure_parser``/``main`` into the top-level CLI; ``python -m
-napari_crafts.training.train_cli`` runs it alone.
+``configure_parser``/``main`` are the ``train`` command of ``napari_crafts.cli`` (errors: ``cli._errors``).
 """
 
 from __future__ import annotations
@@ -97,6 +96,9 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         import torch
 
+        from ..model.threads import set_default_threads
+
+        set_default_threads(args.threads)  # validation images are made with the same count (model.threads)
         torch.set_num_threads(args.threads)
     result = train(args.dataset, args.out, settings=settings_from_args(args), base=args.base, config=args.config,
                    resume=args.resume, overwrite=args.overwrite, manifest=args.captions,
@@ -108,16 +110,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _standalone(argv: list[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="napari-crafts train", description=__doc__,
-                                                      formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # python -m napari_crafts.training.train_cli …: the same command, the same errors
+    from ..cli import main as cli_main
 
-
-if __name__ == "__main__":
-    sys.exit(_standalone())
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .._generators import run
+from ..model.threads import pinned
 from .data import TileArrays
 
 
@@ -69,13 +71,9 @@ def generate_tiles(engine: Any, controls: np.ndarray | None, *, mode: str, promp
     for i in range(n):
         noise = np.random.default_rng([seed, i]).standard_normal((1, 4, lat, lat)).astype(np.float32)
         ctrl = controls[i: i + 1] if controls is not None else None
+        # pixels as inference makes them: the thread count pinned as generation pins it (model.threads)
         gen = engine.generate(noise, ctrl, prompt=prompt, steps=steps, mode=mode, guidance_scale=guidance_scale)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                out.append(stop.value[0])
-                break
+        out.append(run(pinned(gen))[0])
     return np.stack(out)
 
 
