@@ -105,11 +105,15 @@ def test_demo_id_means_the_bundled_folder_everywhere_a_model_is_named(bundled: P
     assert is_demo_model(bundled) and not is_demo_model(bundled.parent)
 
 
-def test_the_demo_command_defaults_to_the_demo_model() -> None:
-    from napari_crafts.cli import build_parser
+def test_the_demo_command_defaults_to_the_demo_model_and_never_writes_into_it(
+        bundled: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from napari_crafts.cli import build_parser, main
 
     args = build_parser().parse_args(["demo"])
     assert args.model == "demo" and args.mpp == SAMPLE_MPP
+    before = _snapshot(bundled)
+    assert main(["demo", "--out", str(bundled / "out")]) == 2
+    assert "lies inside the input" in capsys.readouterr().err and _snapshot(bundled) == before
 
 
 def test_card_and_napari_crafts_json_declare_mpp_and_both_controlnets(bundled: Path) -> None:

@@ -65,7 +65,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..generation.region import Progress, Region, TileDone, generate_region, plan_region, run
     from ..generation.sources import LabelsSource
     from ..generation.tiling import seam_score
-    from ..model.catalog import is_demo_model
+    from ..model.catalog import is_demo_model, resolve
     from ..model.engine import get_engine
 
     settings = settings_from_args(
@@ -75,7 +75,8 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a folder for the demo's output.")
-    model = [args.model] if Path(args.model).expanduser().exists() else []
+    model_path = Path(resolve(args.model)).expanduser()  # 'demo': the package's folder, never written into
+    model = [model_path] if model_path.exists() else []
     paths = {kind: check_output(out / name, kind=kind, inputs=model, overwrite=args.overwrite)
              for kind, name in (("ome-zarr", "synthetic_he.ome.zarr"), ("png", "synthetic_he_SYNTHETIC.png"),
                                 ("json", "provenance.json"))}
