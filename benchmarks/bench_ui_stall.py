@@ -80,6 +80,11 @@ def main() -> None:
     from napari_crafts._sample_data import load_nuclei
     from napari_crafts.model.engine import get_engine
 
+    from napari_crafts.generation import estimate
+
+    # no "run anyway, or the fast settings?" question: on a loaded CPU the estimate can pass LONG_RUN_S, and
+    # nobody is here to answer (the question itself is tested in tests/test_viewer_workflow.py)
+    estimate.LONG_RUN_S = float("inf")
     get_engine(args.model)  # build/cache the tiny model outside the measurement; loading is timed below anyway
     from napari_crafts.model import engine as engine_module
 

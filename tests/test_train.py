@@ -124,6 +124,10 @@ def test_joint_training_learns_and_the_engine_loads_and_generates(pairs, tiny_mo
     rows = json.loads((ckpt / "validation" / "metrics.json").read_text())
     assert {r["mode"] for r in rows} == {"labels", "fluorescence"} and all(r["tiles"] == 2 for r in rows)
     assert all(np.isfinite(r["metrics"]["SSIM"]) for r in rows)
+    from napari_crafts.export.check import check_image
+
+    report = check_image(ckpt / "validation" / "labels.png")  # says what it is: metadata, and marked tiles
+    assert report.synthetic and report.provenance["found"] and report.provenance["watermark"]["enabled"]
 
     engine = Engine(out)
     val = load_arrays(open_pairs(pairs, "test"), ["labels"])

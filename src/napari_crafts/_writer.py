@@ -13,7 +13,6 @@ existing file is replaced only when napari-crafts wrote it (the save dialog has 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -159,15 +158,9 @@ def _write_zarr(path: Path, image: np.ndarray, mpp: float | None, record: dict[s
 
 
 def _write_png(path: Path, image: np.ndarray, mpp: float | None, record: dict[str, Any]) -> None:
-    from PIL import Image, PngImagePlugin
+    from .export.png import save_png
 
-    info = PngImagePlugin.PngInfo()
-    info.add_itxt(PROVENANCE_KEY, json.dumps({**record, "mpp": mpp}))
-    info.add_itxt("Description", str(record.get("warning", "SYNTHETIC IMAGE")))
-    dpi = (25400.0 / mpp,) * 2 if mpp else None
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(image).save(partial, format="PNG", pnginfo=info, **({"dpi": dpi} if dpi else {}))
-    os.replace(partial, path)  # a failed save leaves no half-written PNG
+    save_png(path, image, {**record, "mpp": mpp}, mpp=mpp)
 
 
 _WRITERS: dict[str, Callable[[Path, np.ndarray, float | None, dict[str, Any]], None]] = {

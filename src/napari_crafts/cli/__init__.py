@@ -61,6 +61,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from .._sample_data import load_nuclei
     from ..export import save_ome_zarr
+    from ..export.png import save_png
     from ..export.safety import check_output
     from ..generation.region import Progress, Region, TileDone, generate_region, plan_region, run
     from ..generation.sources import LabelsSource
@@ -104,7 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
     zarr_path, png = paths["ome-zarr"], paths["png"]
     save_ome_zarr(zarr_path, result.rgb, mpp=args.mpp, provenance=result.provenance, chunk=256,
                   overwrite=args.overwrite)
-    _save_png(png, np.concatenate([result.rgb, np.repeat(np.where(labels > 0, 255, 0).astype(np.uint8)[..., None],
+    save_png(png, np.concatenate([result.rgb, np.repeat(np.where(labels > 0, 255, 0).astype(np.uint8)[..., None],
                                                                 3, axis=-1)], axis=1), result.provenance)
     paths["json"].write_text(json.dumps(result.provenance, indent=2, allow_nan=False))
     for note in result.notes:
@@ -122,17 +123,6 @@ def _demo(args: argparse.Namespace) -> int:
         print("This ran the demo model: a toy-scale model trained here on one small CC0 slide (CMU-1) to show the "
               "workflow, not CRAFTS. Use --model for real weights.")
     return 0
-
-
-def _save_png(path: Path, rgb: Any, provenance: dict[str, Any]) -> None:
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("Software", "napari-crafts")
-    info.add_text("Description", provenance["warning"])
-    info.add_text("napari_crafts", json.dumps(provenance))
-    Image.fromarray(rgb).save(path, pnginfo=info)
 
 
 def _tiny_model(args: argparse.Namespace) -> int:

@@ -81,13 +81,15 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
                     seed: int, prompt: str) -> list[dict[str, Any]]:
     """Generate the fixed held-out tiles of every mode (prompt-only when ``modes`` is empty) and score them.
 
-    Writes ``out/<mode>.png`` (rows: control, generated, real) and returns one row per mode:
-    {"mode", "tiles", "metrics": mean SSIM/PSNR/MSE/NCC over tiles + H&E checks}.
+    Writes ``out/<mode>.png`` (rows: control, generated, real; the generated tiles watermarked, the file with a
+    record saying what it is) and returns one row per mode: {"mode", "tiles", "metrics": mean SSIM/PSNR/MSE/NCC
+    over tiles + H&E checks} (scored on the unmarked tiles: the model's own pixels).
     """
-    from PIL import Image
-
     from ..evaluation.metrics import pixel_metrics
+    from ..export.png import save_png
+    from ..export.watermark import sign_record, watermark_image
     from ..model.engine import Engine
+    from ..provenance import SYNTHETIC_WARNING, package_version
 
     engine = Engine(model, device="cpu")
     idx = pick_tiles(len(val), tiles)
@@ -104,8 +106,13 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
             per_tile.append({**m, **he_checks(gen[i], nuclei)})
         mean = {k: float(np.nanmean([t[k] for t in per_tile])) for k in per_tile[0]}
         rows.append({"mode": mode, "tiles": len(idx), "metrics": mean})
-        strips = [np.concatenate(list(gen), axis=1), np.concatenate(list(real), axis=1)]
+        record = {"synthetic": True, "generator": "napari-crafts", "version": package_version(),
+                  "warning": SYNTHETIC_WARNING, "what": "training validation: middle row synthetic, bottom row real",
+                  "model": str(model), "mode": mode, "steps": steps, "seed": seed, "tiles": [int(i) for i in idx]}
+        payload = sign_record(record)
+        marked = [watermark_image(tile, payload) if payload is not None else tile for tile in gen]
+        strips = [np.concatenate(marked, axis=1), np.concatenate(list(real), axis=1)]
         if controls is not None:
             strips.insert(0, np.concatenate(list(controls), axis=1))
-        Image.fromarray(np.concatenate(strips, axis=0)).save(out / f"{mode}.png")
+        save_png(out / f"{mode}.png", np.concatenate(strips, axis=0), record)
     return rows
