@@ -121,8 +121,7 @@ def test_demo_model_settings_label_most_of_the_dark_haematoxylin(cmu1_crop):
     rgb, mpp = cmu1_crop
     h, tissue = haematoxylin_od(rgb), tissue_mask(rgb)
     recall, ratio = {}, {}
-    for name, params in {"default": NucleiParams(),
-                         "demo": NucleiParams(min_solidity=0.7, min_area_um2=4.0)}.items():
+    for name, params in {"default": NucleiParams(), "demo": NucleiParams(min_solidity=0.7, min_area_um2=4.0)}.items():
         labels = np.zeros(rgb.shape[:2], np.int32)
         threshold, stats = segment_slide(reader(rgb), rgb.shape[:2], labels, mpp=mpp, params=params)
         dark = (h > 2 * threshold) & tissue
