@@ -23,8 +23,9 @@ import pytest
 CROP = 256
 SAMPLE_MPP = 0.25
 #: Haematoxylin OD ratio inside / outside the labels that says "nuclei drawn where the labels are". Measured at
-#: these settings: see docs/demo_model.md (demo model ~3 to 4, random tiny model ~1.0).
-H_RATIO_MIN = 2.0
+#: these settings (seeds 0, 1, 2): the demo model 5.8, 5.7, 5.3 (its first version, with stray nuclei, 3.9 to
+#: 4.3); the random tiny model 1.02 to 1.03; real CMU-1 H&E ~7.
+H_RATIO_MIN = 2.5
 
 # Runs in a fresh interpreter: hub and transformers offline, an empty napari-crafts cache and HF home, so the
 # model can only come from the package folder. Writes the generated pixels to argv[1].
