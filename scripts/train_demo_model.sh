@@ -70,7 +70,8 @@ if [ -e "$DEST" ] && ! grep -qs '"trained_by": "napari-crafts train"' "$DEST/nap
   echo "$DEST exists and is not a napari-crafts train output: not replaced" >&2; exit 1
 fi
 rm -rf "$DEST" && mkdir -p "$DEST"
-(cd "$WORK/labels2" && tar cf - --exclude=./training .) | (cd "$DEST" && tar xf -)
+# (the run's .napari-crafts-output.json marker stays behind: the package's folder is not an overwritable output)
+(cd "$WORK/labels2" && tar cf - --exclude=./training --exclude=./.napari-crafts-output.json .) | (cd "$DEST" && tar xf -)
 cp -r "$WORK/joint/controlnet_fluorescence" "$DEST/"
 "$PY" - "$DEST" "$WORK" "$LABELS_SCALE" <<'EOF'
 import json, sys
