@@ -233,7 +233,7 @@ def test_auto_nuclei_and_simulated_if_on_real_cmu1(tmp_path):
     card = json.loads((out / "dataset.json").read_text())
     found = card["nuclei"]["found"]
     assert card["nuclei"]["method"] == "auto" and 60 <= found["count"] <= 600 and found["h_od_ratio"] > 3
-    assert card["nuclei"]["parameters"]["min_area_um2"] == 8.0
+    assert card["nuclei"]["parameters"]["min_area_um2"] == 4.0
     h_in, h_out, r_in, r_out = [], [], [], []
     for split in ("train", "test"):
         for row in rows(out, split):
@@ -421,6 +421,7 @@ def test_cli_builds_and_reports(scene, tmp_path, capsys):
     (["--mpp", "0.5", "--test-band", "a:b"], "Test band 'a:b' is not 'y0:y1'"),
     (["--mpp", "0.5", "--channels", "DAPI=nuclear"], "--channels gives the roles of the --fluorescence file's"),
     (["--mpp", "0.5", "--min-tissue", "2"], "--min-tissue is a fraction in [0, 1], got 2.0"),
+    (["--mpp", "0.5", "--nuclei-min-solidity", "1.5"], "--nuclei-min-solidity 1.5 is out of range"),
     (["--mpp", "0.5", "--nuclei", "none"], "No control to pair with the H&E"),
     (["--mpp", "0.5", "--simulate-if", "--fluorescence", "x.tif"], "either real fluorescence"),
     (["--mpp", "0.5", "--test-band", "400:420"], "Test band 400:420 is 20 rows high, less than one tile"),

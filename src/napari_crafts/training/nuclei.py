@@ -42,11 +42,22 @@ class NucleiParams:
     threshold_scale: float = 1.0  # multiplies the Otsu threshold (> 1 stricter)
     opening_um: float = 0.5  # radius of the opening that removes specks
     split_distance_um: float = 2.5  # minimum distance between watershed seeds (about a small nucleus radius)
-    min_area_um2: float = 8.0
+    # 4 µm² and 0.7: on CMU-1, 8 µm² and 0.85 left ~40 % of the strongly haematoxylin-stained pixels unlabelled
+    # (small and irregular nuclei), and a ControlNet trained on such labels draws nuclei where labels have none
+    min_area_um2: float = 4.0
     max_area_um2: float = 150.0
-    min_solidity: float = 0.85
+    min_solidity: float = 0.7
     tissue_od: float = TISSUE_OD_THRESHOLD  # metrics.tissue_mask's rule
     ink_margin: float | None = 15.0  # objects greener than red by more than this (mean) are marking dye
+
+    def __post_init__(self) -> None:
+        checks = {"--nuclei-min-area": (self.min_area_um2, 0 < self.min_area_um2 < self.max_area_um2),
+                  "--nuclei-min-solidity": (self.min_solidity, 0 <= self.min_solidity <= 1),
+                  "--nuclei-threshold": (self.threshold, self.threshold is None or self.threshold > 0)}
+        for flag, (value, ok) in checks.items():
+            if not ok:
+                raise NucleiError(f"{flag} {value} is out of range (area: (0, {self.max_area_um2}) µm²; solidity: "
+                                  "[0, 1]; threshold: a positive haematoxylin OD).")
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -50,6 +50,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"held-out fraction of the rows, at the bottom (default {d.test_fraction}; 0: no test)")
     parser.add_argument("--nuclei-threshold", type=float, default=None, metavar="OD",
                         help="haematoxylin OD threshold for --nuclei auto (default: Otsu over the slide's tissue)")
+    parser.add_argument("--nuclei-min-area", type=float, default=NucleiParams.min_area_um2, metavar="UM2",
+                        help=f"--nuclei auto: smallest nucleus kept, µm² (default {NucleiParams.min_area_um2})")
+    parser.add_argument("--nuclei-min-solidity", type=float, default=NucleiParams.min_solidity, metavar="S",
+                        help="--nuclei auto: least solidity (area / convex hull area) of a nucleus kept "
+                             f"(default {NucleiParams.min_solidity})")
     parser.add_argument("--caption", default=None, help="caption of every tile (default: the CRAFTS prompt)")
     parser.add_argument("--category", default=None, help="optional category text of every tile")
     parser.add_argument("--overwrite", action="store_true",
@@ -67,7 +72,9 @@ def options_from_args(args: argparse.Namespace) -> PairsOptions:
         channels=args.channels, simulate_if=args.simulate_if,
         mpp=args.mpp, model=args.model, source_mpp=args.source_mpp, tile_px=args.tile_px, stride_px=args.stride_px,
         min_tissue=args.min_tissue, test_band=band, test_fraction=args.test_fraction,
-        caption=args.caption, category=args.category, nuclei_params=NucleiParams(threshold=args.nuclei_threshold),
+        caption=args.caption, category=args.category, nuclei_params=NucleiParams(
+            threshold=args.nuclei_threshold, min_area_um2=args.nuclei_min_area,
+            min_solidity=args.nuclei_min_solidity),
     )
 
 
