@@ -37,9 +37,9 @@ def drive(gen: Any) -> Any:
 
 def dsb_check(engine: Any, steps: int, tile_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     from napari_crafts._sample_data import load_nuclei
+    from napari_crafts.evaluation.metrics import he_checks
     from napari_crafts.generation.region import GenerationSettings, Region, generate_region
     from napari_crafts.generation.sources import LabelsSource
-    from napari_crafts.training.validation import he_checks
 
     _, labels = load_nuclei()
     labels = labels[:512, :512]
@@ -54,7 +54,7 @@ def dsb_check(engine: Any, steps: int, tile_size: int) -> tuple[np.ndarray, np.n
 
 def real_reference(test: Any) -> dict[str, Any]:
     """The same numbers on the real H&E of the held-out tiles, with their own nuclei masks."""
-    from napari_crafts.training.validation import he_checks
+    from napari_crafts.evaluation.metrics import he_checks
 
     he = np.concatenate(list(test.he), axis=1)
     mask = np.concatenate(list(test.controls["labels"][..., 0] > 127), axis=1)
@@ -62,8 +62,8 @@ def real_reference(test: Any) -> dict[str, Any]:
 
 
 def heldout(engine: Any, test: Any, modes: list[str], steps: int, seed: int = 0) -> dict[str, Any]:
-    from napari_crafts.evaluation.metrics import pixel_metrics
-    from napari_crafts.training.validation import generate_tiles, he_checks
+    from napari_crafts.evaluation.metrics import he_checks, pixel_metrics
+    from napari_crafts.training.validation import generate_tiles
 
     out: dict[str, Any] = {}
     images = {}

@@ -56,7 +56,7 @@ def _sample_labels() -> np.ndarray:
 
 
 def _h_ratio(rgb: np.ndarray, labels: np.ndarray) -> float:
-    from napari_crafts.training.validation import haematoxylin_ratio
+    from napari_crafts.evaluation.metrics import haematoxylin_ratio
 
     return haematoxylin_ratio(rgb, labels > 0)
 
@@ -143,7 +143,7 @@ def test_loads_offline_from_the_package_and_writes_nowhere(offline: dict[str, An
 
 
 def test_demo_model_draws_haematoxylin_where_the_labels_are(offline: dict[str, Any]) -> None:
-    from napari_crafts.training.validation import red_over_green
+    from napari_crafts.evaluation.metrics import red_over_green
 
     rgb, labels = offline["rgb"], _sample_labels()
     assert _h_ratio(rgb, labels) > H_RATIO_MIN
@@ -159,3 +159,12 @@ def test_the_random_tiny_model_fails_the_same_check(engine: Any) -> None:  # typ
     result = run(generate_region(engine, LabelsSource(labels, name="nuclei", mpp=SAMPLE_MPP),
                                  Region(0, 0, 128, 128), settings))
     assert 0.7 < _h_ratio(result.rgb, labels) < H_RATIO_MIN
+
+
+def test_provenance_names_the_demo_model_by_id_however_it_was_asked_for():
+    from napari_crafts.model.catalog import bundled_demo_model
+    from napari_crafts.model.description import ModelDescription
+
+    by_id, by_path = ModelDescription.open("demo"), ModelDescription.open(bundled_demo_model())
+    assert by_id.describe()["id"] == by_path.describe()["id"] == "demo"
+    assert by_id.describe()["weights_sha256"] == by_path.describe()["weights_sha256"]

@@ -27,10 +27,12 @@ PROBE_PX = (64, 128)
 #: Runs of at most this many network passes of a 64-px tile (tiles × passes × (tile/64)²) are not estimated.
 SMALL_RUN = 100
 #: Fast settings for a CPU: fewer steps with a multistep scheduler, guidance for the first half only, feature
-#: reuse, smaller tiles (256 px for SD1.5's 8× autoencoder: 32² latents; at least 128 px for smaller ones).
-#: Approximate (recorded as such in the provenance, and the layer name says so).
-FAST_SETTINGS = GenerationSettings(scheduler="unipc", steps=10, cfg_cutoff=0.5, cache_interval=2, tile_size=256,
-                                   overlap=32)
+#: reuse. Approximate (recorded as such in the provenance, and the layer name says so).
+FAST_SETTINGS = GenerationSettings(scheduler="unipc", steps=10, cfg_cutoff=0.5, cache_interval=2)
+#: Tiles whose latents are larger than SD's own 64² are made smaller by the fast settings (the tiny model's 2×
+#: autoencoder: 128 px); at 64² they stay (an 8× autoencoder's 512 px: smaller tiles would cost more tiles and
+#: overlap for less fidelity: measured with the demo model, docs/demo_model.md).
+FAST_LATENT_SIDE = 64
 
 # (engine id, tile px, control, guidance) → (seconds per network pass, seconds per tile decode)
 _SPEED: dict[tuple[int, int, bool, bool], tuple[float, float]] = {}
@@ -73,7 +75,7 @@ class RunEstimate:
 def fast_settings(settings: GenerationSettings, vae_scale_factor: int = 8) -> GenerationSettings:
     """``settings`` with the fast values (never a larger tile or more steps than asked for)."""
     f = FAST_SETTINGS
-    tile = min(settings.tile_size, max(128, f.tile_size * vae_scale_factor // 8))  # tiny 2× autoencoder: 128 px
+    tile = min(settings.tile_size, max(128, FAST_LATENT_SIDE * vae_scale_factor))
     return dataclasses.replace(settings, scheduler=f.scheduler, steps=min(settings.steps, f.steps),
                                cfg_cutoff=f.cfg_cutoff, cache_interval=f.cache_interval, tile_size=tile,
                                overlap=min(settings.overlap, tile // 8))

@@ -218,10 +218,13 @@ class ModelDescription:
         ``config``: for a single file, the diffusers-layout folder with the networks' configs (default: SD1.5's,
         in the package).
         """
+        from .catalog import DEMO_MODEL_ID, is_demo_model
         from .tiny import TINY_MODEL_ID, ensure_tiny_model
 
         ref = str(model)
         path = ensure_tiny_model() if ref == TINY_MODEL_ID else resolve_model(model, allow_pickle=allow_pickle)
+        if is_demo_model(path):  # by id or by its folder: provenance names it "demo", not a site-packages path
+            ref = DEMO_MODEL_ID
         if path.is_file():
             folder, card = single_file_config(config), ModelCard(name=path.name)  # a bare file declares nothing
         else:

@@ -14,45 +14,9 @@ from typing import Any
 import numpy as np
 
 from .._generators import run
+from ..evaluation.metrics import he_checks
 from ..model.threads import pinned
 from .data import TileArrays
-
-
-def haematoxylin_ratio(rgb: np.ndarray, mask: np.ndarray) -> float:
-    """Mean haematoxylin OD (rgb2hed channel 0) inside ``mask`` over its mean outside (NaN if one side is empty)."""
-    from skimage.color import rgb2hed
-
-    h = rgb2hed(np.asarray(rgb, np.uint8))[..., 0]
-    inside, outside = h[mask], h[~mask]
-    if inside.size == 0 or outside.size == 0:
-        return float("nan")
-    out = float(outside.mean())
-    return float(inside.mean()) / out if out > 0 else float("nan")
-
-
-def red_over_green(rgb: np.ndarray) -> float:
-    """Fraction of tissue pixels (``metrics.tissue_mask``) with red > green (NaN with no tissue)."""
-    from ..evaluation.metrics import tissue_mask
-
-    rgb = np.asarray(rgb, np.uint8)
-    tissue = tissue_mask(rgb)
-    if not tissue.any():
-        return float("nan")
-    return float((rgb[..., 0].astype(int) > rgb[..., 1].astype(int))[tissue].mean())
-
-
-def he_checks(rgb: np.ndarray, nuclei: np.ndarray | None) -> dict[str, float]:
-    """The H&E sanity numbers of one image: H-OD ratio (when a nuclei mask is given), red > green, mean RGB."""
-    from ..evaluation.metrics import tissue_mask
-
-    out: dict[str, float] = {}
-    if nuclei is not None:
-        out["H_ratio"] = haematoxylin_ratio(rgb, nuclei)
-    out["red_gt_green"] = red_over_green(rgb)
-    tissue = tissue_mask(rgb)
-    mean = rgb[tissue].mean(0) if tissue.any() else np.full(3, np.nan)
-    out.update({"mean_R": float(mean[0]), "mean_G": float(mean[1]), "mean_B": float(mean[2])})
-    return out
 
 
 def pick_tiles(n: int, count: int) -> list[int]:
