@@ -165,6 +165,9 @@ def test_provenance_names_the_demo_model_by_id_however_it_was_asked_for():
     from napari_crafts.model.catalog import bundled_demo_model
     from napari_crafts.model.description import ModelDescription
 
+    from napari_crafts.model.engine import get_engine
+
     by_id, by_path = ModelDescription.open("demo"), ModelDescription.open(bundled_demo_model())
     assert by_id.describe()["id"] == by_path.describe()["id"] == "demo"
     assert by_id.describe()["weights_sha256"] == by_path.describe()["weights_sha256"]
+    assert get_engine("tiny-demo").model.describe(mode=None)["id"] == "tiny-demo"  # the engine opens it by path

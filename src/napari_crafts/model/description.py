@@ -219,12 +219,15 @@ class ModelDescription:
         in the package).
         """
         from .catalog import DEMO_MODEL_ID, is_demo_model
-        from .tiny import TINY_MODEL_ID, ensure_tiny_model
+        from .tiny import TINY_MODEL_ID, ensure_tiny_model, tiny_model_path
 
         ref = str(model)
         path = ensure_tiny_model() if ref == TINY_MODEL_ID else resolve_model(model, allow_pickle=allow_pickle)
-        if is_demo_model(path):  # by id or by its folder: provenance names it "demo", not a site-packages path
+        # asked for by id or by its folder, provenance names a model we ship by its id (not a machine's path)
+        if is_demo_model(path):
             ref = DEMO_MODEL_ID
+        elif path.resolve() == tiny_model_path().resolve():
+            ref = TINY_MODEL_ID
         if path.is_file():
             folder, card = single_file_config(config), ModelCard(name=path.name)  # a bare file declares nothing
         else:
