@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .settings import TrainSettings
     from .stage import Parts
 
-#: Key in napari_crafts.json that marks a folder written by ``napari-crafts train``.
+#: Key in napari_crafts.json that says who made the model (information: what may be replaced is decided by the
+#: folder marker of ``export.safety``).
 TRAINED_BY = "trained_by"
 TRAINED_BY_VALUE = "napari-crafts train"
 #: The human-readable model card beside the weights.

@@ -53,7 +53,7 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
     from ..export.png import save_png
     from ..export.watermark import sign_record, watermark_image
     from ..model.engine import Engine
-    from ..provenance import SYNTHETIC_WARNING, package_version
+    from ..provenance import synthetic_header
 
     engine = Engine(model, device="cpu")
     idx = pick_tiles(len(val), tiles)
@@ -70,8 +70,7 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
             per_tile.append({**m, **he_checks(gen[i], nuclei)})
         mean = {k: float(np.nanmean([t[k] for t in per_tile])) for k in per_tile[0]}
         rows.append({"mode": mode, "tiles": len(idx), "metrics": mean})
-        record = {"synthetic": True, "generator": "napari-crafts", "version": package_version(),
-                  "warning": SYNTHETIC_WARNING, "what": "training validation: middle row synthetic, bottom row real",
+        record = {**synthetic_header(), "what": "training validation: middle row synthetic, bottom row real",
                   "model": str(model), "mode": mode, "steps": steps, "seed": seed, "tiles": [int(i) for i in idx]}
         payload = sign_record(record)
         marked = [watermark_image(tile, payload) if payload is not None else tile for tile in gen]
