@@ -21,7 +21,7 @@
 set -euo pipefail
 WORK=${1:?usage: scripts/train_demo_model.sh WORKDIR}
 PY=${PY:-.venv/bin/python}
-SLIDE=../shared/data/CMU-1-Small-Region.svs
+SLIDE=tests/data/CMU-1-Small-Region.svs
 mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from _data import dsb_pair, he_tile
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,10 +32,8 @@ def engine(tiny_model: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def nuclei() -> tuple[np.ndarray, np.ndarray]:
-    """Real DSB 2018 fluorescence nuclei (uint16) and their instance labels, from ../shared/data."""
-    import tifffile
-
-    return tifffile.imread(DATA / "stardist_dsb2018_img2d.tif"), tifffile.imread(DATA / "stardist_dsb2018_mask2d.tif")
+    """Real DSB 2018 fluorescence nuclei (uint16) and their instance labels (tests/data)."""
+    return dsb_pair()
 
 
 @pytest.fixture
@@ -48,9 +46,7 @@ def fast():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def he() -> np.ndarray:
     """Real H&E tile (300×500 RGB uint8)."""
-    from PIL import Image
-
-    return np.asarray(Image.open(DATA / "stardist_tcia_histo.jpg").convert("RGB"))
+    return he_tile()
 
 
 @pytest.fixture(scope="session")

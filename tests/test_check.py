@@ -17,7 +17,7 @@ from napari_crafts.cli import check as check_cli
 from napari_crafts.export import check
 from napari_crafts.export import watermark as wm
 
-SVS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+from _data import CMU1_SVS as SVS
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 from napari_crafts.evaluation import metrics as M
 
 pytest.importorskip("napari")
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WAIT_MS = 60_000
 
 

@@ -15,7 +15,6 @@ from napari_crafts.cli import evaluate as evaluate_cli
 from napari_crafts.evaluation import metrics as M
 from napari_crafts.evaluation import plip as P
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 

@@ -21,14 +21,13 @@ from napari_crafts.generation.conditioning import (
 )
 from napari_crafts.generation.sources import LIMITS_SAMPLE_PIXELS, FluorescenceSource, limits_sample
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+from _data import dsb_pair
 
 
 @pytest.fixture(scope="module")
 def dsb() -> tuple[np.ndarray, np.ndarray]:
     """Real DSB 2018 nuclei fluorescence (uint16, 512×512) and its instance mask."""
-    return (tifffile.imread(DATA / "stardist_dsb2018_img2d.tif"),
-            tifffile.imread(DATA / "stardist_dsb2018_mask2d.tif"))
+    return dsb_pair()
 
 
 # ── roles ───────────────────────────────────────────────────────────────────────────────────────────────

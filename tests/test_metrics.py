@@ -13,7 +13,6 @@ from napari_crafts.evaluation import plip as P
 
 from conftest import tile_crops
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 

@@ -19,7 +19,7 @@ from napari_crafts.training.nuclei import (
 )
 from napari_crafts.training.stain import eosin_od, haematoxylin_od
 
-CMU1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+from _data import CMU1_SVS as CMU1
 PINK, PURPLE, TEAL = (235, 160, 200), (90, 40, 130), (60, 170, 160)
 
 

@@ -19,7 +19,7 @@ from napari_crafts.io.slide import open_slide
 from napari_crafts.training.pairs import FORMAT, PairsError, build_pairs, iter_pairs
 from napari_crafts.training.stain import haematoxylin_od
 
-CMU1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+from _data import CMU1_SVS as CMU1
 SRC_MPP, MODEL_MPP = 0.4, 0.5  # a 40 px model tile covers 50 source px
 PINK, PURPLE = (235, 160, 200), (80, 30, 120)
 SHAPE = (420, 300)

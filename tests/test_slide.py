@@ -16,9 +16,8 @@ from napari_crafts.io import slide as slide_mod
 from napari_crafts._reader import napari_get_reader
 from napari_crafts.io.slide import SlideError, SlideRef, level_for_mpp, open_slide, read_window
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
-SVS = DATA / "CMU-1-Small-Region.svs"
-MASK = DATA / "stardist_dsb2018_mask2d.tif"
+from _data import CMU1_SVS as SVS
+from _data import DSB_MASK as MASK
 
 
 # --------------------------------------------------------------------------------------------- fixtures

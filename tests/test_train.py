@@ -20,7 +20,7 @@ from napari_crafts.training.data import DatasetError  # noqa: E402
 from napari_crafts.export.safety import OutputError, OutputExists  # noqa: E402
 from napari_crafts.training.train import TrainingError, TrainSettings, train  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from _data import CMU1_SVS
 TILE = 32
 FAST = dict(batch_size=4, validation_tiles=0, augment=True)
 
@@ -71,7 +71,7 @@ def write_pairs(root: Path, rgb: np.ndarray, tile: int = TILE, test_rows: tuple[
 def cmu1_crop() -> np.ndarray:
     """A 256² px crop of dense tissue (epidermis/dermis) of the real CMU-1 slide (CC0)."""
     tiffslide = pytest.importorskip("tiffslide")
-    with tiffslide.TiffSlide(DATA / "CMU-1-Small-Region.svs") as slide:
+    with tiffslide.TiffSlide(CMU1_SVS) as slide:
         return np.asarray(slide.read_region((1024, 1024), 0, (256, 256)).convert("RGB"))
 
 

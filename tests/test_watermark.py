@@ -17,7 +17,7 @@ import pytest
 from napari_crafts.export import watermark as wm
 from napari_crafts.export.pyramid import mean_downsample_2x
 
-SVS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+from _data import CMU1_SVS as SVS
 PAYLOAD = wm.Payload(record_hash=0x5EED1234)
 
 
