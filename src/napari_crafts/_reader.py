@@ -86,7 +86,7 @@ def slide_layer_data(slide: Slide) -> LayerDataTuple:
     if slide.kind == "rgb":
         return data, {**kwargs, "rgb": True}, "image"
     n = slide.levels[0].shape[0]
-    names = slide.channel_names or [f"{name} [{i}]" for i in range(n)]
+    names = slide.channel_names or ([name] if n == 1 else [f"{name} [{i}]" for i in range(n)])
     colors = slide.properties.get("channel_colors") or [None] * n
     per_channel = [{"napari_crafts": {**info, "channel": names[i], "channel_index": i}} for i in range(n)]
     return data, {**kwargs, "channel_axis": 0, "name": names, "metadata": per_channel,

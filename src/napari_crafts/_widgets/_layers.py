@@ -16,6 +16,18 @@ def record(layer: Any) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+#: What napari-crafts notes about a layer's file (the reader: path, kind, pixel size, channel) and pixel size (the
+#: Pixel size widget): information about the file, never a provenance record.
+FILE_INFO_KEYS = frozenset({"path", "mpp", "mpp_set_by", "kind", "format", "channel", "channel_index"})
+
+
+def provenance_record(layer: Any) -> dict[str, Any] | None:
+    """The layer's provenance record (its napari-crafts metadata whole), or None when that metadata holds only
+    :data:`FILE_INFO_KEYS` (a real slide opened with our reader is not a record that "does not say synthetic")."""
+    meta = record(layer)
+    return meta if set(meta) - FILE_INFO_KEYS else None
+
+
 def axis_unit(layer: Any) -> str:
     units = getattr(layer, "units", None)
     return str(units[-1]) if units else "pixel"

@@ -57,7 +57,9 @@ class JobRunner(Container):
 
         from ..model.interrupt import cancel_scope
 
-        self.output, self._viewer = output, viewer
+        # A plugin's viewer is napari's PublicOnlyProxy, and so are the layers it adds: keep the layer itself, so
+        # that ``is`` finds it in the layer list's events (a removed output is then noticed).
+        self.output, self._viewer = unwrap(output), viewer
         self._tiles = (0, 0)
         self._job, self._stopped = options or JobOptions(), False
         self.cancel_event = event = threading.Event()
@@ -99,13 +101,14 @@ class JobRunner(Container):
         self.cancel_event.set()
         self.worker.quit()
         done, total = self._tiles
-        if done:
+        kept = bool(done) and self.output is not None  # None: the output layer itself was removed
+        if kept:
             self._mark_kept(f"stopped after {done}/{total} tiles")
-        show_warning(why + (f" {done}/{total} tiles kept." if done else ""))
+        show_warning(why + (f" {done}/{total} tiles kept." if kept else ""))
         self.status(why)
 
     def _on_layer_removed(self, event: Any) -> None:
-        layer = event.value
+        layer = unwrap(event.value)
         if self.worker is None or self._stopped:
             return
         if layer is self.output:
@@ -245,11 +248,16 @@ class JobOptions:
                  on_finished: Callable[[], None] | None = None) -> None:
         from ..generation.progress import ProgressClock
 
-        self.watch = tuple(watch)
+        self.watch = tuple(unwrap(layer) for layer in watch)
         self.clock = clock if clock is not None else ProgressClock()
         self.on_long_run = on_long_run
         self.notes_shown = tuple(notes_shown)
         self.on_finished = on_finished
+
+
+def unwrap(obj: Any) -> Any:
+    """The object behind napari's ``PublicOnlyProxy`` (a plugin's viewer hands out proxies), else ``obj``."""
+    return getattr(obj, "__wrapped__", obj)
 
 
 def add_output_layer(viewer: Any, shape_yx: tuple[int, int], *, name: str, scale: Any, translate: Any,

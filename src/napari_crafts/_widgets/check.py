@@ -15,7 +15,7 @@ import numpy as np
 from magicgui.widgets import Label, PushButton
 
 from ._controls import DockContainer, layer_box, wrapped
-from ._layers import record
+from ._layers import provenance_record, record
 from ._regions import layer_plane
 
 NO_IMAGE = "Choose an image layer to check."
@@ -64,10 +64,14 @@ def check_layer(layer: Any, viewer: Any) -> Any:
     notification. Returns the ``ImageReport``."""
     from napari.utils.notifications import show_error, show_info
 
-    from ..export.check import check_array
+    from ..export.check import check_array, file_record
 
     plane, _ = layer_plane(layer, viewer)
-    report = check_array(plane, plane_record(layer, viewer), name=layer.name)
+    found, source = plane_record(layer, viewer), None
+    if found is None:  # e.g. our PNG opened by napari's own reader: the record is in the file, not the layer
+        source = getattr(getattr(layer, "source", None), "path", None)
+        found = file_record(source) if source else None
+    report = check_array(plane, found, name=layer.name, record_from=source if found is not None else None)
     (show_error if report.error else show_info)(f"'{layer.name}': {report.verdict}")
     return report
 
@@ -86,7 +90,8 @@ def check_active_layer(viewer: napari.viewer.Viewer) -> Any:
 
 def plane_record(layer: Any, viewer: Any) -> dict[str, Any] | None:
     """The provenance record of the displayed plane: a stack's own record for its image (``"images"``, as the
-    Prompt → H&E widget stores them), else the layer's."""
+    Prompt → H&E widget stores them), else the layer's (None when the layer's metadata holds only what our reader
+    or Pixel size note about its file: ``_layers.provenance_record``)."""
     meta = record(layer)
     images = meta.get("images")
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
@@ -94,4 +99,4 @@ def plane_record(layer: Any, viewer: Any) -> dict[str, Any] | None:
     if lead == 1 and isinstance(images, list) and len(images) == data.shape[0]:
         i = int(np.clip(round(layer.world_to_data(viewer.dims.point)[0]), 0, data.shape[0] - 1))
         return images[i] if isinstance(images[i], dict) else None
-    return meta or None
+    return provenance_record(layer)

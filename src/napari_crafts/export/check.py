@@ -107,15 +107,37 @@ def _open_pillow(p: Path) -> tuple[str, tuple[int, int], Reader, dict[str, Any] 
         fmt = (img.format or p.suffix.lstrip(".")).lower()
         text = dict(getattr(img, "text", None) or {})
         arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
-    record = None
-    if "napari_crafts" in text:
-        try:
-            record = json.loads(text["napari_crafts"])
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            record = {"unreadable": "the 'napari_crafts' text chunk is not a JSON record"}
+    record = _text_record(text)
     return fmt, (arr.shape[0], arr.shape[1]), lambda y, x, h, w: arr[y : y + h, x : x + w], record
+
+
+def _text_record(text: dict[str, Any]) -> dict[str, Any] | None:
+    """The record in a PNG's text chunks (key "napari_crafts", JSON); None when there is none."""
+    if "napari_crafts" not in text:
+        return None
+    try:
+        record = json.loads(text["napari_crafts"])
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"unreadable": "the 'napari_crafts' text chunk is not a JSON record"}
+
+
+def file_record(path: str | Path) -> dict[str, Any] | None:
+    """The provenance record stored in an image file (PNG text chunk, OME-TIFF MapAnnotation, OME-Zarr attributes),
+    pixels left unread; None when the file holds none or cannot be read (e.g. a napari layer's source file, which
+    napari's own reader opened without our metadata)."""
+    from PIL import Image
+
+    from . import read_provenance
+
+    p = Path(path)
+    try:
+        if p.suffix.lower() in PILLOW_SUFFIXES:
+            with Image.open(p) as img:
+                return _text_record(dict(getattr(img, "text", None) or {}))
+        return read_provenance(p) if p.suffix.lower() in SLIDE_SUFFIXES else None
+    except (OSError, ValueError):
+        return None
 
 
 def _open_lazy(p: Path) -> tuple[str, tuple[int, int], Reader | None, dict[str, Any] | None]:
@@ -228,15 +250,16 @@ def check_image(path: str | Path, *, max_tiles: int = DEFAULT_MAX_TILES) -> Imag
 
 
 def check_array(data: Any, record: dict[str, Any] | None, *, name: str = "layer",
-                max_tiles: int = DEFAULT_MAX_TILES) -> ImageReport:
+                max_tiles: int = DEFAULT_MAX_TILES, record_from: str | None = None) -> ImageReport:
     """Check pixels in memory or lazy (numpy, dask, zarr; (Y, X), (Y, X, 3) or (Y, X, 4) uint8) and the record
-    that goes with them (a napari layer's data and metadata): the same report as for a file."""
+    that goes with them (a napari layer's data and metadata): the same report as for a file. ``record_from``:
+    where the record was read when not from the layer (its source file), said in the report."""
     rep = ImageReport(path=name, format="array")
     record = record if isinstance(record, dict) else None
     shape = tuple(int(n) for n in data.shape)
     rgb = len(shape) == 3 and shape[2] in (3, 4)
     if np.dtype(data.dtype) != np.uint8 or not (len(shape) == 2 or rgb):
-        _fill(rep, shape[:2], None, record, max_tiles)
+        _fill(rep, shape[:2], None, record, max_tiles, record_from)
         rep.watermark["note"] = (f"not an 8-bit grey or RGB image ({data.dtype}, shape {shape}): watermark not "
                                  "checked")
         return _decide(rep)
@@ -245,17 +268,20 @@ def check_array(data: Any, record: dict[str, Any] | None, *, name: str = "layer"
         return np.asarray(data[y : y + h, x : x + w, :3] if rgb else data[y : y + h, x : x + w])
 
     try:
-        _fill(rep, (shape[0], shape[1]), read, record, max_tiles)
+        _fill(rep, (shape[0], shape[1]), read, record, max_tiles, record_from)
     except wm.WatermarkError as err:
         rep.error = " ".join(str(err).split())
     return _decide(rep)
 
 
 def _fill(rep: ImageReport, shape: tuple[int, ...], read: Reader | None, record: dict[str, Any] | None,
-          max_tiles: int) -> None:
-    """The shape, provenance and watermark parts of a report."""
+          max_tiles: int, record_from: str | None = None) -> None:
+    """The shape, provenance and watermark parts of a report (``record_from``: where the record was read, when
+    not from the image itself)."""
     rep.shape = [int(shape[0]), int(shape[1])]
     rep.provenance = _provenance(record)
+    if record is not None and record_from:
+        rep.provenance["from"] = record_from
     if read is None:
         rep.watermark = {"checked": False, "found": False, "note": "not an RGB image: watermark not checked"}
     else:
@@ -307,7 +333,8 @@ def format_report(rep: ImageReport) -> str:
     elif prov.get("found"):
         what = "synthetic" if prov.get("synthetic") else "does not say synthetic"
         made = ", ".join(str(prov[k]) for k in ("generator", "version", "created") if prov.get(k))
-        lines.append(f"  provenance: found ({what}{'; ' + made if made else ''})")
+        where = f", read from the file {prov['from']}" if prov.get("from") else ""
+        lines.append(f"  provenance: found ({what}{'; ' + made if made else ''}){where}")
     else:
         lines.append("  provenance: none")
     if not mark.get("checked"):
