@@ -21,6 +21,7 @@ import tifffile
 import zarr
 
 from napari_crafts.wsi import job as batch
+from napari_crafts.export.safety import foreign_files
 from napari_crafts.wsi.job import TILE_STORE, SlideArray, generate_slide
 from napari_crafts.cli.generate import configure_parser, main, sample_seam_score
 from napari_crafts.model.engine import weights_sha256
@@ -123,6 +124,7 @@ def test_slide_becomes_complete_pyramid_with_scale_and_provenance(straight: Path
     assert (prov["tile_size_source_px"], prov["overlap_source_px"], prov["tiles"]) == (64, 16, 25)
     assert prov["torch_threads_per_worker"] == 1
     assert not (straight / TILE_STORE).exists() and not (straight / PROGRESS_GROUP).exists()
+    assert foreign_files(straight, kind="ome-zarr") == []  # --overwrite may replace it (export.safety)
     tif = open_slide(straight.with_suffix(".tif"))  # JPEG copy: same pyramid, scale and provenance
     assert tif.kind == "rgb" and tif.mpp == pytest.approx(MPP) and len(tif.levels) == 3
     assert read_provenance(straight.with_suffix(".tif"))["seed"] == 7
@@ -175,6 +177,7 @@ def test_killed_run_resumes_to_byte_identical_chunks(straight: Path, source: Pat
     assert read_provenance(out)["complete"] is False
     tiles_before = len(list(markers.glob("*/*")))
     assert 3 <= tiles_before < 21
+    assert foreign_files(out, kind="ome-zarr") == []  # a killed run's store: all of it is ours (export.safety)
 
     generate_slide(source, out, model=tiny_model, settings=SETTINGS, n_workers=1, chunk=128, resume=True,
                    progress=False)

@@ -194,6 +194,142 @@ def test_output_kinds_are_recognised_by_content(tmp_path: Path) -> None:
         check_output(record, kind="csv", overwrite=True)
 
 
+# ------------------------------------------------------------------ issue 20: ours, and holding nothing else
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every file's bytes and every entry's mtime under ``root``, ``root`` itself included."""
+    return {p.relative_to(root.parent).as_posix(): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in [root, *root.rglob("*")]}
+
+
+def plant(output: Path) -> Path:
+    """A file of the user's, put into an earlier output of ours (a folder or an OME-Zarr store)."""
+    rois = output / "analysis" / "rois.csv"
+    rois.parent.mkdir()
+    rois.write_text("id,x,y\n1,10,20\n")
+    return rois
+
+
+def small_pairs(tmp_path: Path, labels: np.ndarray) -> tuple[Path, Path]:
+    """A real pairs run (napari-crafts pairs) on a pink-and-purple H&E drawn from ``labels``: (H&E, dataset)."""
+    from napari_crafts.training.pairs import build_pairs
+
+    rgb = np.empty((*labels.shape, 3), np.uint8)
+    rgb[:] = (235, 160, 200)
+    rgb[labels > 0] = (80, 30, 120)
+    he = tmp_path / "he.tif"
+    tifffile.imwrite(he, rgb, photometric="rgb", resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    return he, build_pairs(he, tmp_path / "pairs", nuclei="auto", mpp=MPP, tile_px=32, min_tissue=0.1,
+                           test_fraction=0)
+
+
+@pytest.mark.parametrize("command", ["generate", "demo", "pairs", "train", "tiny-model"])
+def test_overwrite_leaves_an_output_of_ours_holding_a_file_of_someone_else(
+        command: str, victim: Path, tiny_model: Path, nuclei: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20: ``--overwrite`` onto an earlier output of ours into which the user put a file deleted it."""
+    from napari_crafts.model.card import MODEL_FOLDER_CONTENTS
+    from napari_crafts.training.model_folder import TRAIN_FOLDER_CONTENTS
+
+    if command in ("generate", "demo"):  # the store as create_ome_zarr writes it (the writer of both commands)
+        out = tmp_path / "demo" / "synthetic_he.ome.zarr" if command == "demo" else tmp_path / "out.ome.zarr"
+        save_ome_zarr(out, np.full((96, 96, 3), 200, np.uint8), mpp=MPP, provenance=PROV, chunk=32)
+        argv = (["demo", "--out", out.parent, "--model", tiny_model] if command == "demo"
+                else ["generate", victim, out, "--model", tiny_model])
+    elif command == "pairs":
+        he, out = small_pairs(tmp_path, nuclei[1][:96, :96])
+        argv = ["pairs", he, out, "--mpp", MPP, "--tile-px", 32, "--quiet"]
+    else:  # a model folder as train / tiny-model mark it
+        out = shutil.copytree(tiny_model, tmp_path / "model")
+        contents = TRAIN_FOLDER_CONTENTS if command == "train" else MODEL_FOLDER_CONTENTS
+        mark_folder(out, "test", contents)
+        dataset = tmp_path / "dataset"
+        dataset.mkdir()
+        argv = (["train", dataset, "--base", tiny_model, "--out", out] if command == "train"
+                else ["tiny-model", out])
+    assert is_ours(out)
+    rois = plant(out)
+    before = snapshot(out)
+    code, _, err = run_cli([*argv, "--overwrite"], capsys)
+    line = one_line(err)
+    assert code == 2 and str(out) in line and "(analysis/rois.csv)" in line and "not replacing it" in line, line
+    assert snapshot(out) == before and rois.read_text() == "id,x,y\n1,10,20\n"
+
+
+def test_the_napari_writer_and_remove_output_leave_a_store_holding_a_file_of_someone_else(tmp_path: Path) -> None:
+    from napari_crafts._writer import save_layer_data
+
+    out = tmp_path / "saved.ome.zarr"
+    rgb = np.full((32, 32, 3), 200, np.uint8)
+    save_ome_zarr(out, rgb, mpp=MPP, provenance=PROV, chunk=16)
+    plant(out)
+    before = snapshot(out)
+    with pytest.raises(OutputError, match=r"holds files napari-crafts did not write there \(analysis/rois.csv\)"):
+        save_layer_data(str(out), rgb, {"name": "synthetic", "metadata": {"napari_crafts": PROV}}, kind="ome-zarr")
+    for replace in (lambda: remove_output(out, kind="ome-zarr"),
+                    lambda: save_ome_zarr(out, rgb, mpp=MPP, provenance=PROV, chunk=16, overwrite=True)):
+        with pytest.raises(OutputError, match=r"\(analysis/rois.csv\): not deleting it"):
+            replace()
+    assert snapshot(out) == before
+
+
+def test_an_ome_zarr_store_of_ours_holds_exactly_what_we_write(tmp_path: Path) -> None:
+    """Levels, chunks, resume markers, the private tile store and zarr's temporary files are ours; a file with a
+    name like ours (a .partial of someone else's, a non-numbered level) is not; resuming keeps others' files."""
+    from napari_crafts.export import create_ome_zarr
+    from napari_crafts.export.safety import EMPTY_MASK, TILE_STORE, foreign_files, remove_private
+
+    out = tmp_path / "run.ome.zarr"
+    writer = create_ome_zarr(out, (96, 96), mpp=MPP, provenance=PROV, chunk=32)  # a run cut short: markers
+    writer.write_chunk(0, 0, 0, np.full((32, 32, 3), 9, np.uint8))
+    tiles = create_ome_zarr(out / TILE_STORE, (64, 64), mpp=None, provenance=PROV, chunk=32, levels=1)
+    tiles.write_chunk(0, 1, 1, np.full((32, 32, 3), 9, np.uint8))
+    np.save(out / TILE_STORE / EMPTY_MASK, np.zeros((2, 2), bool))
+    (out / "0" / "0" / "0" / "1.0123456789abcdef0123456789abcdef.partial").write_bytes(b"half")  # zarr's own
+    assert foreign_files(out, kind="ome-zarr") == []
+    theirs = [out / "0" / "notes.partial", out / "0" / "0" / "0" / "x", out / "level0" / ".zarray",
+              out / TILE_STORE / "mine.txt"]
+    for f in theirs:
+        f.parent.mkdir(exist_ok=True)
+        f.write_text("mine")
+    assert foreign_files(out, kind="ome-zarr") == sorted(theirs)
+    assert check_output(out, kind="ome-zarr", resume=True) == out  # continued in place: nothing is deleted
+    remove_private(out, TILE_STORE)  # what a finished run does with its tile store: only our files go
+    assert [p.name for p in (out / TILE_STORE).rglob("*")] == ["mine.txt"]
+    assert all(f.read_text() == "mine" for f in theirs)
+
+
+@pytest.mark.parametrize("command", ["generate", "demo", "pairs", "train", "evaluate", "tiny-model"])
+def test_no_command_writes_inside_the_installed_package(command: str, victim: Path, tiny_model: Path,
+                                                        tmp_path: Path, he: np.ndarray,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20: an output inside the package's own folder (its demo model, its data) was accepted."""
+    from napari_crafts.export.safety import package_folder
+
+    inside = package_folder() / "data" / "demo_model" / f"_test_output_{tmp_path.name}"
+    assert not inside.exists()
+    rgb = tmp_path / "he.tif"
+    tifffile.imwrite(rgb, he[:64, :64], photometric="rgb", resolution=(1e4 / MPP, 1e4 / MPP),
+                     resolutionunit="CENTIMETER")
+    argv = {
+        "generate": ["generate", victim, inside, "--model", tiny_model],
+        "demo": ["demo", "--out", inside, "--model", tiny_model],
+        "pairs": ["pairs", rgb, inside, "--mpp", MPP, "--quiet"],
+        "train": ["train", tmp_path, "--base", tiny_model, "--out", inside],
+        "evaluate": ["evaluate", tmp_path, tmp_path, "--clip-model", "none", "--csv", inside],
+        "tiny-model": ["tiny-model", inside],
+    }[command]
+    try:
+        code, _, err = run_cli(argv, capsys)
+        line = one_line(err)
+        assert code == 2 and "lies inside the installed napari-crafts package" in line, line
+        assert not inside.exists()
+    finally:
+        if inside.exists():  # made by this test only (a failure above): do not leave it in the package
+            shutil.rmtree(inside) if inside.is_dir() else inside.unlink()
+
+
 # ------------------------------------------------------------------------------------------- 2. failed runs
 # (a run that fails before any tile removes its output: tests/test_batch_failures.py)
 

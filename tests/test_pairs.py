@@ -378,6 +378,58 @@ def test_output_rules(scene, labelled, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.ome.zarr", "mine", "ours"]
 
 
+def test_output_never_goes_inside_the_model_it_reads_or_the_package(scene, tmp_path, capsys):
+    """Issue 20: ``--model MODEL`` with the output inside MODEL wrote tiles into the model folder; without it, an
+    output inside the package's own demo model was accepted."""
+    from napari_crafts.export.safety import package_folder
+    from napari_crafts.model.card import ModelCard
+    from napari_crafts.model.catalog import bundled_demo_model
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "napari_crafts.json").write_text(json.dumps({"name": "m", "mpp": MODEL_MPP}))
+    inside_package = package_folder() / "data" / "demo_model" / f"_pairs_{tmp_path.name}"
+    base = [str(scene["he"]), "--nuclei", str(scene["labels"]), "--tile-px", "40", "--quiet"]
+    for out, flags, message in ((model / "pairs", ["--model", str(model)], f"lies inside the input {model}"),
+                                (inside_package, ["--mpp", "0.5"], "lies inside the installed napari-crafts package")):
+        rc = napari_crafts_pairs([base[0], str(out), *base[1:], *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1, err
+        assert not out.exists()
+    assert [p.name for p in model.iterdir()] == ["napari_crafts.json"]
+    demo = build_pairs(scene["he"], tmp_path / "demo", nuclei=scene["labels"], model="demo", tile_px=40,
+                       test_fraction=0)  # 'demo' is the bundled model, as everywhere else
+    assert json.loads((demo / "dataset.json").read_text())["mpp"] == ModelCard.read(bundled_demo_model()).mpp
+
+
+@pytest.mark.parametrize(("name", "looks"), [
+    ("dsb", "holds 1 channel of uint16"),
+    ("if.ome.tif", "holds 3 channels of uint16 (DAPI, CD8, PanCK)"),
+    ("if.qptiff", "holds 3 channels of uint16"),
+])
+def test_he_that_is_not_brightfield_rgb_is_refused_before_anything_is_written(name, looks, tmp_path, capsys):
+    """Issue 20: an immunofluorescence file taken as H&E gave near-black tiles with false nuclei."""
+    from _data import DSB_IMAGE
+
+    rng = np.random.default_rng(0)
+    channels = rng.integers(0, 4000, (3, 128, 128), dtype=np.uint16)
+    if name == "dsb":
+        path = DSB_IMAGE
+    elif name == "if.ome.tif":
+        path = tmp_path / name
+        names = {"Name": ["DAPI", "CD8", "PanCK"]}
+        tifffile.imwrite(path, channels, ome=True, metadata={"axes": "CYX", "Channel": names, "PhysicalSizeX": SRC_MPP,
+                                                             "PhysicalSizeY": SRC_MPP})
+    else:  # QPTIFF-like: one grey page per channel, as Vectra/PhenoImager write immunofluorescence
+        path = write_tiff(tmp_path / name, channels)
+    before = sorted(tmp_path.iterdir())
+    rc = napari_crafts_pairs([str(path), str(tmp_path / "o"), "--mpp", "0.5", "--source-mpp", str(SRC_MPP), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"{Path(path).name} is not a brightfield H&E image: it {looks}; pairs needs an RGB(A) slide of 8-bit " in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_failed_or_cancelled_run_leaves_nothing(scene, tmp_path):
     glass = write_tiff(tmp_path / "glass.tif", np.full((*SHAPE, 3), 245, np.uint8))
     with pytest.raises(PairsError):

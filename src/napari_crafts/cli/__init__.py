@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .._plural import plural
 from ..model.card import CRAFTS_MASK_PROMPT
 from ._errors import ArgumentParser, UsageError, bounded_int, positive_float, run_command
 
@@ -67,8 +68,11 @@ def _demo(args: argparse.Namespace) -> int:
     from ..generation.sources import LabelsSource
     from ..generation.tiling import seam_score
     from ..model.catalog import is_demo_model, resolve
-    from ..model.engine import get_engine
+    from ..model.engine import check_device, get_engine
+    from . import generate as batch_cli
 
+    if args.device:  # before anything is written
+        check_device(args.device)
     settings = settings_from_args(
         prompt=args.prompt, seed=args.seed, steps=args.steps, tile_size=args.tile_size, overlap=args.overlap,
         batch_size=args.batch,
@@ -111,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print(f"synthetic H&E: {zarr_path} ({result.rgb.shape[0]}×{result.rgb.shape[1]} px, "
-          f"{result.tiles_generated} tiles, seam score border/interior {border:.2f}/{interior:.2f})")
+          f"{plural(result.tiles_generated, 'tile')}; {batch_cli.seam_line(border, interior)})")
     print(f"preview (left: synthetic, right: labels): {png}")
     mark = result.provenance["watermark"]
     print(f"watermark: payload {mark['payload']}" if mark["enabled"] else f"watermark: off ({mark['reason']})",

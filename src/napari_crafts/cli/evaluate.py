@@ -80,6 +80,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                for kind, path in (("csv", args.csv), ("json", args.json)) if path is not None}
     if len(outputs) == 2 and outputs["csv"] == outputs["json"]:
         raise UsageError(f"--csv and --json name the same file ({outputs['csv']}): give two paths.")
+    same = Path(args.generated).expanduser().resolve() == Path(args.real).expanduser().resolve()
+    if same:  # not an error (a smoke test), but a perfect score must not pass for a result
+        print(f"warning: GENERATED and REAL are the same ({args.generated}): it is compared with itself, so the "
+              "scores are perfect (SSIM 1, MSE 0) and mean nothing.", file=sys.stderr, flush=True)
     scorer = load_scorer(args.clip_model, device=args.device)
     result = evaluate_paths(
         args.generated, args.real, tile=args.tile, mask=None if args.no_mask else "tissue", scorer=scorer,
@@ -91,6 +95,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(M.format_table(rows))
     for note in result.notes:
         print(f"note: {note}")
+    if not same and result.mse == 0:
+        print("note: the generated and real images are identical pixel for pixel (MSE 0): is GENERATED a copy of "
+              "REAL?")
     for path in (args.csv, args.json):
         if path is not None:
             print(f"wrote {path}")

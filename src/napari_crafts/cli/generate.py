@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..export import open_ome_zarr
@@ -33,6 +34,13 @@ def sample_seam_score(path: str | Path, side: int = SEAM_SAMPLE) -> tuple[float,
     (y0, y1), (x0, x1) = box
     rgb = writer.read_region(0, y0, x0, y1, x1)
     return seam_score(rgb, TileGrid(y1 - y0, x1 - x0, tile, min(overlap, tile // 2)))
+
+
+def seam_line(border: float, interior: float) -> str:
+    """The seam score as the commands print it; "n/a" where the image has no tile edge (one tile)."""
+    if not (math.isfinite(border) and math.isfinite(interior)):
+        return "seam score: n/a (one tile: no seams)"
+    return f"seam score (mean step at tile edges / inside tiles; ≈1 is seam-free): {border:.2f}/{interior:.2f}"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from ..model.engine import check_device
     from ..wsi.job import generate_slide
     from . import settings_from_args
 
@@ -107,6 +116,8 @@ def _generate(args: argparse.Namespace) -> int:
         batch_size=args.batch, controlnet=args.controlnet, cfg_cutoff=args.cfg_cutoff,
         cache_interval=args.cache_interval,
     )
+    if args.device and not args.scheduler_address:  # the workers would run here: refuse now, not in each worker
+        check_device(args.device)
     out = generate_slide(
         args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
         channels=args.channels,
@@ -116,7 +127,6 @@ def _generate(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, compile=args.compile,
         watermark="--no-watermark" if args.no_watermark else True,
     )
-    border, interior = sample_seam_score(out)
-    print(f"seam score (mean step at tile edges / inside tiles; ≈1 is seam-free): {border:.2f}/{interior:.2f}")
+    print(seam_line(*sample_seam_score(out)))
     print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))
     return 0

@@ -157,14 +157,24 @@ def input_kind(path: Path) -> str:
     return "tiles"
 
 
+def read_picture(path: Path) -> np.ndarray:
+    """A PNG/JPEG file as an RGB uint8 array; a file that is not one is an EvaluationError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # not an image at all; truncated; broken chunks
+        kind = path.suffix.lstrip(".").upper() or "picture"
+        why = "" if isinstance(err, UnidentifiedImageError) else f" ({' '.join(str(err).split())})"
+        raise EvaluationError(f"{path}: not a readable {kind} image{why}: replace or remove it.") from None
+
+
 def open_image(path: str | Path) -> tuple[Any, float | None]:
     """(level-0 RGB array, lazy where the format allows; µm/px or None) of a slide, TIFF, OME-Zarr or picture."""
     p = Path(path).expanduser()
     if input_kind(p) == "picture":
-        from PIL import Image
-
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB")), None
+        return read_picture(p), None
     from ..io.slide import open_slide
 
     slide = open_slide(p)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .inputs import EvaluationError, read_picture
+
 if TYPE_CHECKING:
     from .plip import ClipScorer
 
@@ -443,12 +445,12 @@ def _read_rgb(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        image = np.asarray(tifffile.imread(path))
+        try:
+            image = np.asarray(tifffile.imread(path))
+        except (OSError, ValueError) as err:  # TiffFileError is a ValueError
+            raise EvaluationError(f"{path}: not a readable TIFF image ({err}): replace or remove it.") from None
     else:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = read_picture(path)
     if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
         raise ValueError(f"{path.name}: expected an 8-bit RGB image, got {image.dtype} of shape {image.shape}.")
     return image[..., :3]

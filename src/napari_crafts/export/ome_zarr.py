@@ -27,13 +27,12 @@ from zarr.errors import NodeNotFoundError
 
 from ..provenance import PROVENANCE_KEY, json_record
 from .pyramid import DOWNSAMPLING, default_levels, level_shapes, mean_downsample_2x
-from .safety import GENERATOR, OutputExists, output_kind, remove_output
+from .safety import GENERATOR, PROGRESS_GROUP, ZARR_TEMPORARY, OutputExists, output_kind, remove_output
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
     from zarr.core.common import JSON
 
-PROGRESS_GROUP = "_napari_crafts_progress"
 #: Provenance keys that may differ between a run and its resumption (everything else must match).
 RESUME_VOLATILE_KEYS = frozenset({"created", "complete"})
 CHANNEL_COLORS = ("FF0000", "00FF00", "0000FF")
@@ -191,7 +190,8 @@ class OmeZarrWriter:
         if PROGRESS_GROUP in root:
             del root[PROGRESS_GROUP]
         for leftover in Path(self.path).rglob("*.partial"):  # zarr's temporary files from killed writes
-            leftover.unlink()
+            if ZARR_TEMPORARY.search(leftover.name) and not leftover.is_symlink():
+                leftover.unlink()
         forget_cached(self.path)
 
 

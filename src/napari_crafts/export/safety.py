@@ -4,9 +4,11 @@ Every command that writes (generate, demo, evaluate --csv/--json, tiny-model, pa
 :func:`check_output` for each output path before it starts any work:
 
 - an output may never be one of the command's inputs, lie inside one, or hold one (paths are compared after
-  resolving ``~``, relative parts and symbolic links);
+  resolving ``~``, relative parts and symbolic links); nor may it lie inside the installed package (its bundled
+  demo model and data are inputs of every command);
 - an existing output is refused unless ``overwrite`` is set, and even then only replaced when it is an output
-  this tool made, of the same kind, recognised by its own metadata (:func:`output_kind`):
+  this tool made, of the same kind, recognised by its own metadata (:func:`output_kind`), and holding nothing
+  else (:func:`foreign_files`: a folder or store of ours into which someone put a file is left alone):
 
   =========  ==============================================================================================
   ome-zarr   zarr attributes hold our provenance record (an object under the key ``napari_crafts``)
@@ -19,15 +21,19 @@ Every command that writes (generate, demo, evaluate --csv/--json, tiny-model, pa
              e.g. a model, a training set; the marker lists what the command writes there (``contents``)
   =========  ==============================================================================================
 
-Anything else at an output path is refused with a message that names it. :func:`remove_output` is the only
-place that deletes an earlier output, and checks the same rule again just before it does: a folder of ours
-that holds anything its marker does not list (a file someone put there) is not deleted.
+What a folder or store of ours may hold is exact: an OME-Zarr store the names of :data:`OME_ZARR_CONTENTS`
+(zarr v2 metadata, numbered levels and chunks, our resume markers and private tile store), a marked folder
+the patterns its marker lists. Anything else at an output path is refused with a message that names it.
+:func:`remove_output` is the only place that deletes an earlier output, and checks the same rule again just
+before it does (the output may have changed since :func:`check_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +46,26 @@ GENERATOR = "napari-crafts"
 FOLDER_MARKER = ".napari-crafts-output.json"
 #: The ``generator`` column/field of CSV and JSON results we write.
 GENERATOR_FIELD = "generator"
+#: Private parts of our OME-Zarr stores: the resume markers (``export.ome_zarr``), and the whole-slide run's tile
+#: store (``wsi.job``: itself such a store, plus the empty-tile scan's cache).
+PROGRESS_GROUP = "_napari_crafts_progress"
+TILE_STORE = "_napari_crafts_tiles"
+EMPTY_MASK = "empty_tiles.npy"
+#: A path segment that is a decimal number (a level, a chunk index) in :data:`OME_ZARR_CONTENTS`.
+NUMBER = "<n>"
+
+
+def _store_contents(prefix: str = "") -> tuple[str, ...]:
+    """A zarr v2 store of 3-D (c, y, x) levels with "/" chunk keys, and its 2-D marker arrays."""
+    node = (".zgroup", ".zattrs", "<n>/.zarray", "<n>/.zattrs")
+    return tuple(prefix + p for p in (*node, "<n>/<n>/<n>/<n>", *(f"{PROGRESS_GROUP}/{n}" for n in node),
+                                      f"{PROGRESS_GROUP}/<n>/<n>/<n>"))
+
+
+#: Everything an OME-Zarr store of ours may hold (patterns as :func:`mark_folder`'s, ``<n>`` a number); zarr's
+#: temporary files (``<name>.<32 hex>.partial``) of a write cut short count as the file they stand for.
+OME_ZARR_CONTENTS = (*_store_contents(), *_store_contents(TILE_STORE + "/"), f"{TILE_STORE}/{EMPTY_MASK}",
+                     f"{TILE_STORE}/{EMPTY_MASK}.tmp.npy")
 KINDS = ("ome-zarr", "ome-tiff", "png", "json", "csv", "folder")
 _NAMES = {"ome-zarr": "OME-Zarr image", "ome-tiff": "OME-TIFF", "png": "PNG", "json": "JSON file",
           "csv": "CSV file", "folder": "output folder"}
@@ -67,14 +93,21 @@ def _contains(outer: Path, inner: Path) -> bool:
     return outer == inner or outer in inner.parents
 
 
+def package_folder() -> Path:
+    """The installed ``napari_crafts`` package (its bundled demo model and data): never an output."""
+    return Path(__file__).resolve().parents[1]
+
+
 def check_output(path: str | os.PathLike[str], *, kind: str, inputs: Iterable[str | os.PathLike[str] | None] = (),
-                 overwrite: bool = False, flag: str = "output", advice: str = "") -> Path:
+                 overwrite: bool = False, resume: bool = False, flag: str = "output", advice: str = "") -> Path:
     """Check that ``path`` may be written as an output of ``kind``; return it resolved (write there).
 
     ``inputs`` are the paths the command reads (None entries are skipped); ``flag`` names the output in
     messages ("output", "--tiff", "--csv"); ``advice`` is added to the "already exists" message (e.g. "pass
-    --resume to continue it"). Raises :class:`OutputExists` when it exists and ``overwrite`` is False, and
-    :class:`OutputError` when it is (in, or holds) an input, or exists but is not our output of this kind.
+    --resume to continue it"). Raises :class:`OutputExists` when it exists and neither ``overwrite`` nor
+    ``resume`` is set, and :class:`OutputError` when it is (in, or holds) an input or the package, or exists but
+    is not our output of this kind, or (``overwrite``) is ours but holds files we did not write. ``resume``
+    continues an output of ours in place: files of others in it are not deleted, so they do not stop it.
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown output kind {kind!r}; one of {KINDS}.")
@@ -88,9 +121,14 @@ def check_output(path: str | os.PathLike[str], *, kind: str, inputs: Iterable[st
         if _contains(target, source):
             raise OutputError(f"{flag} {target} holds the input {source}: choose an output path that does not "
                               "contain it.")
+    package = package_folder()
+    if _contains(package, target) or _contains(target, package):
+        where = "lies inside" if _contains(package, target) else "holds"
+        raise OutputError(f"{flag} {target} {where} the installed napari-crafts package ({package}): choose an "
+                          "output path outside it.")
     if not os.path.lexists(target):
         return target
-    if not overwrite:
+    if not (overwrite or resume):
         extra = f"{advice}, or " if advice else ""
         raise OutputExists(f"{flag} {target} already exists: {extra}use --overwrite to replace it.")
     found = output_kind(target)
@@ -101,7 +139,16 @@ def check_output(path: str | os.PathLike[str], *, kind: str, inputs: Iterable[st
     if found != kind:
         raise OutputError(f"{flag} {target} is a napari-crafts {_NAMES[found]}, not a {_NAMES[kind]}: not replacing "
                           "it; choose another path.")
+    if not resume and (foreign := foreign_files(target, kind=kind)):
+        raise OutputError(f"{flag} {target} holds files napari-crafts did not write there ({_shown(target, foreign)}): "
+                          "not replacing it; move them out, or choose another path.")
     return target
+
+
+def _shown(root: Path, files: list[Path]) -> str:
+    """'a/b.csv' or 'a/b.csv, c.txt, d.txt and 4 more' (paths relative to ``root``)."""
+    names = [f.relative_to(root).as_posix() for f in files]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def remove_output(path: str | os.PathLike[str], *, kind: str) -> None:
@@ -118,16 +165,15 @@ def remove_output(path: str | os.PathLike[str], *, kind: str) -> None:
 
 def check_removable(path: str | os.PathLike[str], *, kind: str) -> None:
     """Raise :class:`OutputError` unless ``path`` is an output of ``kind`` that napari-crafts wrote, holding
-    nothing else (for folders: only what its marker lists)."""
+    nothing else (:func:`foreign_files`)."""
     target = Path(path).expanduser().absolute()
     found = output_kind(target)
     if found != kind or target.is_symlink():
         raise OutputError(f"{target} is not a napari-crafts {_NAMES.get(kind, kind)}: not deleting it; choose "
                           "another path, or move it away yourself.")
-    if kind == "folder" and (foreign := foreign_files(target)):
-        shown = ", ".join(str(f.relative_to(target)) for f in foreign[:3]) + (" …" if len(foreign) > 3 else "")
-        raise OutputError(f"{target} holds files napari-crafts did not write there ({shown}): not deleting it; "
-                          "move them out, or choose another path.")
+    if foreign := foreign_files(target, kind=kind):
+        raise OutputError(f"{target} holds files napari-crafts did not write there ({_shown(target, foreign)}): not "
+                          "deleting it; move them out, or choose another path.")
 
 
 def mark_folder(path: str | os.PathLike[str], what: str, contents: Iterable[str]) -> None:
@@ -143,32 +189,71 @@ def mark_folder(path: str | os.PathLike[str], what: str, contents: Iterable[str]
     (folder / FOLDER_MARKER).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def foreign_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Files and links in a marked folder of ours that its marker's ``contents`` do not list (all, unmarked)."""
-    root = Path(folder)
-    marker = _read_json(root / FOLDER_MARKER)
-    patterns = [str(c) for c in marker.get("contents", [])] if isinstance(marker, dict) else []
+def foreign_files(path: str | os.PathLike[str], *, kind: str = "folder") -> list[Path]:
+    """Files and links inside an output of ours that it may not hold (all of them for an unmarked folder).
+
+    A marked folder may hold what its marker's ``contents`` list, an OME-Zarr store what
+    :data:`OME_ZARR_CONTENTS` lists; a file output holds nothing (an empty list).
+    """
+    root = Path(path)
+    if kind == "ome-zarr":
+        patterns: list[str] = list(OME_ZARR_CONTENTS)
+    elif kind == "folder":
+        marker = _read_json(root / FOLDER_MARKER)
+        patterns = [str(c) for c in marker.get("contents", [])] if isinstance(marker, dict) else []
+    else:
+        return []
+    if root.is_symlink() or not root.is_dir():
+        return []
     found = []
     for f in sorted(root.rglob("*")):
         if f.is_dir() and not f.is_symlink():
             continue
         rel = f.relative_to(root).as_posix()
-        if rel == FOLDER_MARKER and not f.is_symlink():
+        if kind == "folder" and rel == FOLDER_MARKER and not f.is_symlink():
             continue
+        if kind == "ome-zarr":
+            rel = ZARR_TEMPORARY.sub("", rel)  # zarr's temporary file of a write cut short
         if f.is_symlink() or not any(_matches(rel.split("/"), c.split("/")) for c in patterns):
             found.append(f)
     return found
 
 
+#: The end of the name of zarr's temporary file while it writes one (``LocalStore``: ``<name>.<uuid4 hex>.partial``).
+ZARR_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_private(store: str | os.PathLike[str], name: str = TILE_STORE) -> None:
+    """Delete the private part ``name`` of an OME-Zarr store of ours: the files :data:`OME_ZARR_CONTENTS` lists
+    there, then the folders left empty; a file anyone else put there stays (and so do the folders holding it)."""
+    root = Path(store)
+    part = root / name
+    if part.is_symlink() or not part.is_dir():
+        return
+    foreign = set(foreign_files(root, kind="ome-zarr"))
+    for f in sorted(part.rglob("*"), reverse=True):
+        if f.is_dir() and not f.is_symlink():
+            with contextlib.suppress(OSError):  # not empty: it holds a file of someone else's
+                f.rmdir()
+        elif f not in foreign:
+            f.unlink()
+    with contextlib.suppress(OSError):
+        part.rmdir()
+
+
 def _matches(parts: list[str], pattern: list[str]) -> bool:
-    """Path segments against pattern segments (fnmatch per segment; ``**`` for any number of segments)."""
+    """Path segments against pattern segments (fnmatch per segment; ``**`` for any number of segments, ``<n>``
+    for a decimal number)."""
     from fnmatch import fnmatchcase
 
     if not pattern:
         return not parts
     if pattern[0] == "**":
         return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+    if not parts:
+        return False
+    head = parts[0].isdecimal() and parts[0].isascii() if pattern[0] == NUMBER else fnmatchcase(parts[0], pattern[0])
+    return head and _matches(parts[1:], pattern[1:])
 
 
 def is_ours(path: str | os.PathLike[str]) -> bool:

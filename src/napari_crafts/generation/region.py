@@ -158,6 +158,26 @@ class Plan:
         return round((self.region.y + tile.y) * f / v), round((self.region.x + tile.x) * f / v)
 
 
+#: How far (either way) a source's pixel size may be from the model's: beyond it a model tile covers a handful of
+#: source pixels, or one model pixel is blown up over a blur of many (and 1e-9 µm/px asks for exabytes).
+MAX_SCALE = 16
+#: Largest tile side in source pixels (a float weight map of this side is 1 GiB).
+MAX_SOURCE_TILE = 16384
+
+
+def check_scale(name: str | None, source_mpp: float, model_mpp: float) -> None:
+    """Refuse a source pixel size no run can use (see ``MAX_SCALE``), saying which sizes this model can use."""
+    factor = source_mpp / model_mpp
+    if 1 / MAX_SCALE <= factor <= MAX_SCALE:
+        return
+    what = f"'{name}'" if name else "The output"
+    times = max(factor, 1 / factor)
+    ratio = f"{times:,.0f}× {'coarser' if factor > 1 else 'finer'}"
+    raise GenerationError(f"{what} at {source_mpp:g} µm/px is {ratio} than the model's {model_mpp:g} µm/px: this "
+                          f"model works on {model_mpp / MAX_SCALE:.3g} to {model_mpp * MAX_SCALE:.3g} µm/px; check "
+                          "the pixel size (the file's, or the one given).")
+
+
 def plan_region(source: ControlSource | None, region: Region, engine: ModelGeometry, settings: GenerationSettings,
                 *, source_mpp: float | None = None) -> Plan:
     """Check the region against the source and work out the tiling at the model's pixel size."""
@@ -181,10 +201,15 @@ def plan_region(source: ControlSource | None, region: Region, engine: ModelGeome
             notes.append(f"'{source.name}' has no pixel size: assumed the model's {engine.mpp} µm/px.")
     else:
         factor = source_mpp / engine.mpp
+        check_scale(source.name if source is not None else None, source_mpp, engine.mpp)
     longest = max(region.height, region.width) * factor
     if longest < tile:  # a small region: one tile just big enough
         tile = max(mult, -(-int(np.ceil(longest)) // mult) * mult)
     src_tile = max(1, round(tile / factor))
+    if src_tile > MAX_SOURCE_TILE:
+        raise GenerationError(f"A {tile}-px model tile covers {src_tile:,} source px at {source_mpp:g} µm/px, more "
+                              f"than one tile can hold ({MAX_SOURCE_TILE:,}): use a tile size of at most "
+                              f"{max(mult, int(MAX_SOURCE_TILE * factor) // mult * mult)} px.")
     overlap = min(round(settings.overlap / factor), src_tile // 2)
     grid = TileGrid(region.height, region.width, src_tile, overlap)
     return Plan(region, factor, tile, grid, engine.vae_scale_factor, tuple(notes))

@@ -33,6 +33,10 @@ class ModelLoadError(ValueError):
     """A model that cannot be loaded; the message names the path and what to do."""
 
 
+class DeviceUnavailable(ModelLoadError):
+    """The device asked for is not one this machine's torch can run on; the message says what it has."""
+
+
 class PickleRefused(ModelLoadError):
     """Weights only in pickle format, which can run code on load; loading them needs an explicit opt-in."""
 
@@ -249,6 +253,11 @@ class ModelDescription:
     @property
     def mpp(self) -> float:
         return self.card.mpp
+
+    @property
+    def glass_rgb(self) -> tuple[int, int, int] | None:
+        """The glass colour the card declares (None: not declared)."""
+        return self.card.glass_rgb
 
     @property
     def weight_bytes(self) -> int:

@@ -33,6 +33,7 @@ from .deepcache import FeatureCache, check_supported, full_step_indices, shallow
 from .description import (  # noqa: F401  (re-exported: this module's 0.1 API)
     PICKLE_SUFFIXES,
     WEIGHT_COMPONENTS,
+    DeviceUnavailable,
     ModelDescription,
     ModelLoadError,
     PickleRefused,
@@ -64,15 +65,42 @@ class Step:
 
 
 def pick_device(device: str | None = None) -> str:
+    """``device`` once checked (``check_device``), else the best one here: CUDA, MPS, then the CPU."""
     import torch
 
     if device:
+        check_device(device)
         return device
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine's torch cannot use, in one line that says what it has."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise DeviceUnavailable(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps.") from None
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise DeviceUnavailable(f"--device {device}: this torch ({torch.__version__}, {build}) sees no CUDA "
+                                    "GPU: use --device cpu, or install a CUDA build of torch on a GPU machine.")
+        n = torch.cuda.device_count()
+        if where.index is not None and where.index >= n:
+            raise DeviceUnavailable(f"--device {device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
+                                    f"(cuda:0 to cuda:{n - 1}).")
+    elif where.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceUnavailable(f"--device {device}: Apple's MPS is not available here: use --device cpu.")
+    elif where.type != "cpu":
+        raise DeviceUnavailable(f"--device {device}: napari-crafts runs on cpu, cuda, cuda:N or mps.")
 
 
 def pick_dtype(device: str, dtype: str | None = None) -> Any:
@@ -212,6 +240,10 @@ class Engine:
     @property
     def mpp(self) -> float:
         return self.model.mpp
+
+    @property
+    def glass_rgb(self) -> tuple[int, int, int] | None:
+        return self.model.glass_rgb
 
     @cached_property
     def weights_sha256(self) -> str:

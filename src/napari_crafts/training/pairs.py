@@ -39,6 +39,7 @@ from ..generation.conditioning import FLUORESCENCE_ENCODING, parse_channel_roles
 from ..generation.sources import FluorescenceSource, LabelsSource, read_padded, resize
 from ..io.slide import Slide, open_slide
 from ..model.card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT, ModelCard
+from ..model.catalog import resolve
 from ..provenance import package_version
 from .nuclei import ALGORITHM, NucleiError, NucleiParams, iter_segment_slide
 from .stain import SIMULATED_IF_HOW, ReadRGB, simulated_if_source
@@ -153,13 +154,29 @@ def sha256_path(path: Path) -> str:
     return h.hexdigest()
 
 
-def _model_mpp(options: PairsOptions) -> float:
+def _open_brightfield(path: Path, source_mpp: float | None) -> Slide:
+    """The H&E, refused in one line unless it is brightfield RGB(A) with 8-bit samples (an immunofluorescence
+    file, a grey or 16-bit image would give near-black tiles and false nuclei)."""
+    he = open_slide(path, mpp=source_mpp)
+    if he.kind != "rgb":
+        level0 = he.levels[0]
+        n = int(level0.shape[0]) if he.kind == "channels" else 1
+        names = (he.channel_names or []) if he.kind == "channels" else []
+        looks = (f"{n} channel{'s' if n != 1 else ''} of {np.dtype(level0.dtype)}"
+                 + (f" ({', '.join(names[:4])}{', …' if len(names) > 4 else ''})" if names else "")
+                 + (", read as labels" if he.kind == "labels" else ""))
+        raise PairsError(f"{path.name} is not a brightfield H&E image: it holds {looks}; pairs needs an RGB(A) "
+                         "slide of 8-bit samples (uint8). Give immunofluorescence with --fluorescence beside the H&E.")
+    return he
+
+
+def _model_mpp(options: PairsOptions, model_path: Path | None) -> float:
     if options.mpp is not None:
         if not options.mpp > 0:
             raise PairsError(f"The model's pixel size must be a positive µm/px, got {options.mpp}.")
         return float(options.mpp)
-    if options.model is not None:
-        card = ModelCard.read(options.model)
+    if model_path is not None:
+        card = ModelCard.read(model_path)
         if card.mpp_declared:
             return card.mpp
         raise PairsError(f"Model folder {options.model} does not declare its pixel size (no 'mpp' in its "
@@ -299,13 +316,14 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
     _check_options(options)
     he_path = Path(he_path).expanduser().resolve()
     out = Path(os.path.abspath(Path(out).expanduser()))  # '..' folded, links kept (a linked output is refused)
-    he = open_slide(he_path, mpp=options.source_mpp, kind="rgb")
+    he = _open_brightfield(he_path, options.source_mpp)
     if he.mpp is None:
         raise PairsError(f"{he_path.name} does not say its pixel size: pass it with --source-mpp (µm/px).")
-    mpp = _model_mpp(options)
+    model_path = None if options.model is None else Path(resolve(str(options.model))).expanduser().resolve()
+    mpp = _model_mpp(options, model_path)
     nuclei_path = None if options.nuclei in (None, "auto") else Path(options.nuclei).expanduser().resolve()
     if_path = None if options.fluorescence is None else Path(options.fluorescence).expanduser().resolve()
-    inputs = [p for p in (he_path, nuclei_path, if_path) if p is not None]
+    inputs = [p for p in (he_path, nuclei_path, if_path, model_path) if p is not None and os.path.lexists(p)]
     out = check_output(out, kind="folder", inputs=inputs, overwrite=overwrite)  # export.safety's rule
     size = max(1, round(options.tile_px / (he.mpp / mpp)))  # plan_region's rule
     stride_px = options.stride_px or max(1, options.tile_px // 2)

@@ -94,7 +94,7 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
     if resume and not out.exists():
         resume = False
     if resume:
-        check_output(out, kind="folder", inputs=inputs, overwrite=True)  # never over an input
+        check_output(out, kind="folder", inputs=inputs, resume=True)  # never over an input
         if not (out / TRAINING_DIR / "run.json").is_file():
             raise TrainingError(f"Cannot resume {out}: it was not written by napari-crafts train.")
     else:  # the output rule (export.safety): never over an input; replace only a model folder this command made

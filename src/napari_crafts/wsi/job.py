@@ -30,7 +30,6 @@ import errno
 import logging
 import math
 import os
-import shutil
 import threading
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -43,8 +42,9 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .._plural import plural
 from ..export import PROGRESS_GROUP, OmeZarrWriter, create_ome_zarr, is_complete, ome_zarr_to_tiff
-from ..export.safety import OutputExists, check_output, remove_output
+from ..export.safety import EMPTY_MASK, TILE_STORE, OutputExists, check_output, remove_output, remove_private
 from ..export.watermark import CELL, Payload, embed_watermark, sign_record
 from ..generation.region import (
     BACKGROUND_RGB,
@@ -66,9 +66,6 @@ from ..model.engine import get_engine, pick_device
 from ..model.threads import torch_threads
 from .scan import scan_empty
 from .source_file import SlideArray, open_source  # noqa: F401  (SlideArray: part of this module's API)
-
-#: Private tile store inside the output folder (deleted when the image is finished).
-TILE_STORE = "_napari_crafts_tiles"
 
 
 class Cancelled(GenerationError):
@@ -108,8 +105,6 @@ def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -
     finally:
         stop.set()
 
-#: Cached result of the empty-tile scan, inside the tile store.
-EMPTY_MASK = "empty_tiles.npy"
 
 # --------------------------------------------------------------------------------------------- model
 
@@ -138,6 +133,7 @@ def _kind(runtime: Runtime) -> Runtime:
 
 AUTO_TASK_TILES = 8  # tiles per render task when the batch size is auto
 WORKER_WAIT_S = 300  # how long a run waits for the first worker of a remote scheduler
+CONNECT_TIMEOUT_S = 10  # how long a run waits for a remote scheduler to answer
 _WORKER: dict[str, Any] = {}  # per worker process: the device the plugin chose
 
 
@@ -277,7 +273,7 @@ def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterato
     from distributed import Client, LocalCluster
 
     if scheduler_address:
-        cluster, client = None, Client(scheduler_address)
+        cluster, client = None, _remote_client(scheduler_address)
     else:
         import dask
 
@@ -286,8 +282,9 @@ def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterato
         # MALLOC_TRIM_THRESHOLD_=65536 makes torch on CPU ~2.5× slower (measured): leave glibc's default.
         # A failing task is reported once, by the client (the worker's "Compute Failed" block would repeat it).
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            # dashboard on a free port: the default 8787 is often taken on shared machines (a warning each run)
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   silence_logs=logging.CRITICAL)
+                                   silence_logs=logging.CRITICAL, dashboard_address=":0")
         client = Client(cluster)
         client.register_plugin(_LeaveInterruptsToClient())
     try:
@@ -302,6 +299,21 @@ def _connect(scheduler_address: str | None, n_workers: int, say: Any) -> Iterato
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _remote_client(address: str) -> Any:
+    """A client of the scheduler at ``address``; one clear error when it is not an address or does not answer."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_S)
+    except ValueError as err:  # distributed's address parser
+        raise GenerationError(f"--scheduler-address {address!r} is not a scheduler address ({err}): give "
+                              "host:port, e.g. tcp://10.0.0.5:8786.") from None
+    except (OSError, TimeoutError):
+        raise GenerationError(f"No dask scheduler answered at {address} within {CONNECT_TIMEOUT_S} s: start it "
+                              "(dask scheduler) and its workers, or leave out --scheduler-address to use a local "
+                              "cluster.") from None
 
 
 class _LeaveInterruptsToClient(WorkerPlugin):
@@ -356,7 +368,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                          f"of {CELL} (e.g. {chunk // CELL * CELL or CELL}).")
     # 0. The output rule (export.safety), before anything starts: never over an input, replace only our own.
     inputs = [source_path] + [p for p in (model, settings.controlnet) if p and Path(p).expanduser().exists()]
-    check_output(out, kind="ome-zarr", inputs=inputs, overwrite=overwrite or resume, advice="pass --resume to "
+    check_output(out, kind="ome-zarr", inputs=inputs, overwrite=overwrite, resume=resume, advice="pass --resume to "
                  "continue it")
     if tiff is not None:
         if resume and os.path.lexists(tiff):  # refused now, not after the whole run
@@ -381,8 +393,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         made = creates
         grid = plan.grid
         say(f"{out}: {grid.height}×{grid.width} px at {source.mpp} µm/px from {source.name} "
-            f"({_read_as(source, kind)}); {len(grid)} tiles of {grid.tile} px (model {plan.model_tile} px), "
-            f"overlap {grid.overlap} px; {writer.levels} levels of {chunk}-px chunks")
+            f"({_read_as(source, kind)}); {plural(len(grid), 'tile')} of {grid.tile} px (model {plan.model_tile} "
+            f"px), overlap {grid.overlap} px; {plural(writer.levels, 'level')} of {chunk}-px chunks")
         for note in provenance["notes"]:
             say(f"note: {note}")
         return writer, provenance, payload
@@ -409,7 +421,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                 job.submit_pyramid()
                 job.wait(progress, on_progress, cancel)
             writer.finish()
-        shutil.rmtree(out / TILE_STORE, ignore_errors=True)
+        remove_private(out, TILE_STORE)  # only what we wrote there
         # 4. Optionally copy to a pyramidal OME-TIFF.
         if tiff is not None:
             say(f"writing {tiff} …")
@@ -554,9 +566,10 @@ class _Job:
         if cache.is_file() and (mask := np.load(cache)).shape == (grid.rows, grid.cols):
             return mask
         what = "nuclei" if self.source.mode == "labels" else "signal"
-        self.say(f"checking {len(grid):,} tiles for {what} …")
+        self.say(f"checking {plural(len(grid), 'tile')} for {what} …")
         mask = scan_empty(self.source, plan, self._run_scan_tasks)
-        self.say(f"{int((~mask).sum()):,} of {len(grid):,} tiles hold {what}")
+        held = int((~mask).sum())
+        self.say(f"{held:,} of {plural(len(grid), 'tile')} {'holds' if held == 1 else 'hold'} {what}")
         tmp = cache.with_name(cache.name + ".tmp.npy")
         np.save(tmp, mask)
         os.replace(tmp, cache)  # a kill never leaves half a mask
@@ -628,7 +641,7 @@ def _tile_store(writer: OmeZarrWriter, grid: TileGrid, provenance: dict[str, Any
     try:
         return create_ome_zarr(path, shape, resume=True, **kw)
     except ValueError:  # cut short while being created, or from other settings: it is only a cache
-        shutil.rmtree(path)  # private to the output napari-crafts is writing (checked by generate_slide)
+        remove_private(writer.path, TILE_STORE)  # only what we wrote there
         return create_ome_zarr(path, shape, **kw)
 
 
