@@ -4,6 +4,7 @@ cancelled run leaves, and closing the window mid-run."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,43 @@ def test_removing_the_output_layer_stops_the_run_and_says_so(
     assert ("warning", why) in messages  # no "tiles kept": the layer that held them is gone
     assert [layer.name for layer in viewer.layers] == ["nuclei"]
     assert sum(type(e).__name__ == "TileDone" for e in events) < 9  # stopped, not run to the end of 9 tiles
+
+
+# -- 8. a cancelled run keeps only the model's tiles: glass stays clear ----------------------------------------------
+
+
+def test_a_cancelled_run_leaves_glass_clear_and_keeps_the_models_tiles_only(
+    make_napari_viewer: Any, qtbot: Any, he: np.ndarray
+) -> None:
+    from napari_crafts._widgets._runner import JobRunner, add_output_layer
+    from napari_crafts.generation.progress import Stage
+    from napari_crafts.generation.region import TileDone
+
+    viewer = make_napari_viewer()
+    runner = JobRunner()
+    out = add_output_layer(
+        viewer,
+        (64, 256),
+        name="out",
+        scale=(1, 1),
+        translate=(0, 0),
+        provenance={"synthetic": True, "status": "running", "watermark": {"enabled": False}},
+    )
+    glass = np.full((64, 64, 3), 240, np.uint8)
+    drawn = np.ascontiguousarray(he[:64, :64])
+
+    def job() -> Any:  # as generate_region orders them: glass (no tissue) first, then the model's tiles
+        yield TileDone(1, 4, (0, 128, 64, 192), glass, skipped=True)
+        yield TileDone(2, 4, (0, 192, 64, 256), glass, skipped=True)
+        yield TileDone(3, 4, (0, 0, 64, 64), drawn)
+        while True:  # the model's next tile, until Cancel
+            time.sleep(0.01)
+            yield Stage("drawing")
+
+    worker = runner.start(job, viewer, out)
+    worker.yielded.connect(lambda e: runner.cancel() if type(e).__name__ == "TileDone" and not e.skipped else None)
+    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
+    assert (out.data[:, :64, 3] == 255).all() and not out.data[:, 64:].any()  # the glass blocks stay clear
+    np.testing.assert_array_equal(out.data[:, :64, :3], drawn)
+    assert out.metadata["napari_crafts"]["status"] == "cancelled after 1/2 tiles"  # of the model's 2 tiles
+    assert runner._status.value == "cancelled: 1/2 tiles kept"

@@ -29,7 +29,8 @@ class JobRunner(Container):
         self.worker: Any = None
         self.output: Any = None
         self._viewer: Any = None
-        self._tiles = (0, 0)
+        self._tiles = (0, 0)  # (tiles drawn by the model and shown, tiles the model draws)
+        self._glass = 0  # glass tiles so far (no tissue: not drawn by the model, not shown until the end)
         #: Set by Cancel (and when a watched layer is removed): the networks stop at their next block.
         self.cancel_event = threading.Event()
         self._job = JobOptions()
@@ -60,7 +61,7 @@ class JobRunner(Container):
         # A plugin's viewer is napari's PublicOnlyProxy, and so are the layers it adds: keep the layer itself, so
         # that ``is`` finds it in the layer list's events (a removed output is then noticed).
         self.output, self._viewer = unwrap(output), viewer
-        self._tiles = (0, 0)
+        self._tiles, self._glass = (0, 0), 0
         self._job, self._stopped = options or JobOptions(), False
         self.cancel_event = event = threading.Event()
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -151,16 +152,21 @@ class JobRunner(Container):
             self._progress.max = max(1, event.tiles * event.steps)
             self._progress.value = event.tiles_done * event.steps + event.step
             self.status(self._job.clock.update(event))
+        elif isinstance(event, TileDone) and event.skipped:
+            # Glass (no tissue) comes first and is not the model's work: it stays clear until the result fills
+            # it, so a cancelled run keeps only drawn tiles, in the order the model drew them (no white blocks).
+            self._glass += 1
+            self.status(f"{event.tiles_done}/{event.tiles} tiles (glass: filled at the end)")
         elif isinstance(event, TileDone):
             y0, x0, y1, x1 = event.box
             window = (*event.plane, slice(y0, y1), slice(x0, x1))
             self.output.data[window + (slice(0, 3),)] = event.rgb
             self.output.data[window + (3,)] = 255  # painted: opaque (the rest stays transparent)
             self.output.refresh()
-            self._tiles = (event.tiles_done, event.tiles)
+            self._tiles = (event.tiles_done - self._glass, event.tiles - self._glass)  # the model's tiles
             meta = self.output.metadata["napari_crafts"]
-            meta["tiles_done"] = event.tiles_done
-            self.status(f"{event.tiles_done}/{event.tiles} tiles" + (" (empty: filled)" if event.skipped else ""))
+            meta["tiles_done"] = self._tiles[0]
+            self.status(f"{event.tiles_done}/{event.tiles} tiles")
 
     def _on_returned(self, result: Any, on_done: Callable[[Any], None] | None) -> None:
         if result is None or self._stopped:
