@@ -302,23 +302,49 @@ def test_base_fine_tuning_with_crafts_losses_and_a_caption_manifest(pairs, tiny_
         train(pairs, tmp_path / "nocat", base=tiny_model, settings=settings, progress=False)
 
 
-def test_controlnet_can_continue_the_base_own(pairs, tiny_model, tmp_path):
+def test_controlnet_stage_continues_the_base_own_by_default(pairs, tiny_model, tmp_path):
+    """Issue 20: few-shot ``train --base MODEL`` started from a fresh copy of the UNet and ignored the labels
+    afterwards; by default it now continues the base's own ControlNet, and a fresh copy stays a choice."""
     from safetensors.torch import load_file
 
-    s = TrainSettings(stage="controlnet", steps=1, checkpoint_every=1, controlnet_init="base", modes=("labels",),
-                      learning_rate=1e-4, **FAST)
+    s = TrainSettings(stage="controlnet", steps=1, checkpoint_every=1, modes=("labels",), learning_rate=1e-4, **FAST)
+    assert s.controlnet_init == "auto"
     out = tmp_path / "cont"
     train(pairs, out, base=tiny_model, settings=s, progress=False)
     base = load_file(tiny_model / "controlnet" / "diffusion_pytorch_model.safetensors")
     new = load_file(out / "controlnet" / "diffusion_pytorch_model.safetensors")
     key = "controlnet_down_blocks.0.weight"  # zero in a fresh ControlNet, random in the tiny model's own
     assert base[key].abs().max() > 0.1 and (new[key] - base[key]).abs().max() < 0.01
+    assert json.loads((out / "napari_crafts.json").read_text())["training"]["controlnet_init"] == {"labels": "base"}
     only_labels = tmp_path / "only_labels"
     train(pairs, only_labels, base=tiny_model, settings=TrainSettings(**{**s.record(), "controlnet_init": "unet"}),
           progress=False)
+    fresh = load_file(only_labels / "controlnet" / "diffusion_pytorch_model.safetensors")
+    assert fresh[key].abs().max() < 0.01  # the explicit choice: a fresh copy of the UNet
+    assert json.loads((only_labels / "napari_crafts.json").read_text())["training"]["controlnet_init"] == {
+        "labels": "unet"}
     with pytest.raises(TrainingError, match="no ControlNet for fluorescence"):
         train(pairs, tmp_path / "x", base=only_labels, progress=False,
-              settings=TrainSettings(**{**s.record(), "modes": ("fluorescence",)}))
+              settings=TrainSettings(**{**s.record(), "controlnet_init": "base", "modes": ("fluorescence",)}))
+
+
+@pytest.mark.parametrize(("init", "stage", "from_base", "has", "expected"), [
+    ("auto", "controlnet", True, ("labels", "fluorescence"), {"labels": "base", "fluorescence": "base"}),
+    ("auto", "controlnet", True, ("labels",), {"labels": "base", "fluorescence": "unet"}),  # only where it has one
+    ("auto", "controlnet", True, (), {"labels": "unet", "fluorescence": "unet"}),  # the old default
+    ("auto", "controlnet", False, ("labels", "fluorescence"), {"labels": "unet", "fluorescence": "unet"}),  # --config
+    ("auto", "joint", True, ("labels", "fluorescence"), {"labels": "unet", "fluorescence": "unet"}),  # from scratch
+    ("unet", "controlnet", True, ("labels", "fluorescence"), {"labels": "unet", "fluorescence": "unet"}),
+    ("base", "joint", True, ("labels", "fluorescence"), {"labels": "base", "fluorescence": "base"}),
+])
+def test_where_each_controlnet_starts(tiny_model, init, stage, from_base, has, expected):
+    parts = stage_mod.load_parts(tiny_model)
+    own = {m: parts.controlnets[m] for m in has}
+    parts.controlnets = dict(own)
+    settings = TrainSettings(stage=stage, controlnet_init=init)
+    assert stage_mod.start_controlnets(parts, ["labels", "fluorescence"], settings, from_base=from_base) == expected
+    assert sorted(parts.controlnets) == ["fluorescence", "labels"]
+    assert all((parts.controlnets[m] is own.get(m)) == (how == "base") for m, how in expected.items())
 
 
 def test_bf16_and_gradient_checkpointing_train_and_fp16_on_cpu_is_refused(pairs, tiny_model, tmp_path):

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 STAGES = ("controlnet", "base", "vae", "unet", "joint")
+#: Where a run's ControlNets start (``TrainSettings.controlnet_init``; ``stage.start_controlnets``).
+CONTROLNET_INITS = ("auto", "unet", "base")
 
 
 class TrainingError(ValueError):
@@ -35,7 +37,9 @@ class TrainSettings:
     prompt_dropout: float = 0.1  # fraction of captions replaced by "" (classifier-free guidance)
     control_dropout: float = 0.1  # joint: fraction of samples without ControlNet (prompt-only generation)
     controlnet_init_std: float = 0.01  # joint: std of the ControlNets' zero convolutions at the start
-    controlnet_init: str = "unet"  # unet: fresh from the UNet (ControlNetModel.from_unet); base: the base's own
+    # auto: the base's own ControlNet for each mode it has one for (stage controlnet), else fresh; unet: fresh from
+    # the UNet (ControlNetModel.from_unet, the ControlNet recipe); base: the base's own (refused where it has none)
+    controlnet_init: str = "auto"
     snr_gamma: float = 0.0  # > 0: Min-SNR-γ weighting of the diffusion loss
     corr_weight: float = 0.0
     cate_weight: float = 0.0
@@ -61,8 +65,9 @@ class TrainSettings:
                 raise TrainingError(f"--{name.replace('_', '-')} must be between 0 and 1.")
         if (self.corr_weight or self.cate_weight) and self.stage != "base":
             raise TrainingError("--corr-weight/--cate-weight apply when fine-tuning the base (--stage base).")
-        if self.controlnet_init not in ("unet", "base"):
-            raise TrainingError(f"--controlnet-init must be unet or base, not '{self.controlnet_init}'.")
+        if self.controlnet_init not in CONTROLNET_INITS:
+            raise TrainingError(f"--controlnet-init must be {', '.join(CONTROLNET_INITS)}, not "
+                                f"'{self.controlnet_init}'.")
         if self.train_text_encoder and self.stage != "base":
             raise TrainingError("--train-text-encoder applies to --stage base only.")
 

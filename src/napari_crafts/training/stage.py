@@ -289,6 +289,33 @@ def _step_seed(seed: int, step: int, micro: int) -> int:
     return (seed * 1_000_003 + step * 1009 + micro) % (2**63)
 
 
+def start_controlnets(parts: Parts, modes: list[str], settings: TrainSettings, *, from_base: bool) -> dict[str, str]:
+    """The ControlNets a run trains, in ``parts.controlnets`` (no others); returns mode → "base" | "unet".
+
+    ``controlnet_init`` "base" continues the base model's own ControlNet for each mode (refused where it has none);
+    "unet" starts each from a fresh copy of the UNet (:func:`make_controlnets`); "auto" (the default) continues
+    the base's own where it has one for the mode and the stage is ``controlnet`` (few-shot fine-tuning: a fresh
+    copy would first have to learn the labels again), and starts fresh otherwise (``from_base`` False: a random
+    small model from ``--config``; stage ``joint``: training from scratch).
+    """
+    have = parts.controlnets
+    if settings.controlnet_init == "base":
+        if missing := [m for m in modes if m not in have]:
+            raise TrainingError(f"The base model has no ControlNet for {', '.join(missing)} to continue: "
+                                "use --controlnet-init unet (fresh from the UNet), or train only the modes it has.")
+        how = dict.fromkeys(modes, "base")
+    elif settings.controlnet_init == "auto" and settings.stage == "controlnet":
+        how = {m: "base" if from_base and m in have else "unet" for m in modes}
+    else:
+        how = dict.fromkeys(modes, "unet")
+    kept = {m: have[m] for m in modes if how[m] == "base"}
+    parts.controlnets = {}
+    if fresh := [m for m in modes if how[m] == "unet"]:
+        make_controlnets(parts, fresh, settings)
+    parts.controlnets = {m: kept[m] if m in kept else parts.controlnets[m] for m in modes}
+    return how
+
+
 def make_controlnets(parts: Parts, modes: list[str], settings: TrainSettings) -> None:
     """Fresh ControlNets from the UNet for ``modes`` (joint: zero convs at small random values)."""
     import torch

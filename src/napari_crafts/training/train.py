@@ -51,7 +51,7 @@ from .model_folder import (
     save_model_folder,
 )
 from .settings import STAGES, TrainingError, TrainSettings
-from .stage import Parts, Stage, fit_scaling_factor, load_parts, make_controlnets, size_multiple, to_tensor
+from .stage import Parts, Stage, fit_scaling_factor, load_parts, size_multiple, start_controlnets, to_tensor
 
 TRAINING_DIR = "training"
 
@@ -139,16 +139,8 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
         raise TrainingError(f"Tiles are {train_split.tile_px} px but this model needs multiples of {mult} px "
                             f"(VAE factor × 2^(UNet blocks − 1)): rebuild the pairs with --tile-px "
                             f"{max(mult, train_split.tile_px // mult * mult)}.")
-    if settings.stage in ("controlnet", "joint") and settings.controlnet_init == "base":
-        missing = [m for m in modes if m not in parts.controlnets]
-        if missing:
-            raise TrainingError(f"The base model has no ControlNet for {', '.join(missing)} to continue: "
-                                "use --controlnet-init unet (fresh from the UNet), or train only the modes it has.")
-        parts.controlnets = {m: parts.controlnets[m] for m in modes}
-    else:
-        parts.controlnets = {}  # the output holds the ControlNets this run trains, no others
-        if settings.stage in ("controlnet", "joint"):
-            make_controlnets(parts, modes, settings)
+    # the output holds the ControlNets this run trains, no others; where each starts: mode → "base" | "unet"
+    controlnet_init = start_controlnets(parts, modes, settings, from_base=base is not None)
     needs = [m for m in modes if settings.stage in ("controlnet", "joint")]
     data = load_arrays(train_split, needs)
     val = _validation_data(dataset, settings, modes)
@@ -285,6 +277,7 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
         card = model_card(parts, train_split, settings)
         card["training"] = {k: info[k] for k in ("recipe", "steps", "batch_size", "hardware", "wall_time", "seed")}
         card["training"]["settings"] = settings.record()
+        card["training"]["controlnet_init"] = controlnet_init
         card["training"]["base"] = str(base) if base else f"config {config}"
         card["data"] = info["data"]
         card["validation"] = info["validation"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .settings import CONTROLNET_INITS
 from .train import STAGES, TrainSettings
 
 
@@ -52,8 +53,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--control-dropout", type=float, default=d.control_dropout)
     p.add_argument("--controlnet-init-std", type=float, default=d.controlnet_init_std,
                    help="joint: std of the ControlNets' zero convolutions at the start (0: zero)")
-    p.add_argument("--controlnet-init", choices=("unet", "base"), default=d.controlnet_init,
-                   help="unet: new ControlNets copied from the UNet (the recipe); base: continue the base's own")
+    p.add_argument("--controlnet-init", choices=CONTROLNET_INITS, default=d.controlnet_init,
+                   help="auto (default): --stage controlnet continues the base's own ControlNet for each mode it has "
+                        "one for (few-shot fine-tuning), other modes and stages start fresh; unet: new ControlNets "
+                        "copied from the UNet (the ControlNet recipe; needs thousands of steps); base: continue the "
+                        "base's own")
     p.add_argument("--snr-gamma", type=float, default=d.snr_gamma, help="Min-SNR-γ loss weighting (0: off)")
     p.add_argument("--corr-weight", type=float, default=d.corr_weight, help="weight of CRAFTS' L_corr (stage base)")
     p.add_argument("--cate-weight", type=float, default=d.cate_weight, help="weight of CRAFTS' L_cate (stage base)")
