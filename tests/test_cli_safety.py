@@ -300,6 +300,19 @@ def test_an_ome_zarr_store_of_ours_holds_exactly_what_we_write(tmp_path: Path) -
     assert all(f.read_text() == "mine" for f in theirs)
 
 
+def test_an_ome_tiff_is_ours_by_its_record_not_by_a_string_in_its_xml(tmp_path: Path) -> None:
+    from napari_crafts.export import TIFF_NAMESPACE
+
+    theirs = tmp_path / "theirs.ome.tif"  # our namespace, but no napari-crafts record under it
+    tifffile.imwrite(theirs, np.zeros((3, 16, 16), np.uint8), ome=True, metadata={
+        "axes": "CYX", "MapAnnotation": {"Namespace": TIFF_NAMESPACE, "Value": {"napari_crafts_notes": "{}"}}})
+    assert TIFF_NAMESPACE in tifffile.TiffFile(theirs).ome_metadata and output_kind(theirs) is None
+    before = theirs.read_bytes()
+    with pytest.raises(OutputError, match="did not write"):
+        check_output(theirs, kind="ome-tiff", overwrite=True)
+    assert theirs.read_bytes() == before
+
+
 @pytest.mark.parametrize("command", ["generate", "demo", "pairs", "train", "evaluate", "tiny-model"])
 def test_no_command_writes_inside_the_installed_package(command: str, victim: Path, tiny_model: Path,
                                                         tmp_path: Path, he: np.ndarray,

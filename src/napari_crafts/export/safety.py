@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..provenance import PROVENANCE_KEY, package_version
+from ..provenance import PROVENANCE_KEY, package_version, record_from_ome_xml
 
 GENERATOR = "napari-crafts"
 #: The file that marks a folder as written by napari-crafts (models, training sets, demo output, …).
@@ -317,8 +317,8 @@ def _marker_is_ours(marker: Path) -> bool:
 
 
 def _tiff_is_ours(path: Path) -> bool:
-    from .ome_tiff import TIFF_NAMESPACE
-
+    """An OME MapAnnotation in our namespace whose key ``napari_crafts`` holds a JSON object (parsed, not searched
+    for as text: a description that merely mentions the namespace is not ours)."""
     try:
         import tifffile
 
@@ -326,7 +326,7 @@ def _tiff_is_ours(path: Path) -> bool:
             xml = tif.ome_metadata or ""
     except Exception:  # noqa: BLE001 - any unreadable TIFF is simply not recognised as ours
         return False
-    return f'Namespace="{TIFF_NAMESPACE}"' in xml
+    return bool(xml) and record_from_ome_xml(xml) is not None
 
 
 def _png_is_ours(path: Path) -> bool:
