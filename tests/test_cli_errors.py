@@ -175,3 +175,196 @@ def test_counts_and_one_tile_seam_scores_read_as_english() -> None:
     assert [plural(n, "tile") for n in (0, 1, 2, 204_166)] == ["0 tiles", "1 tile", "2 tiles", "204,166 tiles"]
     assert seam_line(float("nan"), 0.67) == "seam score: n/a (one tile: no seams)"
     assert seam_line(1.0, 0.9).endswith(": 1.00/0.90")
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small pairs set of real CMU-1 tiles (32 px), as test_train makes it."""
+    from _data import he_tile
+    from test_train import write_pairs
+
+    return write_pairs(tmp_path_factory.mktemp("pairs") / "cmu1", he_tile()[:128, :256])
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_train_on_a_full_disk_says_free_space_and_resume(
+    pairs: Path,
+    tiny_model: Path,
+    tmp_path: Path,
+    fail_at: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    from napari_crafts.training import train as train_mod
+
+    real = train_mod.save_checkpoint
+    calls: list[int] = []
+
+    def fill_the_disk(folder: Path, step: int, **kwargs: object) -> Path:
+        calls.append(step)
+        if len(calls) == fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        return real(folder, step, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", fill_the_disk)
+    out = tmp_path / "model"
+    argv = [
+        "train",
+        pairs,
+        "--base",
+        tiny_model,
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--batch-size",
+        "2",
+        "--modes",
+        "labels",
+        "--validation-tiles",
+        "0",
+        "--quiet",
+    ]
+    code, _, err = run_cli(argv, capsys)
+    line = one_line(err)
+    assert code == 2
+    if fail_at == 1:  # nothing worth resuming: the folder it made is gone
+        assert (
+            line.endswith(
+                f"disk full while writing {out}, before its first checkpoint (nothing kept): free space and rerun."
+            )
+            and not out.exists()
+        )
+    else:
+        assert line.endswith(
+            f"disk full while writing {out}: free space and rerun with --resume (it continues "
+            "from step 1, its last checkpoint)."
+        )
+        monkeypatch.setattr(train_mod, "save_checkpoint", real)
+        code, out_text, _ = run_cli([*argv, "--resume"], capsys)
+        assert code == 0 and f"model: {out} (2 steps" in out_text
+
+
+def test_resume_with_no_earlier_run_says_it_starts_fresh(
+    victim: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new.ome.zarr"
+    code, said, err = run_cli(["generate", victim, out, "--model", tiny_model, "--resume", "--mpp", "1e-9"], capsys)
+    assert said == f"note: nothing to resume at {out} (no earlier run there): starting a new run.\n"
+    assert code == 2 and "µm/px" in one_line(err) and not out.exists()  # the run itself is refused (pixel size)
+    model = tmp_path / "model"
+    code, said, err = run_cli(
+        ["train", tmp_path / "no-pairs", "--base", tiny_model, "--out", model, "--resume"], capsys
+    )
+    assert said == f"note: nothing to resume at {model} (no earlier run there): starting a new run.\n"
+    assert code == 2 and not model.exists()
+
+
+# -------------------------------------------------------------------------------------- names and numbers
+
+
+def test_a_relative_model_folder_that_does_not_exist_is_not_taken_for_a_hub_id(
+    victim: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(victim.parent)
+    (victim.parent / "models").mkdir()
+    code, _, err = run_cli(["generate", victim, "out.ome.zarr", "--model", "models/mine"], capsys)
+    line = one_line(err)
+    assert code == 2 and f"Model folder 'models/mine': no such folder in {victim.parent / 'models'}" in line
+    assert "Hugging Face" not in line and not (victim.parent / "out.ome.zarr").exists()
+
+
+@pytest.mark.parametrize("name", ["out.tif", "out.png"])
+def test_an_output_named_like_a_file_is_refused(
+    victim: Path, tiny_model: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = victim.with_name(name)
+    code, _, err = run_cli(["generate", victim, out, "--model", tiny_model], capsys)
+    line = one_line(err)
+    assert (
+        code == 2
+        and f"is named like a {out.suffix} file, but generate writes an OME-Zarr folder: name it "
+        f"{victim.with_name('out.ome.zarr')}"
+        in line
+    )
+    assert ("--tiff" in line) == (name == "out.tif") and not out.exists()
+
+
+def test_a_reversed_test_band_says_reversed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from _data import CMU1_SVS
+
+    out = tmp_path / "pairs"
+    code, _, err = run_cli(["pairs", CMU1_SVS, out, "--mpp", "0.5", "--test-band", "2900:2400"], capsys)
+    line = one_line(err)
+    assert code == 2 and line.endswith(
+        "Test band 2900:2400 is reversed: give Y0:Y1 with Y0 < Y1 (rows in H&E pixels); did you mean 2400:2900?"
+    )
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- io
+
+
+def test_a_truncated_tiff_is_one_line_without_the_reader_log(
+    victim: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = victim.read_bytes()
+    for n in (200, len(data) // 2):  # tags pointing past the end (tifffile logs them); pixels cut short
+        cut = tmp_path / f"cut{n}.tif"
+        cut.write_bytes(data[:n])
+        code, _, err = run_cli(["generate", cut, tmp_path / "o.ome.zarr", "--model", tiny_model], capsys)
+        line = one_line(err)
+        assert (
+            code == 2
+            and f"{cut}: not a readable slide or image (the TIFF is truncated or damaged: it has {n:,} bytes" in line
+            and "tifffile" not in line
+        )
+    assert not (tmp_path / "o.ome.zarr").exists()
+
+
+def test_a_stack_of_labels_planes_says_how_to_pick_one(
+    tmp_path: Path, tiny_model: Path, nuclei: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = nuclei[1][:96, :96]
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([labels, labels[::-1], labels[:, ::-1]]), imagej=True, metadata={"axes": "ZYX"})
+    code, _, err = run_cli(["generate", stack, tmp_path / "o.ome.zarr", "--model", tiny_model, "--mpp", "0.25"], capsys)
+    line = one_line(err)
+    assert (
+        code == 2
+        and "a stack of 3 planes of uint16 labels (3×96×96); napari-crafts reads one 2-D labels "
+        "image: save the plane you want on its own"
+        in line
+    )
+    fluo = tmp_path / "fluo.tif"  # channels of a fluorescence image still open as channels
+    tifffile.imwrite(fluo, np.stack([nuclei[0][:96, :96]] * 2), imagej=True, metadata={"axes": "CYX"})
+    from napari_crafts.io.slide import open_slide
+
+    assert open_slide(fluo).kind == "channels" and not (tmp_path / "o.ome.zarr").exists()
+
+
+def test_the_local_cluster_takes_a_free_dashboard_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import distributed
+
+    from napari_crafts.wsi import job
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def local_cluster(**kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(distributed, "LocalCluster", local_cluster)
+    with pytest.raises(Stop), job._connect(None, 1, print):
+        pass
+    assert seen["dashboard_address"] == ":0"  # never the often-taken 8787 (a warning on every run)

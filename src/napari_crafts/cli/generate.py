@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from ..export import open_ome_zarr
@@ -12,8 +13,10 @@ from ..generation.tiling import TileGrid, seam_score
 from ..io.slide import KINDS
 from ..model.card import CRAFTS_MASK_PROMPT
 from ..model.engine import SCHEDULERS
-from ._errors import bounded_int, positive_float, run_command
+from ._errors import UsageError, bounded_int, positive_float, run_command
 
+#: Names of single files (not folders): an OUTPUT named so is refused (generate writes an OME-Zarr folder).
+FILE_SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg", ".svs", ".ndpi", ".qptiff", ".json", ".csv")
 #: Side of the level-0 sample the CLI reports a seam score on.
 SEAM_SAMPLE = 2048
 NO_WATERMARK_HELP = ("leave the invisible watermark out of the pixels (recorded in the provenance, which still says "
@@ -116,6 +119,14 @@ def _generate(args: argparse.Namespace) -> int:
         batch_size=args.batch, controlnet=args.controlnet, cfg_cutoff=args.cfg_cutoff,
         cache_interval=args.cache_interval,
     )
+    named = Path(args.output)
+    if named.suffix.lower() in FILE_SUFFIXES and not named.is_dir():  # generate writes a folder: say so
+        zarr = named.with_name(named.name[: -len(named.suffix)] + ".ome.zarr")
+        tiff = f" (and add --tiff {named} for a pyramidal OME-TIFF as well)" if "tif" in named.suffix.lower() else ""
+        raise UsageError(f"OUTPUT {named} is named like a {named.suffix} file, but generate writes an OME-Zarr "
+                         f"folder: name it {zarr}{tiff}.")
+    if args.resume and not os.path.lexists(args.output):  # a script may always pass --resume: go on, but say so
+        print(f"note: nothing to resume at {args.output} (no earlier run there): starting a new run.", flush=True)
     if args.device and not args.scheduler_address:  # the workers would run here: refuse now, not in each worker
         check_device(args.device)
     out = generate_slide(

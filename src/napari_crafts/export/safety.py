@@ -31,6 +31,7 @@ before it does (the output may have changed since :func:`check_output`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -77,6 +78,17 @@ class OutputError(ValueError):
 
 class OutputExists(OutputError, FileExistsError):
     """The output already exists and ``--overwrite`` was not given."""
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it came from) is a full disk or quota: free space, then resume."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err):  # libraries that wrap the OSError in their own (safetensors)
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def generator_tag() -> str:

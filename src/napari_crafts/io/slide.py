@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from struct import error as struct_error
@@ -117,17 +120,22 @@ def open_slide(path: str | Path, *, mpp: float | None = None, kind: str | None =
                          "convert to OME-TIFF (e.g. with QuPath or bfconvert) and open that.")
     if not p.exists():
         raise SlideError(f"{p}: no such file or folder.")
+    complaints: list[str] = []  # what tifffile logged while reading the structure (a damaged file)
     try:
-        if _is_zarr(p):
-            levels, file_mpp, rgb_like, names, props = _open_ngff(p)
-        elif suffix in TIFFSLIDE_SUFFIXES:
-            levels, file_mpp, rgb_like, names, props = _open_tiffslide(p)
-        elif suffix in TIFF_SUFFIXES or _is_tiff(p):  # by content too: .qptiff, .btf, .tf8, … are TIFFs
-            levels, file_mpp, rgb_like, names, props = _open_tiff(p)
-        else:
-            what = "a folder that is not an OME-Zarr image" if p.is_dir() else f"unsupported file type '{suffix}'"
-            raise SlideError(f"{p}: {what}; napari-crafts reads SVS, NDPI, SCN, BIF, (OME-)TIFF and OME-Zarr: "
-                             "convert to OME-TIFF.")
+        with _tifffile_complaints(complaints):
+            if _is_zarr(p):
+                levels, file_mpp, rgb_like, names, props = _open_ngff(p)
+            elif suffix in TIFFSLIDE_SUFFIXES:
+                levels, file_mpp, rgb_like, names, props = _open_tiffslide(p)
+            elif suffix in TIFF_SUFFIXES or _is_tiff(p):  # by content too: .qptiff, .btf, .tf8, … are TIFFs
+                levels, file_mpp, rgb_like, names, props = _open_tiff(p)
+            else:
+                what = "a folder that is not an OME-Zarr image" if p.is_dir() else f"unsupported file type '{suffix}'"
+                raise SlideError(f"{p}: {what}; napari-crafts reads SVS, NDPI, SCN, BIF, (OME-)TIFF and OME-Zarr: "
+                                 "convert to OME-TIFF.")
+        broken = any(_STRUCTURE_DAMAGE in c or "ByteCounts" in c for c in complaints)
+        if broken or (p.is_file() and _is_tiff(p) and _data_past_end(p, p.stat().st_size)):  # a copy cut short
+            raise SlideError(f"{p}: not a readable slide or image ({_damage(p, None)}).")
         levels, found_kind, names = _arrange(p, levels, rgb_like, names, kind)
     except SlideError:
         raise
@@ -144,6 +152,33 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _INTERNAL_ERRORS = (IndexError, KeyError, AttributeError, TypeError, AssertionError, struct_error)
 
 
+#: What tifffile logs when a TIFF's structure points outside the file or is broken (a truncated copy).
+_STRUCTURE_DAMAGE = "invalid"
+
+
+@contextmanager
+def _tifffile_complaints(into: list[str]) -> Iterator[None]:
+    """Collect (and keep off the terminal) what tifffile logs in this thread while a file is opened."""
+    import logging
+
+    thread = threading.get_ident()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread:
+                into.append(" ".join(record.getMessage().split()))
+
+    log = logging.getLogger("tifffile")
+    handler, propagate = Collect(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
 def _is_tiff(p: Path) -> bool:
     """Whether ``p`` is a file that starts like a (Big)TIFF, whatever its name."""
     try:
@@ -153,8 +188,10 @@ def _is_tiff(p: Path) -> bool:
         return False
 
 
-def _damage(p: Path, err: BaseException) -> str:
-    """Why a file could not be opened, in words: a TIFF cut short says so; a reader's own error is named."""
+def _damage(p: Path, err: BaseException | None) -> str:
+    """Why a file could not be opened, in words: a TIFF cut short says so; a reader's own error is named.
+
+    ``err`` None: tifffile found the structure broken (and logged it) without raising."""
     size = p.stat().st_size if p.is_file() else 0
     if p.is_file() and _is_tiff(p):
         with open(p, "rb") as fh:
@@ -162,13 +199,25 @@ def _damage(p: Path, err: BaseException) -> str:
         big = head[2:4] in (b"+\x00", b"\x00+")
         order = "<" if head[:2] == b"II" else ">"
         offset = int.from_bytes(head[8:16] if big else head[4:8], "little" if order == "<" else "big")
-        if offset >= size or isinstance(err, _INTERNAL_ERRORS):
+        if offset >= size or err is None or isinstance(err, _INTERNAL_ERRORS) or _data_past_end(p, size):
             return (f"the TIFF is truncated or damaged: it has {size:,} bytes and its structure points past them "
                     "or is broken; copy or export it again")
     if isinstance(err, _INTERNAL_ERRORS):
         return "its structure could not be read; the file may be damaged or not an image"
     cause = (str(err).strip().splitlines() or [""])[0]
     return f"{type(err).__name__}: {cause}"
+
+
+def _data_past_end(p: Path, size: int) -> bool:
+    """Whether the first page's image data lies (partly) past the end of the file: a copy cut short."""
+    import tifffile
+
+    try:
+        with _tifffile_complaints([]), tifffile.TiffFile(p) as tif:
+            page = tif.pages.first
+            return any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts, strict=False))
+    except Exception:  # noqa: BLE001 - the structure itself is unreadable: nothing more to learn here
+        return False
 
 
 def _open_tiffslide(p: Path) -> _Opened:
@@ -372,6 +421,11 @@ def _arrange(p: Path, levels: list[da.Array], rgb_like: bool, names: list[str] |
             kind = "rgb"
         elif c <= 1 and integer and looks_like_labels(p, arr0):
             kind = "labels"
+        elif c > 1 and integer and not names and all(_is_flat(arr0[..., i], empty=False) for i in range(2)):
+            raise SlideError(f"{p}: a stack of {c} planes of {arr0.dtype} labels ({c}×{arr0.shape[0]}×"
+                             f"{arr0.shape[1]}); napari-crafts reads one 2-D labels image: save the plane you want on "
+                             "its own (e.g. tifffile.imwrite('plane.tif', tifffile.imread(path)[i])), or pass --kind "
+                             "channels if these are fluorescence channels.")
         else:
             kind = "channels"
     if kind == "rgb":
@@ -410,7 +464,11 @@ def looks_like_labels(p: Path, level0: da.Array) -> bool:
     """
     if any(hint in p.name.lower() for hint in LABEL_NAME_HINTS):
         return True
-    arr = level0[..., 0] if level0.ndim == 3 else level0
+    return _is_flat(level0[..., 0] if level0.ndim == 3 else level0)
+
+
+def _is_flat(arr: da.Array, *, empty: bool = True) -> bool:
+    """:func:`looks_like_labels` by its pixels alone: one (Y, X) plane (``empty``: what an all-zero window is)."""
     h, w = arr.shape
     y0, x0 = max(0, (h - LABELS_SAMPLE) // 2), max(0, (w - LABELS_SAMPLE) // 2)
     win = np.asarray(arr[y0 : y0 + LABELS_SAMPLE, x0 : x0 + LABELS_SAMPLE])
@@ -419,7 +477,7 @@ def looks_like_labels(p: Path, level0: da.Array) -> bool:
         fg = (a != 0) | (b != 0)
         touching += int(fg.sum())
         equal += int((fg & (a == b)).sum())
-    return touching == 0 or equal >= LABELS_FLAT * touching
+    return empty if touching == 0 else equal >= LABELS_FLAT * touching
 
 
 def _float_labels(block: np.ndarray, *, path: str, dtype: Any) -> np.ndarray:

@@ -74,6 +74,9 @@ def resolve_model(ref: str | Path, *, allow_pickle: bool = False) -> Path:
     if not path.exists():
         if str(ref).count("/") != 1 or str(ref).startswith((".", "/", "~")):
             raise ModelLoadError(f"Model '{ref}' not found: give a local diffusers folder or a hub id like 'org/name'.")
+        if path.parent.is_dir():  # 'models/mine' beside a folder 'models': a path, not a hub id
+            raise ModelLoadError(f"Model folder '{ref}': no such folder in {path.parent.absolute()}; give an "
+                                 "existing diffusers folder (or a hub id like 'org/name').")
         path = _download(str(ref), allow_pickle)
     if path.is_file():
         check_single_file(path, allow_pickle=allow_pickle)
@@ -109,8 +112,8 @@ def _download(repo_id: str, allow_pickle: bool) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 -- network (httpx), auth, missing repo: one message for all
         raise ModelLoadError(
-            f"Could not fetch '{repo_id}' from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-            "Check the id and your connection, or download the model and give its folder."
+            f"'{repo_id}' is no folder here, and fetching it from the Hugging Face Hub failed "
+            f"({type(exc).__name__}: {exc}). Check the path, or the id and your connection."
         ) from None
 
 

@@ -280,6 +280,10 @@ def _band(options: PairsOptions, shape: tuple[int, int], size: int) -> tuple[int
     if options.test_band is not None:
         y0, y1 = options.test_band
         y1 = H if y1 is None else y1
+        if y1 <= y0:
+            swap = f"; did you mean {y1}:{y0}?" if y1 < y0 else "."
+            raise PairsError(f"Test band {y0}:{y1} is {'reversed' if y1 < y0 else 'empty'}: give Y0:Y1 with Y0 < Y1 "
+                             f"(rows in H&E pixels){swap}")
         if not 0 <= y0 < y1 <= H:
             raise PairsError(f"Test band {y0}:{y1} lies outside the H&E's rows 0:{H}.")
     elif options.test_fraction > 0:

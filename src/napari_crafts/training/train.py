@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..export.safety import OutputError, check_output, mark_folder, remove_output
+from ..export.safety import OutputError, check_output, is_disk_full, mark_folder, remove_output
 from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE
 from .checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import CONTROL_KEYS, PairsSplit, TileArrays, load_arrays, open_pairs
@@ -104,11 +104,17 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
     try:
         return _train(dataset, out, settings=settings, base=base, config=config, resume=resume, manifest=manifest,
                       progress=progress, allow_pickle=allow_pickle, name=name, stop_after=stop_after)
-    except BaseException:
+    except BaseException as err:
         # a run that fails before its first checkpoint removes the folder it created (nothing worth resuming)
-        if not resume and not list_checkpoints(out / TRAINING_DIR / "checkpoints"):
+        kept = list_checkpoints(out / TRAINING_DIR / "checkpoints")
+        if not resume and not kept:
             with contextlib.suppress(OutputError):
                 remove_output(out, kind="folder")
+        if is_disk_full(err):
+            raise TrainingError(f"disk full while writing {out}: free space and rerun with --resume (it continues "
+                                f"from step {kept[-1][0]}, its last checkpoint)." if kept else
+                                f"disk full while writing {out}, before its first checkpoint (nothing kept): free "
+                                "space and rerun.") from err
         raise
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .settings import CONTROLNET_INITS
@@ -104,6 +105,8 @@ def main(args: argparse.Namespace) -> int:
 
         set_default_threads(args.threads)  # validation images are made with the same count (model.threads)
         torch.set_num_threads(args.threads)
+    if args.resume and not os.path.lexists(args.out):  # a script may always pass --resume: go on, but say so
+        print(f"note: nothing to resume at {args.out} (no earlier run there): starting a new run.", flush=True)
     result = train(args.dataset, args.out, settings=settings_from_args(args), base=args.base, config=args.config,
                    resume=args.resume, overwrite=args.overwrite, manifest=args.captions,
                    progress=not args.quiet, allow_pickle=args.allow_pickle, name=args.name)

@@ -26,7 +26,6 @@ The source is opened by ``wsi.source_file`` (slides, OME-Zarr, GeoJSON nuclei); 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import math
 import os
@@ -44,7 +43,15 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .._plural import plural
 from ..export import PROGRESS_GROUP, OmeZarrWriter, create_ome_zarr, is_complete, ome_zarr_to_tiff
-from ..export.safety import EMPTY_MASK, TILE_STORE, OutputExists, check_output, remove_output, remove_private
+from ..export.safety import (
+    EMPTY_MASK,
+    TILE_STORE,
+    OutputExists,
+    check_output,
+    is_disk_full,
+    remove_output,
+    remove_private,
+)
 from ..export.watermark import CELL, Payload, embed_watermark, sign_record
 from ..generation.region import (
     BACKGROUND_RGB,
@@ -329,14 +336,6 @@ class _LeaveInterruptsToClient(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _is_disk_full(err: BaseException | None) -> bool:
-    while err is not None:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def generate_slide(source_path: str | Path, output: str | Path, *, model: str | Path, settings: GenerationSettings,
                    mpp: float | None = None, kind: str | None = None, channels: str | None = None,
                    scheduler_address: str | None = None,
@@ -429,7 +428,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     except Exception as err:
         if made and not isinstance(err, Cancelled) and not _holds_work(out):
             remove_output(out, kind="ome-zarr")  # nothing was generated: leave nothing behind
-        if _is_disk_full(err):
+        if is_disk_full(err):
             raise DiskFull(f"disk full while writing {out}; free space and rerun with --resume.") from err
         raise
     return out
