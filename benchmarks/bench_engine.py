@@ -111,11 +111,14 @@ def prepare_model(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
 
         return build_tiny_model(tmp / "tiny"), "tiny random"
     if args.model == "full":
+        folder = args.model_dir or tmp / "full"
+        if (folder / "model_index.json").is_file():  # built by an earlier run with this --model-dir
+            return folder, "SD1.5-size random"
         t0 = time.perf_counter()
         # In a child process, so that building does not inflate this process's RSS (the CPU memory figure).
-        subprocess.run([sys.executable, __file__, "--build-full", str(tmp / "full")], check=True)
+        subprocess.run([sys.executable, __file__, "--build-full", str(folder)], check=True)
         print(f"built the full-size random model in {time.perf_counter() - t0:.0f} s")
-        return tmp / "full", "SD1.5-size random"
+        return folder, "SD1.5-size random"
     from napari_crafts.model.engine import resolve_model
 
     path = resolve_model(args.model)
@@ -345,12 +348,17 @@ def run_engine(folder: Path, noise: np.ndarray, control: np.ndarray, args: argpa
 
     out = []
     name = "engine" if mode == "default" else f"engine {mode}"
-    for batch in args.batch:
-        row = Row("b", f"(b) {name}, batch {batch}", batch, args.steps, NOMINAL_STEPS, "default", load_s=load_s)
+    for i, batch in enumerate(args.batch):
+        label = f"(b) {name}, batch {batch}"
+        if batch == 0:  # auto: what fits in free GPU memory (Engine.auto_batch; 1 off CUDA), as --batch 0 does
+            chosen = engine.auto_batch(control.shape[1])
+            batch = min(chosen, len(noise))
+            label = f"(b) {name}, batch auto ({chosen}{'' if batch == chosen else f'; all {batch} tiles in one call'})"
+        row = Row("b", label, batch, args.steps, NOMINAL_STEPS, "default", load_s=load_s)
         out.append((row, time_row(row, caller(), chunked(len(noise), batch), ctx)))
-        if ctx["cuda"] and mode == "default" and batch == args.batch[0]:
+        if ctx["cuda"] and mode == "default" and i == 0:
             row.gpu_syncs = count_syncs(caller(), ctx)
-    batch = max(args.batch)
+    batch = max(row.batch for row, _ in out)
     for key in approx:
         label, generate_kw, nominal = APPROX_MODES[key]
         nominal = nominal or args.fast_steps
@@ -486,12 +494,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="tiny | full | PATH/hub id (default: tiny on CPU, full on CUDA)")
     p.add_argument("--controlnet", default=None, help="ControlNet folder when the model folder has none")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="with --model full: build the model into this folder once and reuse it in later runs")
     p.add_argument("--tiles", type=int, default=4)
     p.add_argument("--tile-size", type=int, default=None, help="px (default 128 for tiny, else 512)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"default {NOMINAL_STEPS}; 2 for the full-size model on CPU (times then scaled to {NOMINAL_STEPS})")
     p.add_argument("--fast-steps", type=int, default=20, help="steps of the approximate unipc row (c)")
-    p.add_argument("--batch", type=int, nargs="+", default=None, help="tiles per engine call (default: 1 and min(tiles, 4))")
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="tiles per engine call, 0 = auto (Engine.auto_batch) (default: 1 and min(tiles, 4))")
     p.add_argument("--modes", nargs="+", default=["default"], choices=list(ENGINE_MODES),
                    help="exact engine rows (b); the first also gets the approximate rows (c)")
     p.add_argument("--approx", nargs="*", default=list(APPROX_MODES), choices=list(APPROX_MODES),
