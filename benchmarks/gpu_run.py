@@ -1,14 +1,14 @@
 """The steps of ``benchmarks/gpu_run.sh`` that ``bench_engine.py`` does not do, and the report that joins them.
 
 Each subcommand writes one JSON file and prints a line or two; ``report`` joins whatever the run's folder holds
-(a step that timed out leaves its rows out, not the others') into ``summary.json`` and ``rows.md``:
+(a step that timed out leaves its rows out, not the others') into ``results.json`` and ``rows.md``:
 
     gpu_run.py model KIND DIR              build the tiny or the full-size random model into DIR
     gpu_run.py floor OUT.json              bf16 matmul rate (fp32 off CUDA), FLOPs of one tile, floor s/tile
     gpu_run.py autobatch MODEL OUT.json    Engine.auto_batch's choice, its peak memory, a forced OOM that halves
     gpu_run.py labels SIDE OUT.tif         SIDE² px of nuclear labels (DSB 2018 nuclei, mirrored)
     gpu_run.py e2e MODEL LABELS OUT.json   napari-crafts generate on LABELS: wall time, tiles/s
-    gpu_run.py report OUTDIR               summary.json + rows.md from the step files in OUTDIR
+    gpu_run.py report STEPDIR OUTDIR       OUTDIR/results.json (summary + every step file) and rows.md
 
 See docs/benchmarks.md ("GPU figures in one command") for the device call and what the numbers mean.
 """
@@ -33,6 +33,9 @@ import bench_engine  # noqa: E402  (a sibling script, not a package)
 
 #: Bench JSON files gpu_run.sh writes, in the order of their importance (and of the rows in rows.md).
 BENCH_FILES = ("bench_fp16.json", "bench_variants.json", "bench_compile.json")
+#: Every step file ``report`` gathers into results.json (the device returns at most 8 files: the run hands
+#: back three, results.json, rows.md and log.txt).
+STEP_FILES = ("run.json", "env.json", *BENCH_FILES, "floor.json", "autobatch.json", "e2e.json")
 #: ``napari-crafts generate`` without the console script (the GPU machine runs the package from src/).
 CLI = "import sys; from napari_crafts.cli import main; sys.exit(main())"
 #: 1 cm² of tissue at 0.25 µm/px (the arithmetic of the whole-slide estimate).
@@ -340,7 +343,7 @@ def cm2_tiles(tile: int, overlap: int, mpp: float = CM2_MPP) -> int:
 
 
 def summarise(folder: Path) -> dict[str, Any]:
-    """The headline figures of a run folder (None where the step that gives one did not finish)."""
+    """The headline figures of a run's step folder (absent where the step that gives one did not finish)."""
     run_info = load(folder, "run.json") or {}
     s: dict[str, Any] = {"dry_run": run_info.get("dry_run"), "started": run_info.get("started"), "steps": []}
     steps_file = folder / "steps.tsv"
@@ -468,7 +471,7 @@ def summary_rows(s: dict[str, Any]) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    folder = args.outdir
+    folder, out = args.stepdir, args.outdir
     s = summarise(folder)
     md = [
         "# GPU run" + (" (DRY RUN on CPU with the tiny model: no figure here is a GPU figure)" if s["dry_run"] else ""),
@@ -497,9 +500,12 @@ def cmd_report(args: argparse.Namespace) -> None:
             for x in s["steps"]
         ],
     ]
-    (folder / "rows.md").write_text("\n".join(md) + "\n")
-    (folder / "summary.json").write_text(json.dumps(s, indent=2))
-    print(f"wrote {folder / 'summary.json'} and {folder / 'rows.md'}")
+    steps = {name.removesuffix(".json"): load(folder, name) for name in STEP_FILES}
+    results = {"summary": s, **{k: v for k, v in steps.items() if v is not None}}
+    for name, text in (("results.json", json.dumps(results, indent=2)), ("rows.md", "\n".join(md) + "\n")):
+        (out / f".{name}.part").write_text(text)  # then renamed: a run killed mid-write keeps the last report
+        (out / f".{name}.part").replace(out / name)
+    print(f"wrote {out / 'results.json'} and {out / 'rows.md'}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -535,7 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--batch", type=int, default=0)
     e.set_defaults(func=cmd_e2e)
     r = sub.add_parser("report")
-    r.add_argument("outdir", type=Path)
+    r.add_argument("stepdir", type=Path, help="the step files")
+    r.add_argument("outdir", type=Path, help="where results.json and rows.md go")
     r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     args.func(args)

@@ -15,8 +15,10 @@
 #   e2e        napari-crafts generate on 4096² px of labels: tiles/s of the whole path
 #   variants   bf16, default and channels_last, batch 8
 #   compile    torch.compile, batch 8 (GPU only: on CPU compiling alone takes minutes)
-# After each step OUTDIR gets summary.json and rows.md (rows to paste into docs/benchmarks.md) from what has
-# finished; log.txt holds everything printed; steps.tsv each step's exit code and seconds (124: timed out).
+# OUTDIR gets three files (the device hands back at most 8): after each step, results.json (the summary, each
+# step's exit code and seconds (124: timed out) and every finished step's full JSON) and rows.md (rows to paste
+# into docs/benchmarks.md); log.txt holds everything printed. The step files themselves stay in a temporary
+# folder.
 set -uo pipefail
 
 dry=0
@@ -37,10 +39,12 @@ py=${PYTHON:-python3}
 budget=${GPU_RUN_BUDGET:-$([ $dry = 1 ] && echo 300 || echo 420)}
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX") || exit 2
 trap 'rm -rf "$work"' EXIT  # the temporary folder is ours: models, labels, the whole-slide output
+stepdir=$work/steps
+mkdir -p "$stepdir"
 exec > >(tee -a "$out/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 printf '{"dry_run": %s, "started": "%s", "budget_s": %s}\n' "$([ $dry = 1 ] && echo true || echo false)" \
-  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$budget" > "$out/run.json"
+  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$budget" > "$stepdir/run.json"
 
 if [ $dry = 1 ]; then
   # CPU: one torch thread (two threads on a shared machine wait on each other), tiny model, few small tiles
@@ -65,7 +69,7 @@ step() {
   left=$((budget - SECONDS))
   if [ "$left" -lt 15 ]; then
     echo "== $name: skipped, ${left} s of the budget left"
-    printf '%s\t%s\t%s\n' "$name" 125 0 >> "$out/steps.tsv"
+    printf '%s\t%s\t%s\n' "$name" 125 0 >> "$stepdir/steps.tsv"
     return 125
   fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -73,9 +77,9 @@ step() {
   t0=$SECONDS
   timeout -k 10 "$limit" "$@"
   rc=$?
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >> "$out/steps.tsv"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >> "$stepdir/steps.tsv"
   [ $rc = 124 ] && echo "== $name: timed out after ${limit} s"
-  "$py" benchmarks/gpu_run.py report "$out" > /dev/null || echo "gpu_run: report failed"
+  "$py" benchmarks/gpu_run.py report "$stepdir" "$out" > /dev/null || echo "gpu_run: report failed"
   return $rc
 }
 
@@ -83,7 +87,7 @@ bench=("$py" benchmarks/bench_engine.py --tiles "$bench_tiles" --steps "$steps" 
 if [ $model_kind = full ]; then bench+=(--model full --model-dir "$work/model"); else bench+=(--model tiny --threads 1); fi
 gpu_run=("$py" benchmarks/gpu_run.py)
 
-step check 60 "$py" - "$out/env.json" <<'EOF' || exit 1
+step check 60 "$py" - "$stepdir/env.json" <<'EOF' || exit 1
 import json, platform, sys
 import torch, diffusers, transformers, zarr, dask, distributed
 import napari_crafts.model.engine, napari_crafts.wsi.job, napari_crafts.cli.generate  # noqa: F401
@@ -97,16 +101,16 @@ open(sys.argv[1], "w").write(json.dumps(env, indent=2))
 print(env)
 EOF
 step model 150 "${gpu_run[@]}" model "$model_kind" "$work/model" || exit 1
-step bench 200 "${bench[@]}" --batch $batches --approx unipc reuse3 fast --json "$out/bench_fp16.json"
-step floor 60 "${gpu_run[@]}" floor "$out/floor.json" --n "$mm" --tile "$tile"
-step autobatch 90 "${gpu_run[@]}" autobatch "$work/model" "$out/autobatch.json" --tile-size "$tile"
+step bench 200 "${bench[@]}" --batch $batches --approx unipc reuse3 fast --json "$stepdir/bench_fp16.json"
+step floor 60 "${gpu_run[@]}" floor "$stepdir/floor.json" --n "$mm" --tile "$tile"
+step autobatch 90 "${gpu_run[@]}" autobatch "$work/model" "$stepdir/autobatch.json" --tile-size "$tile"
 step labels 30 "${gpu_run[@]}" labels "$side" "$work/labels.tif" \
-  && step e2e 200 "${gpu_run[@]}" e2e "$work/model" "$work/labels.tif" "$out/e2e.json" --workdir "$work" \
+  && step e2e 200 "${gpu_run[@]}" e2e "$work/model" "$work/labels.tif" "$stepdir/e2e.json" --workdir "$work" \
     --steps "$steps" --tile-size "$tile" --overlap "$overlap" --batch 0
 step variants 120 "${bench[@]}" --dtype bf16 --modes default channels_last --batch "$big" --approx \
-  --json "$out/bench_variants.json"
+  --json "$stepdir/bench_variants.json"
 if [ $dry = 0 ]; then
-  step compile 300 "${bench[@]}" --modes compile --batch "$big" --approx --json "$out/bench_compile.json"
+  step compile 300 "${bench[@]}" --modes compile --batch "$big" --approx --json "$stepdir/bench_compile.json"
 fi
 echo "== done in ${SECONDS} s"
 cat "$out/rows.md"

@@ -36,34 +36,27 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load(out: Path, name: str) -> Any:
-    return json.loads((out / name).read_text())
+    """``name`` (summary, run, env, bench_fp16, floor, ...) from the run's results.json."""
+    return json.loads((out / "results.json").read_text())[name]
 
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step(dry_run: Path) -> None:
-    steps = [line.split("\t") for line in (dry_run / "steps.tsv").read_text().splitlines()]
-    assert [s[0] for s in steps] == STEPS
-    assert all(s[1] == "0" for s in steps), steps
-    for name in (
-        "run.json",
-        "env.json",
-        "log.txt",
-        "summary.json",
-        "rows.md",
-        "bench_fp16.json",
-        "floor.json",
-        "autobatch.json",
-        "e2e.json",
-        "bench_variants.json",
-    ):
-        assert (dry_run / name).is_file(), name
-    assert load(dry_run, "run.json")["dry_run"] is True
-    assert load(dry_run, "env.json")["cuda"] is False
+    # three files come back from the device (it returns at most eight)
+    assert sorted(p.name for p in dry_run.iterdir()) == ["log.txt", "results.json", "rows.md"]
+    steps = load(dry_run, "summary")["steps"]
+    assert [s["step"] for s in steps] == STEPS
+    assert all(s["rc"] == 0 and not s["timed_out"] for s in steps), steps
+    results = json.loads((dry_run / "results.json").read_text())
+    assert sorted(results) == ["autobatch", "bench_fp16", "bench_variants", "e2e", "env", "floor", "run", "summary"]
+    assert load(dry_run, "run")["dry_run"] is True
+    assert load(dry_run, "env")["cuda"] is False
+    assert "== done in" in (dry_run / "log.txt").read_text()
 
 
 @pytest.mark.slow
 def test_dry_run_engine_reproduces_the_pipeline(dry_run: Path) -> None:
-    bench = load(dry_run, "bench_fp16.json")
+    bench = load(dry_run, "bench_fp16")
     labels = [r["label"] for r in bench["rows"]]
     assert labels == [
         "(a) diffusers pipeline",
@@ -75,14 +68,14 @@ def test_dry_run_engine_reproduces_the_pipeline(dry_run: Path) -> None:
     for row in bench["rows"]:
         assert 0 < row["s_per_tile"] <= row["s_per_tile_nominal"], row
         assert row["peak_memory_gib"] > 0
-    s = load(dry_run, "summary.json")
+    s = load(dry_run, "summary")
     assert s["dry_run"] is True
     assert s["pixel_check"]["tolerance"] == 1 and s["pixel_check"]["ok"] is True
     assert s["pixel_check"]["max_abs_diff_vs_a"] <= 1  # fp32: same maths as the pipeline
     assert s["best_exact"]["label"].startswith("(b) engine")
     assert s["best_exact"]["speedup_vs_a"] == pytest.approx(s["a_s_per_tile"] / s["best_exact"]["s_per_tile"])
     assert s["gpu_syncs_per_call"] is None  # counted on CUDA only
-    variants = [r["label"] for r in load(dry_run, "bench_variants.json")["rows"]]
+    variants = [r["label"] for r in load(dry_run, "bench_variants")["rows"]]
     assert variants == ["(a) diffusers pipeline", "(b) engine, batch 2", "(b) engine channels_last, batch 2"]
 
 
@@ -90,8 +83,8 @@ def test_dry_run_engine_reproduces_the_pipeline(dry_run: Path) -> None:
 def test_dry_run_floor_autobatch_and_end_to_end(dry_run: Path) -> None:
     from napari_crafts.generation.tiling import TileGrid
 
-    s = load(dry_run, "summary.json")
-    floor = load(dry_run, "floor.json")
+    s = load(dry_run, "summary")
+    floor = load(dry_run, "floor")
     assert floor["matmul"]["tflops"] > 0 and floor["matmul"]["n"] == 256
     assert floor["tile_px"] == 64 and floor["tflop_per_tile_exact"] > 0
     assert s["floor_s_per_tile"] == pytest.approx(floor["tflop_per_tile_exact"] / floor["matmul"]["tflops"])
@@ -101,7 +94,7 @@ def test_dry_run_floor_autobatch_and_end_to_end(dry_run: Path) -> None:
     assert auto["batches_called"] == [8, 4, 2, 2, 2, 2]  # halved twice, then the 8 tiles two at a time
     assert auto["batch_cap_after"] == 2 and auto["recovered"] is True
     assert auto["max_abs_diff_vs_batch1"] <= 1
-    e2e = load(dry_run, "e2e.json")
+    e2e = load(dry_run, "e2e")
     assert e2e["returncode"] == 0 and e2e["labels_px"] == [128, 128]
     assert e2e["tiles_with_nuclei"] == s["e2e"]["tiles_with_nuclei"] == 9
     assert s["e2e"]["tiles_per_s"] == pytest.approx(9 / e2e["wall_s"])
@@ -133,13 +126,17 @@ def test_report_keeps_what_finished_before_a_time_out(dry_run: Path, tmp_path: P
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_run
 
-    (tmp_path / "bench_fp16.json").write_text((dry_run / "bench_fp16.json").read_text())
-    (tmp_path / "steps.tsv").write_text("check\t0\t5\nmodel\t0\t40\nbench\t0\t150\nfloor\t124\t60\n")
-    gpu_run.main(["report", str(tmp_path)])
-    s = load(tmp_path, "summary.json")
+    steps, out = tmp_path / "steps", tmp_path / "out"
+    steps.mkdir()
+    out.mkdir()
+    (steps / "bench_fp16.json").write_text(json.dumps(load(dry_run, "bench_fp16")))
+    (steps / "steps.tsv").write_text("check\t0\t5\nmodel\t0\t40\nbench\t0\t150\nfloor\t124\t60\n")
+    gpu_run.main(["report", str(steps), str(out)])
+    s = load(out, "summary")
     assert s["pixel_check"]["ok"] is True and "floor_s_per_tile" not in s and "e2e" not in s
     assert s["steps"][-1] == {"step": "floor", "rc": 124, "seconds": 60, "timed_out": True}
-    assert "| floor | 124 (timed out) | 60 |" in (tmp_path / "rows.md").read_text()
+    assert "| floor | 124 (timed out) | 60 |" in (out / "rows.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "rows.md"]
 
 
 def test_refuses_a_folder_that_holds_something(tmp_path: Path) -> None:
