@@ -9,6 +9,7 @@ Each subcommand writes one JSON file and prints a line or two; ``report`` joins 
     gpu_run.py labels SIDE OUT.tif         SIDE² px of nuclear labels (DSB 2018 nuclei, mirrored)
     gpu_run.py e2e MODEL LABELS OUT.json   napari-crafts generate on LABELS: wall time, tiles/s
     gpu_run.py report STEPDIR OUTDIR       OUTDIR/results.json (summary + every step file) and rows.md
+    gpu_run.py docs RESULTS.json           merge its engine/pipeline rows into docs/benchmarks.md (GPU runs only)
 
 See docs/benchmarks.md ("GPU figures in one command") for the device call and what the numbers mean.
 """
@@ -508,6 +509,25 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'results.json'} and {out / 'rows.md'}")
 
 
+def cmd_docs(args: argparse.Namespace) -> None:
+    """The bench rows of a GPU run's results.json into the table of docs/benchmarks.md (``--write-docs``'s merge)."""
+    results = json.loads(args.results.read_text())
+    if results["summary"].get("dry_run") is not False:
+        raise SystemExit(
+            f"{args.results} is from a dry run (or says nothing of it): its figures are not GPU figures; "
+            "docs/benchmarks.md is unchanged."
+        )
+    rows = [
+        r
+        for name in BENCH_FILES
+        if name.removesuffix(".json") in results
+        for r in bench_engine.table_rows(results[name.removesuffix(".json")])
+    ]
+    if not rows:
+        raise SystemExit(f"{args.results} holds no finished bench step; docs/benchmarks.md is unchanged.")
+    bench_engine.write_docs(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -544,6 +564,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("stepdir", type=Path, help="the step files")
     r.add_argument("outdir", type=Path, help="where results.json and rows.md go")
     r.set_defaults(func=cmd_report)
+    d = sub.add_parser("docs")
+    d.add_argument("results", type=Path)
+    d.set_defaults(func=cmd_docs)
     args = p.parse_args(argv)
     args.func(args)
 

@@ -146,3 +146,19 @@ def test_refuses_a_folder_that_holds_something(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr == f"gpu_run: {tmp_path} exists and is not an empty folder: give a new or empty folder.\n"
     assert sorted(tmp_path.iterdir()) == [keep] and keep.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_docs_refuses_the_figures_of_a_dry_run(dry_run: Path) -> None:
+    docs = REPO / "docs" / "benchmarks.md"
+    before = docs.read_bytes()
+    results = dry_run / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_run.py"), "docs", str(results)], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"{results} is from a dry run (or says nothing of it): its figures are not GPU figures; "
+        "docs/benchmarks.md is unchanged.\n"
+    )
+    assert docs.read_bytes() == before
