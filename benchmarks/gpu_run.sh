@@ -96,6 +96,8 @@ step check 60 "$py" - "$stepdir/env.json" <<'EOF' || exit 1
 import json, platform, sys
 import torch, diffusers, transformers, zarr, dask, distributed
 import napari_crafts.model.engine, napari_crafts.wsi.job, napari_crafts.cli.generate  # noqa: F401
+from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel  # noqa
+from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401  (diffusers' lazy imports resolved here, not later)
 qt = sorted(m for m in ("napari", "qtpy", "PyQt5", "PyQt6", "PySide6", "magicgui") if m in sys.modules)
 assert not qt, f"the engine and the whole-slide CLI imported {qt}"
 env = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
