@@ -368,3 +368,49 @@ def test_the_local_cluster_takes_a_free_dashboard_port(monkeypatch: pytest.Monke
     with pytest.raises(Stop), job._connect(None, 1, print):
         pass
     assert seen["dashboard_address"] == ":0"  # never the often-taken 8787 (a warning on every run)
+
+
+# ------------------------------------------------------------------------------- mostly glass: batched chunks
+
+
+def test_glass_chunks_are_written_in_batches_with_the_same_bytes(
+    tmp_path: Path, tiny_model: Path, nuclei: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slide that is mostly glass: the chunks only glass touches (and the reduced chunks above only them) are
+    written a batch per task, not a task each, and every level has the bytes the task-per-chunk path writes."""
+    from distributed import LocalCluster
+
+    from napari_crafts.generation.region import GenerationSettings
+    from napari_crafts.wsi import job
+
+    labels = np.zeros((768, 768), np.uint16)
+    labels[:96, :96] = nuclei[1][:96, :96]
+    src = tmp_path / "sparse.tif"
+    tifffile.imwrite(src, labels, resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    settings = GenerationSettings(steps=1, tile_size=64, overlap=16, seed=3)
+    tasks: list[tuple[int, int]] = []
+    wait = job._Job.wait
+
+    def counting(self: job._Job, *args: object, **kwargs: object) -> None:
+        tasks.append((len({f.key for f in self.chunks.values()}), len(self.chunks)))
+        wait(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(job._Job, "wait", counting)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        run = dict(
+            model=tiny_model, settings=settings, chunk=64, scheduler_address=cluster.scheduler_address, progress=False
+        )
+        batched = job.generate_slide(src, tmp_path / "batched.ome.zarr", **run)  # type: ignore[arg-type]
+        monkeypatch.setattr(
+            job, "_glass_classes", lambda w, g, m: [np.full(w.grid(i), None, object) for i in range(w.levels)]
+        )
+        each = job.generate_slide(src, tmp_path / "each.ome.zarr", **run)  # type: ignore[arg-type]
+    (batched_tasks, chunks), (each_tasks, same_chunks) = tasks
+    assert chunks == same_chunks == 144 + 36 + 9 + 4 + 1 and each_tasks == chunks
+    assert batched_tasks <= 20  # 20: the chunks the nuclei touch, those above them, one glass task per level
+    import zarr
+
+    a, b = zarr.open_group(batched, mode="r"), zarr.open_group(each, mode="r")
+    assert sorted(a.array_keys()) == sorted(b.array_keys()) == ["0", "1", "2", "3", "4"]
+    for level in a.array_keys():
+        assert np.array_equal(np.asarray(a[level]), np.asarray(b[level])), level

@@ -31,6 +31,7 @@ import math
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -52,7 +53,7 @@ from ..export.safety import (
     remove_output,
     remove_private,
 )
-from ..export.watermark import CELL, Payload, embed_watermark, sign_record
+from ..export.watermark import CELL, PERIOD, Payload, embed_watermark, sign_record
 from ..generation.region import (
     BACKGROUND_RGB,
     BatchProgress,
@@ -139,6 +140,10 @@ def _kind(runtime: Runtime) -> Runtime:
 # --------------------------------------------------------------------------------------------- workers
 
 AUTO_TASK_TILES = 8  # tiles per render task when the batch size is auto
+#: Chunks that hold only glass (every tile touching them is glass, or every chunk below them is such a chunk) are
+#: written this many per task: a 200,000² slide that is mostly glass has ~200,000 of them, and one task each
+#: costs hours of scheduling alone (10-20 tasks/s).
+GLASS_CHUNKS_PER_TASK = 1024
 WORKER_WAIT_S = 300  # how long a run waits for the first worker of a remote scheduler
 CONNECT_TIMEOUT_S = 10  # how long a run waits for a remote scheduler to answer
 _WORKER: dict[str, Any] = {}  # per worker process: the device the plugin chose
@@ -254,6 +259,64 @@ def _pyramid_task(writer: OmeZarrWriter, level: int, cy: int, cx: int, below: li
         return 0
     writer.build_level(level, cy, cx)
     return 1
+
+
+def _glass_task(writer: OmeZarrWriter, glass: tuple[int, int, int], payload: Payload | None, level: int,
+                cells: list[tuple[int, int]], classes: list[Any], below: list[Any]) -> int:
+    """Write chunks ``cells`` of ``level`` that hold nothing but glass, in one task (see ``GLASS_CHUNKS_PER_TASK``).
+
+    Chunks of one class (``classes``: same size, watermark phase and, above level 0, classes below) have the same
+    bytes, so each class is computed once, as ``_blend_task`` / ``_pyramid_task`` would, and copied: a level-0
+    glass chunk is the glass colour (every tile touching it is glass, and blending one colour gives that colour),
+    then watermarked; a reduced chunk is built from the chunks below it.
+    """
+    made: dict[Any, np.ndarray] = {}
+    written = 0
+    for (cy, cx), key in zip(cells, classes, strict=True):
+        if writer.chunk_done(level, cy, cx):
+            continue
+        if key in made:
+            writer.write_chunk(level, cy, cx, made[key])
+        elif level == 0:
+            y0, x0, y1, x1 = writer.chunk_box(0, cy, cx)
+            rgb = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+            rgb[...] = glass
+            made[key] = embed_watermark(rgb, payload, origin=(y0, x0)) if payload is not None else rgb
+            writer.write_chunk(0, cy, cx, made[key])
+        else:
+            writer.build_level(level, cy, cx)
+            made[key] = writer.read_region(level, *writer.chunk_box(level, cy, cx))
+        written += 1
+    return written
+
+
+def _glass_classes(writer: OmeZarrWriter, glass0: np.ndarray, marked: bool) -> list[np.ndarray]:
+    """Per level, an object array: for a chunk that holds only glass, a key equal for chunks of equal bytes (see
+    ``_glass_task``); None for the others. Level 0 from ``glass0`` (chunks only glass tiles touch)."""
+    period = PERIOD * CELL  # the watermark's pattern repeats every ``period`` px
+    ids: dict[Any, int] = {}  # class → a small number (a reduced chunk's class names the classes below it)
+    classes: list[np.ndarray] = []
+    for level in range(writer.levels):
+        ny, nx = writer.grid(level)
+        keys = np.full((ny, nx), None, dtype=object)
+        for cy, cx in zip(*np.nonzero(glass0 if level == 0 else _all_below(classes[-1], ny, nx)), strict=True):
+            y0, x0, y1, x1 = writer.chunk_box(level, int(cy), int(cx))
+            if level == 0:
+                key: Any = (y1 - y0, x1 - x0) + ((y0 % period, x0 % period) if marked else ())
+            else:
+                key = (level, y1 - y0, x1 - x0, tuple(classes[-1][2 * cy : 2 * cy + 2, 2 * cx : 2 * cx + 2].ravel()))
+            keys[cy, cx] = ids.setdefault(key, len(ids))
+        classes.append(keys)
+    return classes
+
+
+def _all_below(below: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """(ny, nx) True where every chunk of the level below (2×2, fewer at the edges) has a glass class."""
+    out = np.zeros((ny, nx), dtype=bool)
+    for cy in range(ny):
+        for cx in range(nx):
+            out[cy, cx] = all(k is not None for k in below[2 * cy : 2 * cy + 2, 2 * cx : 2 * cx + 2].ravel())
+    return out
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -502,6 +565,7 @@ class _Job:
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # keys unique to this run
     chunks: dict[tuple[int, int, int], Any] = field(default_factory=dict)  # (level, cy, cx) → future
     renders: dict[str, tuple[Any, int]] = field(default_factory=dict)  # key → (future, tiles in its batch)
+    glass: list[np.ndarray] = field(default_factory=list)  # per level: the glass class of each chunk, or None
 
     def _map(self, name: str, fn: Any, *columns: list[Any]) -> list[Any]:
         keys = [f"crafts-{name}-{self.token}-{i}" for i in range(len(columns[0]))]
@@ -524,6 +588,15 @@ class _Job:
             raise GenerationError(f"{self.source.name} has no {what} anywhere in level 0: check the file "
                                   "(or --kind).")
         touching = {c: grid.tiles_touching(*writer.chunk_box(0, *c)) for c in pending}
+        # chunks that only glass tiles touch: written in batches, without a blend task each (nor one per chunk of
+        # the reduced levels above only such chunks: submit_pyramid)
+        glass0 = np.zeros(writer.grid(0), dtype=bool)
+        for c in np.ndindex(*glass0.shape):
+            tiles = touching.get(c) or grid.tiles_touching(*writer.chunk_box(0, *c))
+            glass0[c] = all(empty[t.row, t.col] for t in tiles)
+        self.glass = _glass_classes(writer, glass0, self.payload is not None)
+        self._submit_glass(0, [c for c in pending if self.glass[0][c] is not None])
+        pending = [c for c in pending if self.glass[0][c] is None]
         needed = {(t.row, t.col) for ts in touching.values() for t in ts if not empty[t.row, t.col]}
         needed &= set(store.pending(0))
         # Batches are cut from all non-empty tiles in grid order, as generate_region cuts them, whatever is
@@ -550,11 +623,25 @@ class _Job:
         """A build task per pending chunk of each reduced level, waiting for the tasks of the chunks below."""
         for level in range(1, self.writer.levels):
             todo = self.writer.pending(level)
-            waits = [[f for sy in (2 * cy, 2 * cy + 1) for sx in (2 * cx, 2 * cx + 1)
-                      if (f := self.chunks.get((level - 1, sy, sx))) is not None] for cy, cx in todo]
+            if self.glass:
+                self._submit_glass(level, [c for c in todo if self.glass[level][c] is not None])
+                todo = [c for c in todo if self.glass[level][c] is None]
+            waits = [list({f.key: f for sy in (2 * cy, 2 * cy + 1) for sx in (2 * cx, 2 * cx + 1)
+                           if (f := self.chunks.get((level - 1, sy, sx))) is not None}.values()) for cy, cx in todo]
             build = partial(_pyramid_task, self.writer, level)
             futures = self._map(f"pyramid{level}", build, [c[0] for c in todo], [c[1] for c in todo], waits)
             self.chunks.update({(level, *c): f for c, f in zip(todo, futures, strict=True)})
+
+    def _submit_glass(self, level: int, cells: list[tuple[int, int]]) -> None:
+        """``_glass_task`` for ``cells`` of ``level`` (chunks of glass only), GLASS_CHUNKS_PER_TASK per task."""
+        for i in range(0, len(cells), GLASS_CHUNKS_PER_TASK):
+            batch = cells[i : i + GLASS_CHUNKS_PER_TASK]
+            below = {f.key: f for cy, cx in batch for sy in (2 * cy, 2 * cy + 1) for sx in (2 * cx, 2 * cx + 1)
+                     if level and (f := self.chunks.get((level - 1, sy, sx))) is not None}
+            future = self.client.submit(_glass_task, self.writer, BACKGROUND_RGB, self.payload, level, batch,
+                                        [self.glass[level][c] for c in batch], list(below.values()),
+                                        key=f"crafts-glass{level}-{self.token}-{i}", retries=2)
+            self.chunks.update({(level, *c): future for c in batch})
 
     def _empty_mask(self, store: OmeZarrWriter, plan: Plan) -> np.ndarray:
         """(rows, cols) True where a tile is skipped as empty: scanned on the workers once, then cached."""
@@ -603,7 +690,8 @@ class _Job:
         from distributed import as_completed
         from tqdm.auto import tqdm
 
-        futures = [f for f, _ in self.renders.values()] + list(self.chunks.values())
+        per_future = Counter(f.key for f in self.chunks.values())  # a glass task writes many chunks
+        futures = [f for f, _ in self.renders.values()] + list({f.key: f for f in self.chunks.values()}.values())
         n_tiles = sum(n for _, n in self.renders.values())
         tile_bar = tqdm(total=n_tiles, unit="tile", desc="tiles", disable=not progress or not n_tiles)
         chunk_bar = tqdm(total=len(self.chunks), unit="chunk", desc="chunks", disable=not progress)
@@ -615,8 +703,8 @@ class _Job:
                     tiles_done += self.renders[fut.key][1]
                     tile_bar.update(self.renders[fut.key][1])
                 else:
-                    chunks_done += 1
-                    chunk_bar.update(1)
+                    chunks_done += per_future[fut.key]
+                    chunk_bar.update(per_future[fut.key])
                 if on_progress is not None:
                     on_progress("tiles", tiles_done, n_tiles)
                     on_progress("chunks", chunks_done, len(self.chunks))
