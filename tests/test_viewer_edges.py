@@ -192,10 +192,57 @@ def test_a_cancelled_run_leaves_glass_clear_and_keeps_the_models_tiles_only(
             time.sleep(0.01)
             yield Stage("drawing")
 
-    worker = runner.start(job, viewer, out)
-    worker.yielded.connect(lambda e: runner.cancel() if type(e).__name__ == "TileDone" and not e.skipped else None)
+    runner.start(job, viewer, out)
+    qtbot.waitUntil(lambda: out.data[..., 3].any(), timeout=WAIT_MS)  # the model's first tile is shown
+    runner.cancel()
     qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_MS)
     assert (out.data[:, :64, 3] == 255).all() and not out.data[:, 64:].any()  # the glass blocks stay clear
     np.testing.assert_array_equal(out.data[:, :64, :3], drawn)
     assert out.metadata["napari_crafts"]["status"] == "cancelled after 1/2 tiles"  # of the model's 2 tiles
     assert runner._status.value == "cancelled: 1/2 tiles kept"
+
+
+# -- 4. closing the window while the model loads --------------------------------------------------------------------
+
+
+def test_closing_the_window_while_the_model_loads_ends_the_job_without_waiting_for_the_imports(
+    make_napari_viewer: Any,
+    tiny_model: Path,
+    nuclei: tuple[np.ndarray, np.ndarray],
+    qtbot: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    messages: list[tuple[str, str]],
+) -> None:
+    import sys
+    import threading
+
+    from napari_crafts._widgets import _runner
+
+    gate = threading.Event()  # the "import" lasts until the test opens the gate
+    (tmp_path / "nc_slow_import.py").write_text("import sys\nsys.modules['nc_gate'].wait(120)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "nc_gate", gate)
+    monkeypatch.setattr(_runner, "HEAVY_IMPORTS", {"nc_slow_import": ()})
+    viewer = make_napari_viewer(show=True)
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
+    c = w.controls
+    c._model.value, c._steps.value, c._tile.value, c._overlap.value = str(tiny_model), 1, 64, 16
+    labels = viewer.add_labels(nuclei[1][:64, :64], name="nuclei", scale=(MPP, MPP), units=("µm", "µm"))
+    w._labels_layer.value = labels
+    try:
+        worker = w.generate()
+        seen: list[Any] = []
+        worker.yielded.connect(seen.append)
+        qtbot.waitUntil(lambda: len(seen) >= 2, timeout=WAIT_MS)  # waiting for the import
+        out = viewer.layers[-1]
+        texts = said(w.runner)
+        viewer.window._qt_window.hide()  # what closing the main window does first (then napari quits)
+        assert w.runner.cancel_event.is_set() and worker.abort_requested
+        qtbot.waitUntil(lambda: worker not in _runner._RUNNING, timeout=WAIT_MS)  # the worker's thread has ended
+        assert not gate.is_set()  # ... while the import still runs: nothing waits for it
+        assert seen == [None] * len(seen)  # nothing but the import's heartbeat
+        assert texts == []  # no handler ran after the close (the dock's widgets are gone)
+        assert not out.data.any() and not [m for m in messages if m[0] == "error"]
+    finally:
+        gate.set()

@@ -25,7 +25,7 @@ from ..model.card import CRAFTS_MASK_PROMPT
 from ..model.engine import SCHEDULERS
 from ._layers import layer_pixel_size, output_units, place_over
 from ._regions import region_for
-from ._runner import JobOptions, JobRunner, add_output_layer
+from ._runner import JobOptions, JobRunner, add_output_layer, background_imports
 from ._text import (
     ADVANCED_CLOSED,
     ADVANCED_OPEN,
@@ -350,6 +350,7 @@ def engine_job(engine_args: dict[str, Any], make_job: Any, *, mode: str | None =
     from ..model.engine import get_engine
     from ..model.interrupt import make_interruptible
 
+    yield from background_imports()  # torch, diffusers: a job stopped meanwhile need not wait for them
     engine = get_engine(engine_args["model"], device=engine_args.get("device"),
                         allow_pickle=engine_args.get("allow_pickle", False))
     nets = [engine.unet, engine.vae, engine.text_encoder]

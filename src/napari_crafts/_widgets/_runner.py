@@ -6,6 +6,8 @@ are touched only in the ``yielded``/``returned``/``errored`` handlers, which run
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from qtpy.QtCore import QEvent, QObject
 
 
 class JobRunner(Container):
@@ -35,6 +38,8 @@ class JobRunner(Container):
         self.cancel_event = threading.Event()
         self._job = JobOptions()
         self._stopped = False  # after a stop, late events from the worker are ignored (no layer is touched)
+        self._slots: dict[str, Callable[..., Any]] = {}  # the worker's signal → our handler
+        self._window_watch: Any = None  # the event filter on the viewer's window (see _watch_window)
 
     @property
     def run_button(self) -> PushButton:
@@ -70,16 +75,20 @@ class JobRunner(Container):
             with cancel_scope(event):
                 return (yield from job())
 
-        worker = create_worker(run_job, _start_thread=False, _connect={
+        self._slots = {
             "yielded": self._on_yielded,
             "returned": lambda result: self._on_returned(result, on_done),
             "errored": self._on_errored,
             "aborted": self._on_aborted,
             "finished": self._on_finished,
-        })
+        }
+        worker = create_worker(run_job, _start_thread=False, _connect=self._slots)
         # Connecting "errored" here (not after creation) keeps superqt from re-raising in the event loop:
         # our handler tells the user in one line and keeps what was generated.
         self.worker = worker
+        _RUNNING.add(worker)  # its signals live until its thread has ended, whatever happens to this dock
+        worker.finished.connect(functools.partial(_RUNNING.discard, worker))
+        self._watch_window()
         self._run.enabled, self._cancel.enabled = False, True
         self._progress.value = 0
         self.status("loading the model…")
@@ -107,6 +116,29 @@ class JobRunner(Container):
             self._mark_kept(f"stopped after {done}/{total} tiles")
         show_warning(why + (f" {done}/{total} tiles kept." if kept else ""))
         self.status(why)
+
+    def shutdown(self) -> None:
+        """The viewer's window closed: stop the job at its next check (a step's next block, the next yield; the
+        model's imports run in a daemon thread, ``background_imports``), and let nothing from it reach this dock
+        or the layers again (its handlers are disconnected), so napari's exit neither waits long nor aborts."""
+        worker = self.worker
+        if worker is None:
+            return
+        self._stopped = True
+        self.cancel_event.set()
+        worker.quit()
+        for name, slot in self._slots.items():
+            with contextlib.suppress(TypeError, RuntimeError):  # already gone
+                getattr(worker, name).disconnect(slot)
+
+    def _watch_window(self) -> None:
+        """Call :meth:`shutdown` when the viewer's main window closes (hidden, not minimised)."""
+        window = self.native
+        while window.parentWidget() is not None:  # a floating dock is a window too: go up to the main window
+            window = window.parentWidget()
+        if window.isWindow() and self._window_watch is None:
+            self._window_watch = _WindowClosed(window, self.shutdown)
+            window.installEventFilter(self._window_watch)
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = unwrap(event.value)
@@ -244,6 +276,24 @@ class JobRunner(Container):
             self._job.on_finished()
 
 
+class _WindowClosed(QObject):
+    """Event filter on a main window: calls ``on_close`` when the window is hidden, not minimised (closed)."""
+
+    def __init__(self, window: Any, on_close: Callable[[], None]) -> None:
+        super().__init__(window)
+        self._on_close = on_close
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Hide and not obj.isMinimized():
+            self._on_close()
+        return False
+
+
+#: Workers whose thread may still run: referenced here so that their signals (Qt objects) are never deleted
+#: while their thread can still emit ("wrapped C/C++ object … has been deleted" aborts Python).
+_RUNNING: set[Any] = set()
+
+
 class JobOptions:
     """What a job adds to the runner: ``watch`` (layers whose removal stops it), ``clock`` (progress text),
     ``on_long_run`` (called with a long ``RunEstimate`` on a CPU), ``notes_shown`` (note prefixes already told),
@@ -259,6 +309,39 @@ class JobOptions:
         self.on_long_run = on_long_run
         self.notes_shown = tuple(notes_shown)
         self.on_finished = on_finished
+
+
+#: What building an engine imports (seconds, the first time): module → names whose import loads the parts used.
+HEAVY_IMPORTS = {"torch": (), "diffusers": ("AutoencoderKL", "ControlNetModel", "StableDiffusionPipeline",
+                                             "UNet2DConditionModel"), "transformers": ("CLIPTextModel",)}
+
+
+def background_imports() -> Generator[None, None, None]:
+    """Import :data:`HEAVY_IMPORTS` in a daemon thread, yielding None (nothing to show) every 0.1 s until done.
+
+    The worker stops at a yield once asked to (Cancel, a removed layer, the viewer's window closing), so such a
+    job ends within 0.1 s instead of after the imports (5-15 s on a CPU): Python does not wait for a daemon thread
+    at exit, and an import touches no Qt object. An import that fails is left to the engine, which says what is
+    missing.
+    """
+    import importlib
+
+    done = threading.Event()
+
+    def load() -> None:
+        try:
+            for name, attrs in HEAVY_IMPORTS.items():
+                module = importlib.import_module(name)
+                for attr in attrs:
+                    getattr(module, attr)
+        except Exception:  # noqa: BLE001 - the engine imports again and reports it in one line
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=load, name="napari-crafts imports", daemon=True).start()
+    while not done.wait(0.1):
+        yield None
 
 
 def unwrap(obj: Any) -> Any:
