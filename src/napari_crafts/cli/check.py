@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from .._plural import plural
 from ..export.check import (
     DEFAULT_MAX_TILES,
     EXIT_ERROR,
@@ -48,5 +49,5 @@ def main(args: argparse.Namespace) -> int:
     elif len(reports) > 1:
         print(f"{summary['images']} images: {summary['synthetic']} synthetic, "
               f"{summary['images'] - summary['synthetic'] - summary['errors']} without a sign, "
-              f"{summary['errors']} errors")
+              f"{plural(summary['errors'], 'error')}")
     return code

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._generators import run
+from .._plural import plural
 from .nuclei import NucleiParams
 from .pairs import PairsOptions, PairsProgress, iter_pairs, parse_band
 
@@ -93,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
 
     card = json.loads((out / "dataset.json").read_text())
     c = card["counts"]
-    print(f"train {c['train']} tiles, test {c['test']} tiles ({card['tile_px']} px at {card['mpp']:g} µm/px); "
+    print(f"train {plural(c['train'], 'tile')}, test {plural(c['test'], 'tile')} ({card['tile_px']} px at "
+          f"{card['mpp']:g} µm/px); "
           f"skipped: {c['skipped_no_tissue']} without tissue, {c['skipped_no_nuclei']} without nuclei, "
           f"{c['dropped_near_band']} next to the test band")
     if card["nuclei"] and card["nuclei"]["method"] == "auto":

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from .._plural import plural
 from .settings import CONTROLNET_INITS
 from .train import STAGES, TrainSettings
 
@@ -110,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     result = train(args.dataset, args.out, settings=settings_from_args(args), base=args.base, config=args.config,
                    resume=args.resume, overwrite=args.overwrite, manifest=args.captions,
                    progress=not args.quiet, allow_pickle=args.allow_pickle, name=args.name)
-    print(f"model: {result.out} ({result.steps} steps, final loss {result.final_loss:.4f})")
+    print(f"model: {result.out} ({plural(result.steps, 'step')}, final loss {result.final_loss:.4f})")
     for row in result.validation[-4:]:
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in row["metrics"].items())
         print(f"validation step {row['step']} {row['mode']}: {metrics}")
