@@ -246,3 +246,28 @@ def test_closing_the_window_while_the_model_loads_ends_the_job_without_waiting_f
         assert not out.data.any() and not [m for m in messages if m[0] == "error"]
     finally:
         gate.set()
+
+
+# -- 9. approximate settings are said above Generate, with a way back to exact ---------------------------------------
+
+
+def test_fast_settings_are_said_near_generate_with_one_click_back_to_exact(make_napari_viewer: Any) -> None:
+    from napari_crafts.generation.estimate import fast_settings
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
+    c = w.controls
+    c._steps.value, c._tile.value, c._overlap.value = 30, 1024, 128
+    exact = c.settings()
+    assert exact.exact and c.approximate_text == "" and c._approximate_row.native.isHidden()
+    c.apply(fast_settings(exact))  # what "Use fast settings" does
+    fast = c.settings()
+    assert not fast.exact and (fast.steps, fast.tile_size) != (30, 1024)
+    assert c.approximate_text == f"Settings are {fast.approximation}: faster, not the model's exact output."
+    assert not c._approximate_row.native.isHidden() and c._exact_button.text == "Back to exact settings"
+    c._exact_button.clicked.emit()
+    assert c.settings() == exact and c.approximate_text == ""  # the settings from before, exactly
+    c._cache_interval.value = 3  # an approximation chosen by hand under Advanced is said too
+    assert "full UNet every 3 steps" in c.approximate_text
+    c._exact_button.clicked.emit()
+    assert c.settings() == exact and c._approximate_row.native.isHidden()

@@ -205,6 +205,7 @@ def test_a_long_cpu_run_is_announced_with_the_fast_settings_offered(labels_widge
     assert (meta["scheduler"], meta["steps"], meta["cfg_cutoff"], meta["exact"]) == ("unipc", 10, 0.5, False)
     assert out.name == "synthetic H&E (CRAFTS) · nuclei [approximate]"
     assert (w.controls._scheduler.value, w.controls._steps.value) == ("unipc", 10)  # the controls say so too
+    assert w.controls.approximate_text.startswith("Settings are approximate (fast mode)")  # above Generate
 
 
 # -- 5. presets, 9. prompt progress ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -142,6 +143,13 @@ class ModelPicker(Container):
         self.value = str(folder)
 
 
+#: Shown above Generate while the settings are approximate (e.g. after "Use fast settings"), with EXACT_BUTTON.
+APPROXIMATE = "Settings are {what}: faster, not the model's exact output."
+EXACT_BUTTON = "Back to exact settings"
+EXACT_TOOLTIP = ("The model's own scheduler, guidance on every step and no feature reuse; the steps and tile size "
+                 "from before 'Use fast settings'.")
+
+
 class GenerationControls(Container):
     """Model and diffusion settings shared by the generation widgets; the less used ones under "Advanced"."""
 
@@ -175,12 +183,21 @@ class GenerationControls(Container):
         self._advanced = Container(widgets=advanced, labels=True, visible=False)
         self._advanced.margins = (0, 0, 0, 0)
         self._advanced_button = PushButton(text=ADVANCED_CLOSED, tooltip=TOOLTIPS["advanced"])
+        self._approximate = wrapped(Label(value="", label=""))
+        self._exact_button = PushButton(text=EXACT_BUTTON, tooltip=EXACT_TOOLTIP)
+        self._approximate_row: Container[Any] = Container(widgets=[self._approximate, self._exact_button],
+                                                          labels=False, visible=False, label="")
+        self._approximate_row.margins = (0, 0, 0, 0)
         super().__init__(widgets=[self._model, self._prompt, self._steps, self._seed, self._cfg,
-                                  self._advanced_button, self._advanced], labels=True)
+                                  self._advanced_button, self._advanced, self._approximate_row], labels=True)
         self.margins = (0, 0, 0, 0)
         self.advanced_shown = False
+        self._before_fast: GenerationSettings | None = None  # the exact settings "Use fast settings" replaced
         self._advanced_button.changed.connect(lambda: self.show_advanced(not self.advanced_shown))
         self._restore.changed.connect(self.restore_defaults)
+        self._exact_button.changed.connect(self.back_to_exact)
+        for box in (self._scheduler, self._cfg_cutoff, self._cache_interval):
+            box.changed.connect(self._show_approximate)
 
     def show_advanced(self, show: bool = True) -> None:
         self.advanced_shown = show
@@ -191,18 +208,46 @@ class GenerationControls(Container):
         """Every setting back to its default (the model list and prompt too)."""
         from ..model.catalog import default_model
 
+        self._before_fast = None
         self.apply(GenerationSettings(prompt=self._default_prompt))
         self._model.value = default_model()
         self._seed.value, self._cfg.value = 0, GenerationSettings().guidance_scale
         self._negative.value, self._controlnet.value, self._batch.value = "", "", 0
         self._device.value, self._allow_pickle.value, self._watermark.value = "auto", False, True
 
+    @property
+    def approximate_text(self) -> str:
+        """What the dock says while the settings are approximate ("" when they are exact)."""
+        return str(self._approximate.value)
+
+    def _show_approximate(self, *_: Any) -> None:
+        """Say, above Generate, when the settings are approximate (fast mode), with a way back to exact."""
+        try:
+            what = self.settings().approximation
+        except ValueError:  # a combination being typed (e.g. overlap above half the tile): say nothing yet
+            return
+        self._approximate.value = APPROXIMATE.format(what=what) if what else ""
+        self._approximate_row.visible = bool(what)
+
+    def back_to_exact(self) -> None:
+        """The settings "Use fast settings" replaced (steps, scheduler, tiles…), else the exact scheduler, full
+        guidance and no feature reuse with the other values kept."""
+        before, self._before_fast = self._before_fast, None
+        now = self.settings()
+        kept = before if before is not None else now
+        self.apply(dataclasses.replace(now, scheduler="default", cfg_cutoff=1.0, cache_interval=1, steps=kept.steps,
+                                       tile_size=kept.tile_size, overlap=kept.overlap))
+
     def apply(self, settings: GenerationSettings) -> None:
         """Show ``settings`` in the controls (e.g. the fast settings the long-run offer chose)."""
+        current = self.settings()
+        if current.exact and not settings.exact:
+            self._before_fast = current
         self._prompt.value = settings.prompt
         self._steps.value, self._scheduler.value = settings.steps, settings.scheduler
         self._cfg_cutoff.value, self._cache_interval.value = settings.cfg_cutoff, settings.cache_interval
         self._tile.value, self._overlap.value = settings.tile_size, settings.overlap
+        self._show_approximate()
 
     def settings(self) -> GenerationSettings:
         return GenerationSettings(
