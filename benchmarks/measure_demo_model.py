@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDE = REPO.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+SLIDE = REPO / "tests" / "data" / "CMU-1-Small-Region.svs"
 #: The slide's 0.499 µm/px, taken as the model's 0.5 (see 1. above).
 SLIDE_MPP = 0.5
 

@@ -29,6 +29,7 @@ from napari_crafts.export import PROGRESS_GROUP, OmeZarrWriter, mean_downsample_
 from napari_crafts.generation.region import BACKGROUND_RGB, GenerationError, GenerationSettings, Region, generate_region, run
 from napari_crafts.io.slide import SlideError, SlideRef, open_slide
 from napari_crafts.generation.sources import LabelsSource
+from napari_crafts.generation.tissue import auto_from_labels
 from napari_crafts.export.watermark import payload_for, watermark_image
 
 FAST = dict(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=2)
@@ -138,11 +139,14 @@ def test_level0_equals_generate_region_in_memory(straight: Path, labels: np.ndar
     with one_torch_thread():
         ref = run(generate_region(engine, LabelsSource(labels, name="labels", mpp=MPP), Region(0, 0, 256, 256),
                                   SETTINGS, watermark=False))
-    assert ref.tiles_skipped == 4  # the cleared corner: tiles (3..4, 3..4) never reach the model
     level0 = level_arrays(straight)[0].transpose(1, 2, 0)
     # same seams, same blending, then each 128-px chunk watermarked once with the payload of the stored record
     np.testing.assert_array_equal(level0, watermark_image(ref.rgb, payload_for(read_provenance(straight)), chunk=128))
-    assert (ref.rgb[208:, 208:] == BACKGROUND_RGB).all()  # covered by empty tiles only
+    # the cleared corner is glass by the auto tissue rule (the same mask on the workers and here): exactly glass
+    glass = auto_from_labels(LabelsSource(labels, mpp=MPP), (0, 0, 256, 256), MPP).alpha(0, 0, 256, 256) == 0
+    assert glass[208:, 208:].all() and not glass[:120, :120].any()
+    assert (ref.rgb[glass] == BACKGROUND_RGB).all()
+    assert read_provenance(straight)["source"]["tissue"]["how"].startswith("auto from the nuclei")
 
 
 @pytest.mark.slow

@@ -52,10 +52,12 @@ def test_seams_across_tile_borders_stay_below_interior_variation(engine, nuclei,
     # (tests/test_tiling.py shows the same score flags a real seam)
 
 
-def test_empty_tiles_are_filled_without_the_model(engine, fast):
+def test_glass_tiles_are_filled_without_the_model(engine, fast):
     lab = np.zeros((128, 256), np.uint16)
-    lab[10:30, 10:30] = 1  # only the first tiles hold a nucleus
-    src = LabelsSource(lab, name="sparse", mpp=0.25)
+    lab[10:30, 10:30] = 1  # only the first tile holds a nucleus, and only it is tissue
+    tissue = np.zeros((128, 256), bool)
+    tissue[:56, :56] = True
+    src = LabelsSource(lab, name="sparse", mpp=0.25, tissue=tissue)
     # unmarked: the watermark would put its faint pattern on the filled glass
     result, events = _events(generate_region(engine, src, Region(0, 0, 128, 256), dataclasses.replace(fast, overlap=0),
                                              watermark=False))

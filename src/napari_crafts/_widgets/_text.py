@@ -1,7 +1,14 @@
 """User-facing labels and tooltips of the widgets, in one place."""
 
+#: The tissue choice's two words (the rest of its list is the viewer's Labels and Shapes layers).
+TISSUE_AUTO, TISSUE_EVERYWHERE = "auto", "everywhere"
+
 TOOLTIPS = {
     "labels": "Nuclear segmentation (instance or semantic labels, 0 = background).",
+    "tissue": "Where the tissue is; the rest is glass. auto: from the nuclei (or the fluorescence signal): gaps "
+    "between nuclei up to ~100 µm are tissue, larger glass. everywhere: no glass at all. A Labels layer (non-zero = "
+    "tissue, any resolution, placed over the source) or a Shapes layer (its polygons). Tiles without tissue are "
+    "glass and never reach the model; every tile with tissue is drawn, nuclei or not.",
     "model": "Models known to this install: 'demo' (trained on CMU-1, when bundled), 'tiny-demo' (random, for "
     "trying the plugin; its output is noise-like), folders used before, and diffusers folders in the models cache "
     "(~/.cache/napari-crafts/models or $NAPARI_CRAFTS_CACHE/models). CRAFTS-compatible weights are Stable "

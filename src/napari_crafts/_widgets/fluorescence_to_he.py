@@ -25,6 +25,7 @@ from ._layers import job_data, output_units, place_over, record
 from ._regions import layer_plane
 from ._runner import JobRunner
 from ._text import NO_CHANNELS, TOOLTIPS
+from ._tissue import TissueChoice
 
 #: More planes than this along the chosen axis means it is not the channel axis.
 MAX_CHANNELS = 64
@@ -44,12 +45,14 @@ class FluorescenceToHE(DockContainer):
         self._high = spin("high %", PERCENTILES[1], 50.0, 100.0, 0.1, key="percentiles")
         self._preview = PushButton(text="Preview control image")
         self.where = RegionControls(viewer)
+        self.tissue = TissueChoice(viewer)
         self.controls = GenerationControls(FLUORESCENCE_PROMPT)
         self.offer = LongRunOffer()
         self.runner = JobRunner("Generate H&&E")
         self._save = SaveButton(self.runner, viewer)
         super().__init__(widgets=[self._channel_layers, self._channel_axis, self._roles, self._low, self._high,
-                                  self.where, self._preview, self.controls, self.offer, self.runner, self._save])
+                                  self.where, self.tissue, self._preview, self.controls, self.offer, self.runner,
+                                  self._save])
         self._channel_layers.changed.connect(self._on_channels_changed)
         self._channel_axis.changed.connect(lambda _: self._on_channels_changed(self._channel_layers.value))
         self._preview.changed.connect(self.preview)
@@ -136,6 +139,7 @@ class FluorescenceToHE(DockContainer):
         source = FluorescenceSource(
             data, roles=self.roles(), channel_names=self.channel_names(), name=layers[0].name, mpp=self.where.mpp,
             percentiles=(float(self._low.value), float(self._high.value)),
+            tissue=self.tissue.spec(layers[0], tuple(data.shape[-2:])),
         )
         return source, layers[0]
 
@@ -155,12 +159,29 @@ class FluorescenceToHE(DockContainer):
         name = f"control preview · {layer.name}"
         scale, translate = place_over(layer, region.y, region.x)
         meta = {"napari_crafts": {"control_preview": True, "source": source.describe()}}
+        self._preview_tissue(source, region, layer, scale, translate)
         if name in self._viewer.layers:
             out = self._viewer.layers[name]
             out.data, out.scale, out.translate, out.metadata = control, scale, translate, meta
             return out
         return self._viewer.add_image(control, rgb=True, name=name, scale=scale, translate=translate, metadata=meta,
                                       units=output_units(layer))
+
+    def _preview_tissue(self, source: Any, region: Any, layer: Any, scale: Any, translate: Any) -> None:
+        """The tissue extent the run will use, as a Labels layer (1 = tissue; glass is transparent)."""
+        from ..generation.tissue import resolve_tissue
+        from ..model.card import DEFAULT_MODEL_MPP
+
+        mask = resolve_tissue(source, region.box, source.mpp or DEFAULT_MODEL_MPP)
+        name = f"tissue preview · {layer.name}"
+        tissue = (np.ones((region.height, region.width), np.uint8) if mask is None
+                  else (mask.alpha(region.y, region.x, region.height, region.width) >= 0.5).astype(np.uint8))
+        if name in self._viewer.layers:
+            out = self._viewer.layers[name]
+            out.data, out.scale, out.translate = tissue, scale, translate
+        else:
+            self._viewer.add_labels(tissue, name=name, scale=scale, translate=translate, opacity=0.35,
+                                    units=output_units(layer))
 
     def generate(self) -> Any:
         from napari.utils.notifications import show_error

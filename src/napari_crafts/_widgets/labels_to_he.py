@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, FileEdit
 
@@ -27,6 +28,7 @@ from ._layers import job_data, output_units, place_over
 from ._regions import layer_plane
 from ._runner import JobRunner
 from ._text import NO_BATCH_OUTPUT, NO_LABELS, TOOLTIPS, output_name
+from ._tissue import TissueChoice
 
 
 class LabelsToHE(DockContainer):
@@ -36,6 +38,7 @@ class LabelsToHE(DockContainer):
         self._viewer = viewer
         self._labels_layer = layer_box(napari.layers.Labels, "labels", TOOLTIPS["labels"])
         self.where = RegionControls(viewer)
+        self.tissue = TissueChoice(viewer)
         self.controls = GenerationControls()
         self._background = CheckBox(value=False, text="background job → OME-Zarr", tooltip=TOOLTIPS["background"])
         self._batch_output = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="OME-Zarr output",
@@ -45,7 +48,7 @@ class LabelsToHE(DockContainer):
         self.offer = LongRunOffer()
         self.runner = JobRunner("Generate H&&E")
         self._save = SaveButton(self.runner, viewer)
-        super().__init__(widgets=[self._labels_layer, self.where, self.controls, self._background,
+        super().__init__(widgets=[self._labels_layer, self.where, self.tissue, self.controls, self._background,
                                   self._batch_output, self._workers, self.offer, self.runner, self._save])
         self._background.changed.connect(self._on_background_changed)
         self._labels_layer.changed.connect(self.where.take_mpp_from)
@@ -82,7 +85,8 @@ class LabelsToHE(DockContainer):
                 return self.start_background(layer, plane)
             region = self.where.region(layer, self._viewer, plane.shape)
             # the job reads a copy made now, never the layer: painting or removing it cannot touch the run
-            source = LabelsSource(job_data(plane), name=layer.name, mpp=self.where.mpp)
+            source = LabelsSource(job_data(plane), name=layer.name, mpp=self.where.mpp,
+                                  tissue=self.tissue.spec(layer, plane.shape))
             settings, engine_args = self.controls.settings(), self.controls.engine_args()
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
@@ -103,7 +107,8 @@ class LabelsToHE(DockContainer):
         settings, engine_args = self.controls.settings(), self.controls.engine_args()
         kwargs = dict(model=engine_args["model"], device=engine_args["device"], settings=settings,
                       mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value),
-                      allow_pickle=engine_args["allow_pickle"], watermark=self.controls.watermark())
+                      allow_pickle=engine_args["allow_pickle"], watermark=self.controls.watermark(),
+                      tissue=_region_tissue(self.tissue.spec(layer, plane.shape), plane.shape, region))
         if engine_args["model"] == TINY_MODEL_ID:
             kwargs["model"] = str(ensure_tiny_model())
 
@@ -120,6 +125,17 @@ class LabelsToHE(DockContainer):
                 self._viewer.add_layer(napari.layers.Layer.create(data, meta, kind))
 
         return self.runner.start(job, self._viewer, None, on_done=opened)
+
+
+def _region_tissue(spec: Any, shape: tuple[int, int], region: Any) -> Any:
+    """The tissue spec for the region handed to the whole-slide path: a mask is cut to the region (the file the
+    workers read is the region alone)."""
+    if not isinstance(spec, np.ndarray) or (region.y, region.x, region.height, region.width) == (0, 0, *shape):
+        return spec
+    sy, sx = spec.shape[0] / shape[0], spec.shape[1] / shape[1]
+    y0, x0 = int(region.y * sy), int(region.x * sx)
+    y1, x1 = max(y0 + 1, round((region.y + region.height) * sy)), max(x0 + 1, round((region.x + region.width) * sx))
+    return spec[y0:y1, x0:x1]
 
 
 def _as_file(layer: Any, plane: Any, region: Any, fallback: Path, mpp: float | None) -> str:

@@ -78,6 +78,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="source pixel size in µm/px (overrides the file's)")
     parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
                         help="read the source as labels or channels (default: from the file)")
+    parser.add_argument("--tissue", default="auto", metavar="auto|all|FILE",
+                        help="where the tissue is: auto (from the nuclei or the fluorescence signal; default), all "
+                             "(everything is tissue), or a mask image (TIFF/PNG/OME-Zarr, non-zero = tissue, the "
+                             "source's size or a thumbnail) or QuPath GeoJSON annotations; tiles without tissue "
+                             "are glass")
     parser.add_argument("--channels", default=None, metavar="NAME=ROLE,...",
                         help="roles of fluorescence channels, by the names the file stores (or index): e.g. "
                              "DAPI=nuclear,FITC=cytoplasm; roles: nuclear, cytoplasm, membrane, other (default: "
@@ -136,7 +141,7 @@ def _generate(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
         overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
         channels_last=args.channels_last, compile=args.compile,
-        watermark="--no-watermark" if args.no_watermark else True,
+        watermark="--no-watermark" if args.no_watermark else True, tissue=args.tissue,
     )
     print(seam_line(*sample_seam_score(out)))
     print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))

@@ -29,8 +29,10 @@ from ..model.threads import pinned
 from ..provenance import make_provenance
 from .sources import ControlSource, resize
 from .tiling import Stitcher, Tile, TileGrid, noise_field
+from .tissue import RunTasks, TissueMask, composite, is_choice, resolve_tissue
 
-#: RGB given to tiles with no nuclei at all (glass), which are not sent to the model.
+#: Glass: the colour of tiles with no tissue (never sent to the model) and of the glass composited around tissue,
+#: unless the model's card declares its own (``glass_rgb`` in napari_crafts.json).
 BACKGROUND_RGB = (240, 240, 240)
 
 
@@ -151,6 +153,14 @@ class Plan:
     grid: TileGrid  # in source px, relative to region origin
     vae_scale_factor: int
     notes: tuple[str, ...] = ()
+    tissue: TissueMask | None = None  # where the tissue is (None: everywhere); see attach_tissue
+    glass_rgb: tuple[int, int, int] = BACKGROUND_RGB
+    model_mpp: float | None = None
+
+    def has_tissue(self, tile: Tile) -> bool:
+        """Whether ``tile`` touches tissue (always, without a tissue mask)."""
+        r = self.region
+        return self.tissue is None or self.tissue.touches(r.y + tile.y, r.x + tile.x, tile.size, tile.size)
 
     def latent_origin(self, tile: Tile) -> tuple[int, int]:
         """The tile's origin on the slide-wide latent grid (where its noise is cut from)."""
@@ -212,7 +222,48 @@ def plan_region(source: ControlSource | None, region: Region, engine: ModelGeome
                               f"{max(mult, int(MAX_SOURCE_TILE * factor) // mult * mult)} px.")
     overlap = min(round(settings.overlap / factor), src_tile // 2)
     grid = TileGrid(region.height, region.width, src_tile, overlap)
-    return Plan(region, factor, tile, grid, engine.vae_scale_factor, tuple(notes))
+    glass = getattr(engine, "glass_rgb", None) or BACKGROUND_RGB
+    return Plan(region, factor, tile, grid, engine.vae_scale_factor, tuple(notes),
+                glass_rgb=tuple(int(v) for v in glass), model_mpp=engine.mpp)  # type: ignore[arg-type]
+
+
+def no_tissue_message(source: ControlSource, tissue: TissueMask | None, where: str) -> str:
+    """What to say when the tissue extent holds no tissue where nuclei (or signal) are."""
+    how = tissue.how if tissue is not None else "all"
+    if is_choice(source.tissue):
+        return (f"The auto tissue rule found no tissue in {where} of '{source.name}' ({how}): its nuclei are too "
+                "few or too scattered; pass tissue 'all' (--tissue all) or a mask of the tissue.")
+    return (f"The tissue mask ({how}) marks no tissue in {where}: give a mask that covers the specimen, or tissue "
+            "'auto' / 'all'.")
+
+
+def attach_tissue(plan: Plan, source: ControlSource | None, run_tasks: RunTasks | None = None) -> Plan:
+    """``plan`` with the tissue extent of ``source`` over its region (``generation.tissue``; read once per run).
+
+    ``run_tasks`` spreads the reading of an auto mask (the whole-slide path passes its cluster's).
+    """
+    if source is None or plan.model_mpp is None:
+        return plan
+    tissue = resolve_tissue(source, plan.region.box, plan.model_mpp * plan.factor, run_tasks)
+    return dataclasses.replace(plan, tissue=tissue)
+
+
+def glass_tiles(source: ControlSource | None, plan: Plan, settings: GenerationSettings) -> set[Tile]:
+    """The tiles that are glass (no tissue: filled with the glass colour, never sent to the model).
+
+    Refuses a region with nothing to draw: no nuclei (or signal) at all, or a tissue mask with no tissue in it.
+    """
+    if source is None:
+        return set()
+    grid, r = plan.grid, plan.region
+    glass = {t for t in grid.tiles if not plan.has_tissue(t)} if settings.skip_empty else set()
+    if len(glass) == len(grid) or plan.tissue is None:
+        if all(source.is_empty(r.y + t.y, r.x + t.x, t.size) for t in grid.tiles):
+            raise GenerationError(EMPTY_MESSAGES.get(source.mode, "'{name}' is empty in this region.")
+                                  .format(name=source.name))
+    if len(glass) == len(grid):
+        raise GenerationError(no_tissue_message(source, plan.tissue, "this region"))
+    return glass
 
 
 @dataclass(frozen=True)
@@ -271,7 +322,12 @@ def render_tiles(engine: GenerationEngine, source: ControlSource | None, plan: P
         mode=source.mode if source is not None else "prompt", cfg_cutoff=settings.cfg_cutoff,
         cache_interval=settings.cache_interval,
     ))
-    return [resize(img, plan.grid.tile) for img in images]
+    out = [resize(img, plan.grid.tile) for img in images]
+    if plan.tissue is not None:  # glass around the tissue: the control encodings we know cannot carry it
+        r = plan.region
+        out = [composite(img, plan.tissue.alpha(r.y + t.y, r.x + t.x, t.size, t.size), plan.glass_rgb)
+               for img, t in zip(out, tiles, strict=True)]
+    return out
 
 
 def render_tiles_adaptive(engine: GenerationEngine, source: ControlSource | None, plan: Plan, tiles: list[Tile],
@@ -337,23 +393,21 @@ def generate_region(engine: GenerationEngine, source: ControlSource | None, regi
     """
     from ..export.watermark import sign_record, watermark_image
 
-    plan = plan_region(source, region, engine, settings, source_mpp=source_mpp)
+    plan = attach_tissue(plan_region(source, region, engine, settings, source_mpp=source_mpp), source)
     grid = plan.grid
-    empty = {
-        t for t in grid.tiles
-        if source is not None and settings.skip_empty and source.is_empty(region.y + t.y, region.x + t.x, t.size)
-    }
-    if source is not None and len(empty) == len(grid):
-        message = EMPTY_MESSAGES.get(source.mode, "'{name}' is empty in this region.")
-        raise GenerationError(message.format(name=source.name))
+    empty = glass_tiles(source, plan, settings)
     notes = region_notes(engine, plan, settings)
+    if source is not None and plan.tissue is not None and not is_choice(source.tissue):  # the user's own mask
+        held = sum(not source.is_empty(region.y + t.y, region.x + t.x, t.size) for t in empty)
+        if held:
+            notes.append(f"{held} tile(s) hold nuclei or signal outside the tissue mask: they are drawn as glass.")
     stitcher = Stitcher(region.height, region.width)
     todo: list[Tile] = []
     done = skipped = 0
     n = len(grid)
     for tile in grid.tiles:
         if tile in empty:
-            fill = np.broadcast_to(np.array(BACKGROUND_RGB, np.uint8), (tile.size, tile.size, 3))
+            fill = np.broadcast_to(np.array(plan.glass_rgb, np.uint8), (tile.size, tile.size, 3))
             box = stitcher.add(tile.y, tile.x, fill, grid.weights(tile))
             done += 1
             skipped += 1
@@ -389,6 +443,15 @@ def region_notes(engine: PromptModel, plan: Plan, settings: GenerationSettings) 
     return notes
 
 
+def _tissue_record(source: ControlSource | None, plan: Plan) -> dict[str, Any]:
+    if source is None:
+        return {}
+    if plan.tissue is None:
+        return {"tissue": {"how": "all: everything is tissue (no glass)"}}
+    return {"tissue": {**plan.tissue.describe(), "glass": "tiles without tissue are glass (not generated); generated "
+                       "tiles are composited over the glass colour with the mask's bilinear alpha"}}
+
+
 def region_provenance(engine: DescribesModel, source: ControlSource | None, plan: Plan, settings: GenerationSettings,
                       notes: list[str], *, settings_extra: dict[str, Any] | None = None,
                       source_extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -399,8 +462,9 @@ def region_provenance(engine: DescribesModel, source: ControlSource | None, plan
         model=engine.describe(settings.controlnet, source.mode if source is not None else None),
         settings={**settings.record(), "tile_size_source_px": grid.tile, "overlap_source_px": grid.overlap,
                   "model_tile_px": plan.model_tile, "scale_factor": plan.factor, "tiles": len(grid),
-                  "background_rgb": list(BACKGROUND_RGB), **(settings_extra or {})},
-        source={**(source.describe() if source is not None else {}), **(source_extra or {})},
+                  "background_rgb": list(plan.glass_rgb), **(settings_extra or {})},
+        source={**(source.describe() if source is not None else {}), **_tissue_record(source, plan),
+                **(source_extra or {})},
         region={"y": region.y, "x": region.x, "height": region.height, "width": region.width},
         notes=notes,
     )

@@ -23,15 +23,18 @@ from .conditioning import (
     fluorescence_to_control,
     guess_roles,
     labels_to_control,
+    normalize_percentile,
 )
+from .tissue import check_spec, describe_spec
 
 
 class ControlSource(Protocol):
-    """Where control images come from (labels, fluorescence channels)."""
+    """Where control images come from (labels, fluorescence channels), and where their tissue is."""
 
     mode: str
     name: str
     mpp: float | None
+    tissue: Any  # "auto", "all", a mask file, a mask array or a TissueMask (see generation.tissue)
 
     @property
     def shape(self) -> tuple[int, int]: ...
@@ -55,14 +58,19 @@ def resize(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray
 
 @dataclass
 class LabelsSource:
-    """Nuclear labels (any 2-D integer array-like: numpy, dask, zarr) as a control source."""
+    """Nuclear labels (any 2-D integer array-like: numpy, dask, zarr) as a control source.
+
+    ``tissue``: where the tissue is — "auto" (from the nuclei), "all", a mask file or array (generation.tissue).
+    """
 
     data: Any
     name: str = "labels"
     mpp: float | None = None
     mode: str = "labels"
+    tissue: Any = "auto"
 
     def __post_init__(self) -> None:
+        check_spec(self.tissue)
         if len(self.data.shape) != 2:
             raise ConditioningError(
                 f"Labels layer '{self.name}' has shape {tuple(self.data.shape)}; pass the 2-D slice to generate."
@@ -84,7 +92,8 @@ class LabelsSource:
 
     def describe(self) -> dict[str, Any]:
         return {"layer": self.name, "kind": "labels", "shape": list(self.shape), "mpp": self.mpp,
-                "encoding": "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0"}
+                "encoding": "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0",
+                "tissue_spec": describe_spec(self.tissue)}
 
 
 #: Above this many pixels per channel, normalisation limits come from a sample, never the whole channel.
@@ -132,7 +141,8 @@ class FluorescenceSource:
     ``roles`` maps channel index → 'nuclear' / 'cytoplasm' / 'membrane' / 'other' (guessed from
     ``channel_names`` when None). ``limits`` maps each channel with a role to the (lo, hi) intensities that
     become 0 and 255; when None they are computed once, at ``percentiles``, on a sample of the data (see
-    ``limits_sample``), so every tile shares one normalisation.
+    ``limits_sample``), so every tile shares one normalisation. ``tissue``: where the tissue is — "auto" (where
+    the channels have signal), "all", a mask file or array (generation.tissue).
     """
 
     data: Any
@@ -143,9 +153,11 @@ class FluorescenceSource:
     name: str = "fluorescence"
     mpp: float | None = None
     mode: str = "fluorescence"
+    tissue: Any = "auto"
     limits_from: str = field(default="given", init=False)
 
     def __post_init__(self) -> None:
+        check_spec(self.tissue)
         ndim = len(self.data.shape)
         if ndim not in (2, 3):
             raise ConditioningError(
@@ -195,9 +207,16 @@ class FluorescenceSource:
             return self.data
         return self.data[index] if isinstance(self.data, np.ndarray) else _Plane(self.data, index)
 
-    def _window(self, y: int, x: int, size: int) -> np.ndarray:
-        """(len(active), size, size): only the channels with a role are read."""
-        return np.stack([read_padded(self._plane(i), y, x, size, size) for i in self._active])
+    def _window(self, y: int, x: int, size: int, width: int | None = None) -> np.ndarray:
+        """(len(active), size, width or size): only the channels with a role are read."""
+        return np.stack([read_padded(self._plane(i), y, x, size, width or size) for i in self._active])
+
+    def signal(self, y: int, x: int, height: int, width: int) -> np.ndarray:
+        """(height, width) float32 in [0, 1]: the brightest channel with a role, each between its limits."""
+        win = self._window(y, x, height, width)
+        norm = [normalize_percentile(win[j], limits=self.limits[i], name=self.name)  # type: ignore[index]
+                for j, i in enumerate(self._active)]
+        return np.max(norm, axis=0).astype(np.float32)
 
     def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray:
         active = self._active
@@ -220,4 +239,5 @@ class FluorescenceSource:
         ]
         return {"layer": self.name, "kind": "fluorescence", "shape": list(self.shape), "mpp": self.mpp,
                 "channels": channels, "percentiles": list(self.percentiles), "limits_from": self.limits_from,
-                "encoding": f"conditioning.fluorescence_to_control: {FLUORESCENCE_ENCODING}"}
+                "encoding": f"conditioning.fluorescence_to_control: {FLUORESCENCE_ENCODING}",
+                "tissue_spec": describe_spec(self.tissue)}

@@ -41,6 +41,8 @@ class ModelCard:
     tiny: bool = False
     #: ControlNet subfolder per mode ("labels", "fluorescence"); a mode not listed uses "controlnet".
     controlnets: dict = field(default_factory=dict)
+    #: RGB of bare glass on the slides the model learnt from (composited around tissue); None: not declared.
+    glass_rgb: tuple[int, int, int] | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -49,7 +51,8 @@ class ModelCard:
         if not f.is_file():
             return cls(name=Path(folder).name)
         data = json.loads(f.read_text())
-        known = {"name", "mpp", "prompt", "tiny", "controlnets"}
+        known = {"name", "mpp", "prompt", "tiny", "controlnets", "glass_rgb"}
+        glass = data.get("glass_rgb")
         return cls(
             name=str(data.get("name", Path(folder).name)),
             mpp=float(data.get("mpp", DEFAULT_MODEL_MPP)),
@@ -57,5 +60,7 @@ class ModelCard:
             prompt=str(data.get("prompt", CRAFTS_MASK_PROMPT)),
             tiny=bool(data.get("tiny", False)),
             controlnets={str(k): str(v) for k, v in dict(data.get("controlnets", {})).items()},
+            glass_rgb=(int(glass[0]), int(glass[1]), int(glass[2])) if isinstance(glass, list) and len(glass) == 3
+            else None,
             extra={k: v for k, v in data.items() if k not in known},
         )

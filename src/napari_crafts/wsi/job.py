@@ -55,12 +55,13 @@ from ..export.safety import (
 )
 from ..export.watermark import CELL, PERIOD, Payload, embed_watermark, sign_record
 from ..generation.region import (
-    BACKGROUND_RGB,
     BatchProgress,
     GenerationError,
     GenerationSettings,
     Plan,
     Region,
+    attach_tissue,
+    no_tissue_message,
     plan_region,
     region_notes,
     region_provenance,
@@ -68,6 +69,7 @@ from ..generation.region import (
     run,
 )
 from ..generation.tiling import Stitcher, TileGrid
+from ..generation.tissue import check_spec, is_choice
 from ..io.slide import clear_cache
 from ..model.description import ModelDescription, Runtime
 from ..model.engine import get_engine, pick_device
@@ -220,8 +222,9 @@ def _render_task(model: str, device: str | None, threads: int, runtime: Runtime,
     return len(todo)
 
 
-def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, payload: Payload | None, cy: int,
-                cx: int, touching: list[tuple[int, int, bool]], rendered: list[Any]) -> int:
+def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, glass: tuple[int, int, int],
+                payload: Payload | None, cy: int, cx: int, touching: list[tuple[int, int, bool]],
+                rendered: list[Any]) -> int:
     """Blend the tiles touching level-0 chunk (cy, cx) exactly as generate_region does, watermark it (unless
     ``payload`` is None) and write it.
 
@@ -233,7 +236,7 @@ def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, pay
         return 0
     y0, x0, y1, x1 = writer.chunk_box(0, cy, cx)
     stitcher = Stitcher(y1 - y0, x1 - x0)
-    background = np.broadcast_to(np.array(BACKGROUND_RGB, np.uint8), (grid.tile, grid.tile, 3))
+    background = np.broadcast_to(np.array(glass, np.uint8), (grid.tile, grid.tile, 3))
     for r, c, empty in sorted(touching, key=lambda t: not t[2]):  # generate_region adds empty tiles first
         tile = grid.at(r, c)
         if empty:
@@ -406,7 +409,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
                    progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
                    cancel: threading.Event | None = None, allow_pickle: bool = False,
-                   channels_last: bool = False, compile: bool = False, watermark: bool | str = True) -> Path:
+                   channels_last: bool = False, compile: bool = False, watermark: bool | str = True,
+                   tissue: Any = "auto") -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
     ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels");
@@ -420,6 +424,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     ``compile`` are the workers' ``Engine`` options (speed, not maths). Every level-0 chunk is watermarked
     after blending (the pyramid is built from marked level 0); ``watermark=False`` (or the name of the switch
     that turned it off, e.g. "--no-watermark") leaves the pixels alone and records that it was off.
+    ``tissue`` ("auto", "all", a mask image or GeoJSON file; ``generation.tissue``) says where the tissue is: tiles
+    without tissue are glass, every tile with tissue is generated, glass is composited around it.
     """
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
@@ -429,7 +435,9 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         raise ValueError(f"--chunk {chunk}: the watermark needs chunks on its {CELL}-px cell grid: use a multiple "
                          f"of {CELL} (e.g. {chunk // CELL * CELL or CELL}).")
     # 0. The output rule (export.safety), before anything starts: never over an input, replace only our own.
-    inputs = [source_path] + [p for p in (model, settings.controlnet) if p and Path(p).expanduser().exists()]
+    check_spec(tissue)  # a missing mask file: one line before anything starts
+    given = [] if is_choice(tissue) or not isinstance(tissue, (str, Path)) else [tissue]
+    inputs = [source_path] + [p for p in (model, settings.controlnet, *given) if p and Path(p).expanduser().exists()]
     check_output(out, kind="ome-zarr", inputs=inputs, overwrite=overwrite, resume=resume, advice="pass --resume to "
                  "continue it")
     if tiff is not None:
@@ -437,9 +445,12 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             raise OutputExists(f"--tiff {tiff} already exists: remove it or choose another --tiff path.")
         check_output(tiff, kind="ome-tiff", inputs=[*inputs, out], overwrite=overwrite, flag="--tiff")
     # 1. Open the source and describe the model: small files only, no network (errors here cost seconds).
-    source = open_source(source_path, mpp=mpp, kind=kind, channels=channels)
+    source = open_source(source_path, mpp=mpp, kind=kind, channels=channels, tissue=tissue)
     description = ModelDescription.open(model, allow_pickle=allow_pickle)
     plan = plan_region(source, Region(0, 0, *source.shape), description, settings)
+    if not is_choice(source.tissue):  # a mask file: read (and checked) now, shipped to the workers as a mask
+        plan = attach_tissue(plan, source)
+        source.tissue = plan.tissue
     creates = not (resume and os.path.lexists(out))
     made = False  # this run created the store: a failure before any tile removes it (and only it)
 
@@ -464,6 +475,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     try:
         # 2. A finished store: nothing to render; check the settings and start no cluster.
         if resume and os.path.isdir(out) and is_complete(out):
+            plan = attach_tissue(plan, source)  # the record names the tissue extent: the same rule, read here
             open_output(_recorded_runtime(out))
             say(f"{out} is already complete.")
         else:  # 2. the workers load the model; the record names their device and dtype, where tiles are made
@@ -475,6 +487,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                 client.register_plugin(ModelPlugin(*engine_args[:2], threads_per_worker, stores, allow_pickle,
                                                    options))
                 runtime = _workers_runtime(client, *engine_args)
+                # the tissue extent, read on the workers (an auto mask reads level 0 once, like the scan)
+                plan = attach_tissue(plan, source, partial(run_tasks, client, uuid.uuid4().hex[:8], progress))
                 writer, provenance, payload = open_output(runtime)
                 # 3. Run whatever is not done on the workers, then flag the image complete.
                 job = _Job(client, writer, source, plan, settings, engine_args, runtime, provenance, payload, say,
@@ -583,6 +597,8 @@ class _Job:
         wire = replace(self.plan, grid=replace(grid))  # what tasks get: a grid without a cached list of tiles
         store = _tile_store(writer, grid, self.provenance)
         empty = self._empty_mask(store, wire)
+        if empty.all() and self.plan.tissue is not None and not self._source_is_empty(wire):
+            raise GenerationError(no_tissue_message(self.source, self.plan.tissue, "level 0"))
         if empty.all():
             what = "nuclei" if self.source.mode == "labels" else "signal above the normalisation limits"
             raise GenerationError(f"{self.source.name} has no {what} anywhere in level 0: check the file "
@@ -615,7 +631,7 @@ class _Job:
         for c in pending:
             flags.append([(t.row, t.col, bool(empty[t.row, t.col])) for t in touching[c]])
             waits.append(list({id(f): f for t in touching[c] if (f := rendering.get((t.row, t.col)))}.values()))
-        blend = partial(_blend_task, writer, store, wire.grid, self.payload)
+        blend = partial(_blend_task, writer, store, wire.grid, self.plan.glass_rgb, self.payload)
         futures = self._map("blend", blend, [c[0] for c in pending], [c[1] for c in pending], flags, waits)
         self.chunks.update({(0, *c): f for c, f in zip(pending, futures, strict=True)})
 
@@ -638,19 +654,22 @@ class _Job:
             batch = cells[i : i + GLASS_CHUNKS_PER_TASK]
             below = {f.key: f for cy, cx in batch for sy in (2 * cy, 2 * cy + 1) for sx in (2 * cx, 2 * cx + 1)
                      if level and (f := self.chunks.get((level - 1, sy, sx))) is not None}
-            future = self.client.submit(_glass_task, self.writer, BACKGROUND_RGB, self.payload, level, batch,
+            future = self.client.submit(_glass_task, self.writer, self.plan.glass_rgb, self.payload, level, batch,
                                         [self.glass[level][c] for c in batch], list(below.values()),
                                         key=f"crafts-glass{level}-{self.token}-{i}", retries=2)
             self.chunks.update({(level, *c): future for c in batch})
 
     def _empty_mask(self, store: OmeZarrWriter, plan: Plan) -> np.ndarray:
-        """(rows, cols) True where a tile is skipped as empty: scanned on the workers once, then cached."""
+        """(rows, cols) True where a tile is glass, never sent to the model: ``generate_region``'s rule (no tissue;
+        with ``--tissue all``, none once a scan has found something to draw; the scan is cached)."""
         grid = plan.grid
-        if not self.settings.skip_empty:
-            return np.zeros((grid.rows, grid.cols), dtype=bool)
+        if plan.tissue is not None:  # from the mask alone: nothing to read
+            glass = np.array([not plan.has_tissue(t) for t in grid.tiles], dtype=bool).reshape(grid.rows, grid.cols)
+            self.say(f"{int((~glass).sum()):,} of {plural(len(grid), 'tile')} touch tissue")
+            return glass if self.settings.skip_empty or glass.all() else np.zeros_like(glass)
         cache = Path(store.path, EMPTY_MASK)
         if cache.is_file() and (mask := np.load(cache)).shape == (grid.rows, grid.cols):
-            return mask
+            return mask if mask.all() else np.zeros_like(mask)
         what = "nuclei" if self.source.mode == "labels" else "signal"
         self.say(f"checking {plural(len(grid), 'tile')} for {what} …")
         mask = scan_empty(self.source, plan, self._run_scan_tasks)
@@ -659,29 +678,14 @@ class _Job:
         tmp = cache.with_name(cache.name + ".tmp.npy")
         np.save(tmp, mask)
         os.replace(tmp, cache)  # a kill never leaves half a mask
-        return mask
+        return mask if mask.all() else np.zeros_like(mask)  # everything is tissue: every tile is generated
+
+    def _source_is_empty(self, plan: Plan) -> bool:
+        """Whether no tile holds nuclei or signal (the scan, for the message when the tissue extent is empty)."""
+        return bool(scan_empty(self.source, plan, self._run_scan_tasks).all())
 
     def _run_scan_tasks(self, name: str, fn: Any, groups: Any) -> list[Any]:
-        """``fn(group)`` for every group on the workers, in order, with a progress bar; the first error cancels
-        the rest (so none is left to report itself later)."""
-        from distributed import as_completed
-        from tqdm.auto import tqdm
-
-        futures = self._map(name, fn, list(groups))
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(futures)
-        desc = "scan blocks" if name == "scan" else "scan tiles"
-        bar = tqdm(total=sum(len(g) for g in groups), desc=desc, disable=not self.progress or not futures)
-        try:
-            for fut in as_completed(futures):
-                results[index[fut.key]] = fut.result()
-                bar.update(len(groups[index[fut.key]]))
-        except BaseException:
-            self.client.cancel(futures)
-            raise
-        finally:
-            bar.close()
-        return results
+        return run_tasks(self.client, self.token, self.progress, name, fn, groups)
 
     def wait(self, progress: bool, on_progress: Callable[[str, int, int], None] | None = None,
              cancel: threading.Event | None = None) -> None:
@@ -716,6 +720,31 @@ class _Job:
         finally:
             tile_bar.close()
             chunk_bar.close()
+
+
+def run_tasks(client: Any, token: str, progress: bool, name: str, fn: Any, groups: Any) -> list[Any]:
+    """``fn(group)`` for every group on the workers, in order, with a progress bar; the first error cancels the
+    rest (so none is left to report itself later). The ``run_tasks`` of the scan and of the tissue extent."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    groups = list(groups)
+    keys = [f"crafts-{name}-{token}-{i}" for i in range(len(groups))]
+    futures = client.map(fn, groups, key=keys, retries=2) if keys else []
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    desc = {"scan": "scan blocks", "tissue": "tissue blocks"}.get(name, "scan tiles")
+    bar = tqdm(total=sum(len(g) for g in groups), desc=desc, disable=not progress or not futures)
+    try:
+        for fut in as_completed(futures):
+            results[index[fut.key]] = fut.result()
+            bar.update(len(groups[index[fut.key]]))
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        bar.close()
+    return results
 
 
 def _tile_store(writer: OmeZarrWriter, grid: TileGrid, provenance: dict[str, Any]) -> OmeZarrWriter:

@@ -32,15 +32,16 @@ class SlideArray(WindowedArray):
 
 
 def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None = None,
-                channels: str | None = None) -> Any:
+                channels: str | None = None, tissue: Any = "auto") -> Any:
     """Level 0 of a labels or fluorescence file as a picklable control source.
 
     Only metadata is read (and, for fluorescence, the sample its normalisation limits come from). ``channels``
     gives fluorescence channels their roles ("DAPI=nuclear,FITC=cytoplasm", names as the file stores them);
-    without it the roles are guessed from the names.
+    without it the roles are guessed from the names. ``tissue``: where the tissue is ("auto", "all", a mask file;
+    ``generation.tissue``).
     """
     if Path(path).suffix.lower() in GEOJSON_SUFFIXES:
-        return _geojson_source(Path(path), mpp)
+        return _geojson_source(Path(path), mpp, tissue)
     slide = open_slide(path, mpp=mpp, kind=kind)  # SlideError names the file and the problem
     if slide.mpp is None:
         raise ValueError(f"{slide.path}: the file does not say its pixel size; pass it with --mpp (µm/px, e.g. "
@@ -53,15 +54,16 @@ def open_source(path: str | Path, *, mpp: float | None = None, kind: str | None 
     if slide.kind == "labels":
         if channels:
             raise ValueError(f"{slide.path} holds nuclear labels: --channels is for fluorescence channels.")
-        return LabelsSource(data, name=slide.path.name, mpp=slide.mpp)
+        return LabelsSource(data, name=slide.path.name, mpp=slide.mpp, tissue=tissue)
     names = slide.channel_names or [f"channel {i}" for i in range(level0.shape[0])]
     roles = parse_channel_roles(channels, names, name=slide.path.name) if channels else None
-    return FluorescenceSource(data, roles=roles, channel_names=names, name=slide.path.name, mpp=slide.mpp)
+    return FluorescenceSource(data, roles=roles, channel_names=names, name=slide.path.name, mpp=slide.mpp,
+                              tissue=tissue)
 
 
-def _geojson_source(path: Path, mpp: float | None) -> LabelsSource:
+def _geojson_source(path: Path, mpp: float | None, tissue: Any) -> LabelsSource:
     """Nuclei polygons (QuPath GeoJSON, level-0 pixels) as a labels source, rasterised window by window."""
     if mpp is None:
         raise ValueError(f"{path}: GeoJSON does not say the slide's pixel size; pass it with --mpp (µm/px of "
                          "the slide the polygons were drawn on, e.g. 0.25 for 40x).")
-    return LabelsSource(GeoJSONLabels(path), name=path.name, mpp=mpp)
+    return LabelsSource(GeoJSONLabels(path), name=path.name, mpp=mpp, tissue=tissue)
