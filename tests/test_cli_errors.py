@@ -60,6 +60,15 @@ def test_a_pixel_size_no_run_can_use_is_refused_before_anything_starts(
     assert snapshot(victim.parent) == before
 
 
+def test_the_demo_refuses_such_a_pixel_size_and_leaves_no_folder(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    code, _, err = run_cli(["demo", "--out", out, "--model", tiny_model, "--mpp", "1e-9", "--steps", "1"], capsys)
+    assert code == 2 and "is 250,000,000× finer than the model's 0.25 µm/px" in one_line(err)
+    assert not out.exists()
+
+
 def test_a_tile_too_large_for_memory_is_refused(tiny_model: Path) -> None:
     from napari_crafts.generation.region import GenerationError, GenerationSettings, Region, plan_region
     from napari_crafts.generation.sources import LabelsSource

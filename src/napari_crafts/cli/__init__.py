@@ -64,10 +64,11 @@ def _demo(args: argparse.Namespace) -> int:
     from ..export import save_ome_zarr
     from ..export.png import save_png
     from ..export.safety import check_output
-    from ..generation.region import Progress, Region, TileDone, generate_region, plan_region, run
+    from ..generation.region import Progress, Region, TileDone, check_scale, generate_region, plan_region, run
     from ..generation.sources import LabelsSource
     from ..generation.tiling import seam_score
     from ..model.catalog import is_demo_model, resolve
+    from ..model.description import ModelDescription
     from ..model.engine import check_device, get_engine
     from . import generate as batch_cli
 
@@ -85,12 +86,14 @@ def _demo(args: argparse.Namespace) -> int:
     paths = {kind: check_output(out / name, kind=kind, inputs=model, overwrite=args.overwrite)
              for kind, name in (("ome-zarr", "synthetic_he.ome.zarr"), ("png", "synthetic_he_SYNTHETIC.png"),
                                 ("json", "provenance.json"))}
-    out.mkdir(parents=True, exist_ok=True)
+    name = "nuclei labels (DSB 2018)"
+    # a pixel size no run can use is refused before the model loads (its description is a few small files)
+    check_scale(name, args.mpp, ModelDescription.open(args.model, allow_pickle=args.allow_pickle).mpp)
     _, labels = load_nuclei()
     labels = labels[: args.size, : args.size]
     print(f"model: {args.model} (loading…)", flush=True)
     engine = get_engine(args.model, device=args.device, allow_pickle=args.allow_pickle)
-    source = LabelsSource(labels, name="nuclei labels (DSB 2018)", mpp=args.mpp)
+    source = LabelsSource(labels, name=name, mpp=args.mpp)
     region = Region(0, 0, *labels.shape)
 
     def report(event: Any) -> None:
@@ -107,6 +110,7 @@ def _demo(args: argparse.Namespace) -> int:
     result.provenance["seam_score"] = {k: v if math.isfinite(v) else None
                                        for k, v in (("border", border), ("interior", interior))}
     zarr_path, png = paths["ome-zarr"], paths["png"]
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run refused or failed before leaves no folder behind
     save_ome_zarr(zarr_path, result.rgb, mpp=args.mpp, provenance=result.provenance, chunk=256,
                   overwrite=args.overwrite)
     save_png(png, np.concatenate([result.rgb, np.repeat(np.where(labels > 0, 255, 0).astype(np.uint8)[..., None],
