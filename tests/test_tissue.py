@@ -287,3 +287,68 @@ def test_docks_take_tissue_from_a_shapes_or_labels_layer_over_the_source(make_na
     dock.tissue.value = "nuclei"
     with pytest.raises(TissueError, match="is the source itself"):
         dock.tissue.spec(lab, (200, 300))
+
+
+# ── the whole-slide path and the CLI ────────────────────────────────────────────────────────────────────
+
+
+def test_generate_cli_refuses_bad_tissue_masks_in_one_line_before_anything_starts(tmp_path: Path, tiny_model: Path,
+                                                                                   capsys: pytest.CaptureFixture[str]) -> None:  # noqa: E501
+    import tifffile
+    from PIL import Image
+
+    from napari_crafts.cli import main
+
+    lab = np.zeros((128, 256), np.uint16)
+    lab[10:30, 10:30] = 1
+    src = tmp_path / "labels.tif"
+    tifffile.imwrite(src, lab, resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(tmp_path / "square.png")  # 1:1 against 1:2
+    (tmp_path / "points.geojson").write_text(json.dumps({"type": "Feature", "properties": {},
+                                                          "geometry": {"type": "Point", "coordinates": [1, 2]}}))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for mask, says in (("missing.png", "no such file"), ("square.png", "aspect ratios differ"),
+                       ("points.geojson", "holds no annotation polygons")):
+        code = main(["generate", str(src), str(tmp_path / "out.ome.zarr"), "--model", str(tiny_model),
+                     "--tissue", str(tmp_path / mask)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.slow
+def test_whole_slide_with_a_geojson_mask_equals_generate_region(tmp_path: Path, tiny_model: Path, nuclei) -> None:  # type: ignore[no-untyped-def]
+    import tifffile
+    from distributed import LocalCluster
+
+    from napari_crafts.export import read_provenance
+    from napari_crafts.export.watermark import payload_for, watermark_image
+    from napari_crafts.generation.region import GenerationSettings
+    from napari_crafts.model.engine import get_engine
+    from napari_crafts.model.threads import torch_threads
+    from napari_crafts.wsi.job import generate_slide
+
+    lab = nuclei[1][:128, :128]
+    src = tmp_path / "labels.tif"
+    tifffile.imwrite(src, lab, resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    ring = [[0, 0], [80, 0], [80, 128], [0, 128], [0, 0]]  # x, y: the left 80 px are tissue
+    (tmp_path / "tissue.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tissue"}}}]}))
+    settings = GenerationSettings(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=1)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, chunk=64,
+                             tissue=tmp_path / "tissue.geojson", scheduler_address=cluster.scheduler_address,
+                             progress=False)
+    prov = read_provenance(out)
+    assert "GeoJSON tissue.geojson: 1 classified tissue/region annotation" in prov["source"]["tissue"]["how"]
+    with torch_threads(1):
+        ref = run(generate_region(get_engine(tiny_model), LabelsSource(lab, name="labels.tif", mpp=0.25,
+                                                                       tissue=tmp_path / "tissue.geojson"),
+                                  Region(0, 0, 128, 128), settings, watermark=False))
+    import zarr
+
+    level0 = np.asarray(zarr.open_group(out, mode="r")["0"]).transpose(1, 2, 0)
+    np.testing.assert_array_equal(level0, watermark_image(ref.rgb, payload_for(prov), chunk=64))
+    assert (ref.rgb[:, 88:] == BACKGROUND_RGB).all() and ref.tiles_skipped == 3  # the tiles at x ≥ 96 are glass
+    assert "3 tile(s) hold nuclei or signal outside the tissue mask: they are drawn as glass." in ref.notes
