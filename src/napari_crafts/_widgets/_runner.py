@@ -132,7 +132,7 @@ class JobRunner(Container):
                 getattr(worker, name).disconnect(slot)
 
     def _watch_window(self) -> None:
-        """Call :meth:`shutdown` when the viewer's main window closes (hidden, not minimised)."""
+        """Call :meth:`shutdown` when the viewer's main window closes (``_WindowClosed``)."""
         window = self.native
         while window.parentWidget() is not None:  # a floating dock is a window too: go up to the main window
             window = window.parentWidget()
@@ -277,14 +277,15 @@ class JobRunner(Container):
 
 
 class _WindowClosed(QObject):
-    """Event filter on a main window: calls ``on_close`` when the window is hidden, not minimised (closed)."""
+    """Event filter on a main window: calls ``on_close`` when the window hides itself (as closing does), not when
+    the window system hides it (minimised; macOS's Hide)."""
 
     def __init__(self, window: Any, on_close: Callable[[], None]) -> None:
         super().__init__(window)
         self._on_close = on_close
 
     def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Hide and not obj.isMinimized():
+        if event.type() == QEvent.Type.Hide and not event.spontaneous() and not obj.isMinimized():
             self._on_close()
         return False
 
