@@ -410,16 +410,30 @@ def test_glass_chunks_are_written_in_batches_with_the_same_bytes(
             model=tiny_model, settings=settings, chunk=64, scheduler_address=cluster.scheduler_address, progress=False
         )
         batched = job.generate_slide(src, tmp_path / "batched.ome.zarr", **run)  # type: ignore[arg-type]
+        # stopped after level 0, then resumed: the reduced levels are batched too
+        from napari_crafts.export import OmeZarrWriter
+
+        def stop(self: OmeZarrWriter) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(job._Job, "submit_pyramid", lambda self: None)
+            m.setattr(OmeZarrWriter, "finish", stop)
+            with pytest.raises(KeyboardInterrupt):
+                job.generate_slide(src, tmp_path / "resumed.ome.zarr", **run)  # type: ignore[arg-type]
+        resumed = job.generate_slide(src, tmp_path / "resumed.ome.zarr", resume=True, **run)  # type: ignore[arg-type]
         monkeypatch.setattr(
             job, "_glass_classes", lambda w, g, m: [np.full(w.grid(i), None, object) for i in range(w.levels)]
         )
         each = job.generate_slide(src, tmp_path / "each.ome.zarr", **run)  # type: ignore[arg-type]
-    (batched_tasks, chunks), (each_tasks, same_chunks) = tasks
+    (batched_tasks, chunks), _, (resumed_tasks, pyramid_chunks), (each_tasks, same_chunks) = tasks
+    assert pyramid_chunks == 36 + 9 + 4 + 1 and resumed_tasks <= 10  # 10: 7 chunks above nuclei, 3 glass tasks
     assert chunks == same_chunks == 144 + 36 + 9 + 4 + 1 and each_tasks == chunks
     assert batched_tasks <= 20  # 20: the chunks the nuclei touch, those above them, one glass task per level
     import zarr
 
-    a, b = zarr.open_group(batched, mode="r"), zarr.open_group(each, mode="r")
-    assert sorted(a.array_keys()) == sorted(b.array_keys()) == ["0", "1", "2", "3", "4"]
+    a, b, c = (zarr.open_group(out, mode="r") for out in (batched, each, resumed))
+    assert sorted(a.array_keys()) == sorted(b.array_keys()) == sorted(c.array_keys()) == ["0", "1", "2", "3", "4"]
     for level in a.array_keys():
         assert np.array_equal(np.asarray(a[level]), np.asarray(b[level])), level
+        assert np.array_equal(np.asarray(c[level]), np.asarray(b[level])), level

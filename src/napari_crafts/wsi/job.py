@@ -588,9 +588,7 @@ class _Job:
     def submit_level0(self) -> None:
         """Render tasks for the tiles the pending level-0 chunks need, and a blend task per pending chunk."""
         writer, grid = self.writer, self.plan.grid
-        pending = writer.pending(0)
-        if not pending:
-            return
+        pending = writer.pending(0)  # none left: still classify the glass chunks for the reduced levels
         total = math.prod(writer.grid(0))
         if len(pending) < total:
             self.say(f"resuming: {total - len(pending)} of {total} level-0 chunks already written")
