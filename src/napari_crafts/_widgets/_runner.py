@@ -17,6 +17,8 @@ import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QEvent, QObject
 
+from .._plural import plural
+
 
 class JobRunner(Container):
     """Run/Cancel buttons, a progress bar and a status line; runs one job at a time."""
@@ -213,7 +215,8 @@ class JobRunner(Container):
         self.output.metadata["napari_crafts"] = result.provenance
         self.output.refresh()
         self._progress.value = self._progress.max
-        self.status(f"done: {result.tiles_generated} tiles generated, {result.tiles_skipped} empty")
+        glass = f", {result.tiles_skipped} glass" if result.tiles_skipped else ""  # glass: no tissue, no model
+        self.status(f"done: {plural(result.tiles_generated, 'tile')} generated{glass}")
         from napari.utils.notifications import show_warning
 
         for note in result.notes:
