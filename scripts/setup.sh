@@ -18,8 +18,22 @@ fi
 
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+
+# pip, quietly, with its known-harmless "WARNING: Location" lines dropped; a failing pip stops the setup.
+pip_install() {
+  local log
+  log=$(mktemp)
+  if ! .venv/bin/python -m pip install -q "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2 || true
+    rm -f "$log"
+    echo "setup: 'pip install $*' failed (see above)" >&2
+    exit 1
+  fi
+  grep -v "^WARNING: Location" "$log" || true
+  rm -f "$log"
+}
+pip_install --upgrade pip
 # The CPU build of torch first, so nothing pulls the multi-GB CUDA build.
-.venv/bin/python -m pip install -q -c constraints-ci.txt torch 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -c constraints-ci.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install -c constraints-ci.txt torch
+pip_install -c constraints-ci.txt -e ".[test]"
 .venv/bin/python -c "import torch, diffusers, napari, napari_crafts; print('setup: torch', torch.__version__, '| diffusers', diffusers.__version__, '| napari', napari.__version__, '| napari-crafts', napari_crafts.__version__)"

@@ -97,7 +97,7 @@ def tile_crops(image: np.ndarray, n: int, size: int = 64, seed: int = 0) -> list
     """``n`` random size×size crops of ``image`` (same seed, same crops)."""
     rng = np.random.default_rng(seed)
     ys, xs = rng.integers(0, image.shape[0] - size, n), rng.integers(0, image.shape[1] - size, n)
-    return [image[y : y + size, x : x + size] for y, x in zip(ys, xs)]
+    return [image[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)]
 
 
 @pytest.fixture

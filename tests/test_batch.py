@@ -20,17 +20,24 @@ import pytest
 import tifffile
 import zarr
 
-from napari_crafts.wsi import job as batch
-from napari_crafts.export.safety import foreign_files
-from napari_crafts.wsi.job import TILE_STORE, SlideArray, generate_slide
 from napari_crafts.cli.generate import configure_parser, main, sample_seam_score
-from napari_crafts.model.engine import weights_sha256
 from napari_crafts.export import PROGRESS_GROUP, OmeZarrWriter, mean_downsample_2x, read_provenance
-from napari_crafts.generation.region import BACKGROUND_RGB, GenerationError, GenerationSettings, Region, generate_region, run
-from napari_crafts.io.slide import SlideError, SlideRef, open_slide
+from napari_crafts.export.safety import foreign_files
+from napari_crafts.export.watermark import payload_for, watermark_image
+from napari_crafts.generation.region import (
+    BACKGROUND_RGB,
+    GenerationError,
+    GenerationSettings,
+    Region,
+    generate_region,
+    run,
+)
 from napari_crafts.generation.sources import LabelsSource
 from napari_crafts.generation.tissue import auto_from_labels
-from napari_crafts.export.watermark import payload_for, watermark_image
+from napari_crafts.io.slide import SlideError, SlideRef, open_slide
+from napari_crafts.model.engine import weights_sha256
+from napari_crafts.wsi import job as batch
+from napari_crafts.wsi.job import TILE_STORE, SlideArray, generate_slide
 
 FAST = dict(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=2)
 SETTINGS = GenerationSettings(**FAST)  # 5×5 tiles of 64 px (stride 48) over 256², rendered two per model call
@@ -114,7 +121,7 @@ def test_slide_becomes_complete_pyramid_with_scale_and_provenance(straight: Path
     assert slide.kind == "rgb" and slide.mpp == pytest.approx(MPP)
     assert [slide.level_shape(i) for i in range(len(slide.levels))] == [(256, 256), (128, 128), (64, 64)]
     levels = level_arrays(straight)
-    for lower, upper in zip(levels, levels[1:]):  # each level the 2×2 mean of the one below
+    for lower, upper in zip(levels, levels[1:], strict=False):  # each level the 2×2 mean of the one below
         np.testing.assert_array_equal(upper.transpose(1, 2, 0), mean_downsample_2x(lower.transpose(1, 2, 0)))
     prov = read_provenance(straight)
     assert prov["synthetic"] is True and prov["complete"] is True and "SYNTHETIC" in prov["warning"]
@@ -290,8 +297,8 @@ def test_fluorescence_source_matches_generate_region(nuclei: tuple[np.ndarray, n
                          kind="channels", scheduler_address=inproc, progress=False)
     prov = read_provenance(out)
     assert prov["mode"] == "fluorescence" and prov["model"]["controlnet"] == "controlnet_fluorescence"
-    from napari_crafts.model.engine import get_engine
     from napari_crafts.generation.sources import FluorescenceSource
+    from napari_crafts.model.engine import get_engine
 
     fluo = FluorescenceSource(img, name="dapi.tif", mpp=MPP)
     with one_torch_thread():

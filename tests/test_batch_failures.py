@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import zarr.storage._local as local_store  # LocalStore writes every file through its _put
 
-from napari_crafts.wsi.job import TILE_STORE, DiskFull, generate_slide
 from napari_crafts.export import PROGRESS_GROUP, read_provenance
+from napari_crafts.wsi.job import TILE_STORE, DiskFull, generate_slide
 from test_batch import SETTINGS, chunk_files, inproc, write_labels  # noqa: F401 (inproc is a fixture)
 
 CHUNK = 64  # 160² px: 3×3 tiles of 64 px (stride 48) in batches of 2, 3×3 level-0 chunks, 3 levels

@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _data import CMU1_SVS as SVS
 from napari_crafts.cli import check as check_cli
 from napari_crafts.export import check
 from napari_crafts.export import watermark as wm
-
-from _data import CMU1_SVS as SVS
 
 
 @pytest.fixture(scope="module")

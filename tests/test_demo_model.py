@@ -164,7 +164,6 @@ def test_the_random_tiny_model_fails_the_same_check(engine: Any) -> None:  # typ
 def test_provenance_names_the_demo_model_by_id_however_it_was_asked_for():
     from napari_crafts.model.catalog import bundled_demo_model
     from napari_crafts.model.description import ModelDescription
-
     from napari_crafts.model.engine import get_engine
 
     by_id, by_path = ModelDescription.open("demo"), ModelDescription.open(bundled_demo_model())

@@ -4,9 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_crafts.model.engine import Engine, ModelLoadError, PickleRefused, get_engine, weights_sha256
 from napari_crafts.generation.region import run
 from napari_crafts.generation.tiling import noise_field
+from napari_crafts.model.engine import Engine, ModelLoadError, PickleRefused, get_engine, weights_sha256
 
 
 def _batch(seed=0, size=64, n=1):

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from napari_crafts.model.engine import UNMEASURED_DECODE_BATCH, Engine, choose_batch, get_engine
 from napari_crafts.generation.region import GenerationSettings, Region, generate_region, run
 from napari_crafts.generation.sources import LabelsSource
 from napari_crafts.generation.tiling import noise_field
+from napari_crafts.model.engine import UNMEASURED_DECODE_BATCH, Engine, choose_batch, get_engine
 
 
 def _tiles(engine, n=1):  # type: ignore[no-untyped-def]

@@ -16,13 +16,6 @@ from napari_crafts.evaluation import metrics as M
 from napari_crafts.evaluation import plip as P
 
 
-
-
-
-
-
-
-
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="napari-crafts evaluate")
     evaluate_cli.configure_parser(parser)
@@ -41,7 +34,7 @@ def tile_folders(tmp_path: Path, gen: list[np.ndarray], real: list[np.ndarray]) 
 
     gen_dir, real_dir = tmp_path / "synthetic_tiles", tmp_path / "real_tiles"
     gen_dir.mkdir(), real_dir.mkdir()
-    for i, (g, r) in enumerate(zip(gen, real)):
+    for i, (g, r) in enumerate(zip(gen, real, strict=True)):
         Image.fromarray(g).save(gen_dir / f"tile_{i:02d}.png")  # lossless
         Image.fromarray(r).save(real_dir / f"tile_{i:02d}.png")
     return gen_dir, real_dir
@@ -74,7 +67,7 @@ def test_folders_table_equals_pixel_metrics(tmp_path: Path, he: np.ndarray, nois
     code, out, err = cli([gen_dir, real_dir, "--clip-model", "none", "--csv", csv_path, "--json", json_path], capsys)
     assert code == 0, err
 
-    per_pair = [M.pixel_metrics(g, r, mask=M.tissue_mask(r)) for g, r in zip(gen, real)]
+    per_pair = [M.pixel_metrics(g, r, mask=M.tissue_mask(r)) for g, r in zip(gen, real, strict=True)]
     expected = {k: float(np.mean([p[k] for p in per_pair])) for k in M.PIXEL_METRICS}
     assert out.splitlines()[0] == "| Dataset | SSIM↑ | PSNR↑ | MSE↓ | NCC↑ | PLIP-FID↓ | PLIP-I↑ | PLIP-T↑ |"
     row = table_row(out, "synthetic_tiles")  # default name: the generated folder's
@@ -94,8 +87,8 @@ def test_folders_with_plip_and_bad_tiles(tmp_path: Path, he: np.ndarray, noisy: 
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(3)
     ys, xs = rng.integers(0, 300 - 48, 12), rng.integers(0, 500 - 48, 12)
-    real = [he[y:y + 48, x:x + 48] for y, x in zip(ys, xs)]
-    gen = [noisy[y:y + 48, x:x + 48] for y, x in zip(ys, xs)]
+    real = [he[y:y + 48, x:x + 48] for y, x in zip(ys, xs, strict=True)]
+    gen = [noisy[y:y + 48, x:x + 48] for y, x in zip(ys, xs, strict=True)]
     gen_dir, real_dir = tile_folders(tmp_path, gen, real)
 
     code, out, err = cli([gen_dir, real_dir, "--clip-model", tiny_clip, "--prompt", "H&E", "--name", "TCIA"], capsys)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
+from _data import dsb_pair
 from napari_crafts.generation.conditioning import (
     ConditioningError,
     as_channels_first,
@@ -20,8 +19,6 @@ from napari_crafts.generation.conditioning import (
     normalize_percentile,
 )
 from napari_crafts.generation.sources import LIMITS_SAMPLE_PIXELS, FluorescenceSource, limits_sample
-
-from _data import dsb_pair
 
 
 @pytest.fixture(scope="module")

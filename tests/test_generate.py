@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from napari_crafts.generation.region import (
-    BACKGROUND_RGB, GenerationError, Progress, Region, TileDone, generate_region, plan_region, run,
+    BACKGROUND_RGB,
+    GenerationError,
+    Progress,
+    Region,
+    TileDone,
+    generate_region,
+    plan_region,
+    run,
 )
 from napari_crafts.generation.sources import LabelsSource
 from napari_crafts.generation.tiling import seam_score

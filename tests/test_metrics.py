@@ -8,18 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tile_crops
 from napari_crafts.evaluation import metrics as M
 from napari_crafts.evaluation import plip as P
-
-from conftest import tile_crops
-
-
-
-
-
-
-
-
 
 # --- pixel metrics -------------------------------------------------------------------------------------
 

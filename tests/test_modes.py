@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_crafts.generation.region import GenerationSettings, Region, generate_region, run
 from napari_crafts.generation.prompts import TCGA_CANCER_TYPES, preset_prompt
+from napari_crafts.generation.region import GenerationSettings, Region, generate_region, run
 from napari_crafts.generation.sources import FluorescenceSource
 
 WAIT_MS = 180_000

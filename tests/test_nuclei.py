@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.draw import disk
 
+from _data import CMU1_SVS as CMU1
 from napari_crafts.evaluation.metrics import tissue_mask
 from napari_crafts.io.slide import open_slide
 from napari_crafts.training.nuclei import (
@@ -19,7 +18,6 @@ from napari_crafts.training.nuclei import (
 )
 from napari_crafts.training.stain import eosin_od, haematoxylin_od
 
-from _data import CMU1_SVS as CMU1
 PINK, PURPLE, TEAL = (235, 160, 200), (90, 40, 130), (60, 170, 160)
 
 

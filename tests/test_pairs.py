@@ -13,13 +13,13 @@ import zarr
 from PIL import Image
 from skimage.draw import disk
 
+from _data import CMU1_SVS as CMU1
 from napari_crafts.export.safety import OutputError, OutputExists
 from napari_crafts.generation.sources import FluorescenceSource, LabelsSource, resize
 from napari_crafts.io.slide import open_slide
 from napari_crafts.training.pairs import FORMAT, PairsError, build_pairs, iter_pairs
 from napari_crafts.training.stain import haematoxylin_od
 
-from _data import CMU1_SVS as CMU1
 SRC_MPP, MODEL_MPP = 0.4, 0.5  # a 40 px model tile covers 50 source px
 PINK, PURPLE = (235, 160, 200), (80, 30, 120)
 SHAPE = (420, 300)

@@ -10,7 +10,6 @@ import pytest
 from conftest import tile_crops
 from napari_crafts.evaluation import plip as P
 
-
 # --- Fréchet distance ----------------------------------------------------------------------------------
 
 

@@ -12,13 +12,11 @@ import pytest
 import tifffile
 import zarr
 
-from napari_crafts.io import slide as slide_mod
-from napari_crafts._reader import napari_get_reader
-from napari_crafts.io.slide import SlideError, SlideRef, level_for_mpp, open_slide, read_window
-
 from _data import CMU1_SVS as SVS
 from _data import DSB_MASK as MASK
-
+from napari_crafts._reader import napari_get_reader
+from napari_crafts.io import slide as slide_mod
+from napari_crafts.io.slide import SlideError, SlideRef, level_for_mpp, open_slide, read_window
 
 # --------------------------------------------------------------------------------------------- fixtures
 
@@ -154,7 +152,7 @@ def test_opening_does_not_read_level_0(tmp_path):
     for name, data in (("rgb.tif", img), ("labels.tif", labels)):
         path = write_pyramid(tmp_path / name, pyramid(data, 2))
         with tifffile.TiffFile(path) as tif:
-            tiles = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts))
+            tiles = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts, strict=True))
         with open(path, "r+b") as f:
             for offset, size in tiles:
                 f.seek(offset)

@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 
+from _data import CMU1_SVS
+from napari_crafts.export.safety import OutputError, OutputExists  # noqa: E402
 from napari_crafts.training import stage as stage_mod  # noqa: E402
 from napari_crafts.training.data import DatasetError  # noqa: E402
-from napari_crafts.export.safety import OutputError, OutputExists  # noqa: E402
 from napari_crafts.training.train import TrainingError, TrainSettings, train  # noqa: E402
 
-from _data import CMU1_SVS
 TILE = 32
 FAST = dict(batch_size=4, validation_tiles=0, augment=True)
 

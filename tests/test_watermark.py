@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _data import CMU1_SVS as SVS
 from napari_crafts.export import watermark as wm
 from napari_crafts.export.pyramid import mean_downsample_2x
 
-from _data import CMU1_SVS as SVS
 PAYLOAD = wm.Payload(record_hash=0x5EED1234)
 
 
