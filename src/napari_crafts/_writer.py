@@ -122,15 +122,38 @@ def protected_paths(meta: dict[str, Any]) -> list[str]:
 
 
 def layer_mpp(meta: dict[str, Any]) -> float | None:
-    """µm per pixel of the layer: its scale when its units are µm, else the record's."""
+    """µm per pixel of the layer: its scale when its units are µm, else the record's own, else its source's.
+
+    The last is the µm/px typed in a dock for a source in pixel units: the output lies on the source's pixel grid
+    (``place_over``), so it has the source's pixel size even where the layers' scale does not say so.
+    """
     units = [str(u) for u in meta.get("units") or ()]
     scale = meta.get("scale")
     if units and units[-1] in ("micrometer", "µm", "um") and scale is not None:
         return float(scale[-1])
     metadata = meta.get("metadata") or {}
     record = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
-    mpp = record.get("mpp") if isinstance(record, dict) else None
-    return float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None
+    if not isinstance(record, dict):
+        return None
+    source = record.get("source")
+    for mpp in (record.get("mpp"), source.get("mpp") if isinstance(source, dict) else None):
+        if isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and mpp > 0:
+            return float(mpp)
+    return None
+
+
+def with_extension(path: str | os.PathLike[str]) -> str:
+    """``path`` as typed in a save dialog, with ``.ome.tif`` added when it names none of :data:`FORMATS`."""
+    name = os.fspath(path)
+    return name if any(name.lower().endswith(suffix) for suffix in FORMATS) else name + ".ome.tif"
+
+
+def default_file_name(layer_name: str) -> str:
+    """The save dialog's proposed file name for a layer: its name in safe characters, ``.ome.tif``."""
+    import re
+
+    stem = re.sub(r"[^\w.-]+", "_", layer_name.replace("&", "")).strip("._") or "synthetic_HE"
+    return stem + ".ome.tif"
 
 
 def _numbered(path: Path, i: int) -> Path:

@@ -507,7 +507,7 @@ class SaveButton(PushButton):
         from magicgui.widgets import show_file_dialog
         from napari.utils.notifications import show_error, show_info
 
-        from .._writer import save_layer
+        from .._writer import default_file_name, save_layer, with_extension
 
         layer = self.layer()
         if layer is None:
@@ -517,8 +517,10 @@ class SaveButton(PushButton):
             show_error(f"'{layer.name}' is still being generated: save it when the run has finished or been "
                        "cancelled.")
             return []
-        path = path or show_file_dialog(mode="w", caption=f"Save '{layer.name}' with its provenance",
-                                        filter="*.ome.tif *.ome.zarr *.png")
+        if not path:  # the dialog proposes a name with an extension; a name typed without one gets .ome.tif
+            chosen = show_file_dialog(mode="w", caption=f"Save '{layer.name}' with its provenance",
+                                      start_path=default_file_name(layer.name), filter="*.ome.tif *.ome.zarr *.png")
+            path = with_extension(chosen) if chosen else None
         if not path:
             return []
         try:

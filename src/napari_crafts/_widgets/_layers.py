@@ -16,9 +16,11 @@ def record(layer: Any) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-#: What napari-crafts notes about a layer's file (the reader: path, kind, pixel size, channel) and pixel size (the
-#: Pixel size widget): information about the file, never a provenance record.
-FILE_INFO_KEYS = frozenset({"path", "mpp", "mpp_set_by", "kind", "format", "channel", "channel_index"})
+#: What napari-crafts notes about a layer's file (the reader: path, kind, pixel size, channel), pixel size (the
+#: Pixel size widget) and sample data (where it is from, its assumed pixel size): information about the file,
+#: never a provenance record.
+FILE_INFO_KEYS = frozenset({"path", "mpp", "mpp_set_by", "kind", "format", "channel", "channel_index", "sample",
+                            "mpp_note"})
 
 
 def provenance_record(layer: Any) -> dict[str, Any] | None:
