@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 SIDE, CHUNK, MPP, BLOB = 200_000, 1024, 0.25, 10 * 1024
 BLOBS = [(20_000, 30_000), (90_000, 110_000), (150_000, 60_000), (60_000, 170_000)]  # (y, x) of tissue
 

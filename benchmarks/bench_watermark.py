@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDE = REPO.parent / "shared" / "data" / "CMU-1-Small-Region.svs"
+SLIDE = REPO / "tests" / "data" / "CMU-1-Small-Region.svs"
 DOCS = REPO / "docs" / "watermark.md"
 MARKERS = {False: ("<!-- bench:start -->", "<!-- bench:end -->"), True: ("<!-- bench-extra:start -->",
                                                                         "<!-- bench-extra:end -->")}
