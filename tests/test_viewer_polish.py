@@ -141,3 +141,147 @@ def test_the_unknown_pixel_size_warning_names_the_demo_models_own(
     assert "generated as if it were at the model's 0.5 µm/px" in told
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert "the bundled\n   demo model: 0.5 µm/px" in readme
+
+
+# -- 14. progress in napari's activity panel, tooltips, Compare's numbers, the Prompt dock's units ----------------
+
+
+def activity_bars(viewer: Any) -> list[Any]:
+    """The progress bars napari's activity panel shows now."""
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    dialog = viewer.window._qt_window._activity_dialog
+    return [bar for bar in dialog.findChildren(QtLabeledProgressBar) if bar.progress is not None]
+
+
+@pytest.mark.parametrize("ending", ["done", "cancelled", "failed", "window closed"])
+def test_a_runs_progress_is_shown_in_the_activity_panel_and_closed_however_it_ends(
+    make_napari_viewer: Any, qtbot: Any, ending: str
+) -> None:
+    import threading
+
+    from napari.utils import progress
+
+    from napari_crafts._widgets._runner import JobRunner
+    from napari_crafts.generation.progress import Stage
+    from napari_crafts.generation.region import Progress
+
+    viewer = make_napari_viewer()
+    runner = JobRunner("Generate H&&E")
+    viewer.window.add_dock_widget(runner.native)
+    release = threading.Event()
+
+    def job() -> Any:
+        yield Progress(tiles_done=1, tiles=3, step=1, steps=2)  # 3 of 6 network passes
+        while not release.is_set():
+            if runner.cancel_event.is_set():
+                return None
+            yield Stage("drawing")
+            release.wait(0.01)
+        if ending == "failed":
+            raise OSError("disk full")  # (not RuntimeError: superqt takes that for a deleted worker)
+        yield Progress(tiles_done=3, tiles=3, step=0, steps=2)
+        return "finished"
+
+    before = set(progress._all_instances)
+    seen: list[str] = []
+    show = runner.status
+    runner.status = lambda text: (seen.append(text), show(text))  # type: ignore[method-assign]
+    runner.start(job, viewer, None)
+    ours = [bar for bar in progress._all_instances if bar not in before]
+    assert [bar.desc for bar in ours] == ["napari-crafts: Generate H&E"]
+    qtbot.waitUntil(lambda: runner._progress.value == 3, timeout=WAIT_MS)
+    (bar,) = ours
+    assert (bar.n, bar.total) == (3, 6) and (runner._progress.value, runner._progress.max) == (3, 6)
+    (shown,) = [b for b in activity_bars(viewer) if b.progress is bar]  # in the panel, as in the dock
+    assert shown.description_label.text() == "napari-crafts: Generate H&E: "
+    assert (shown.qt_progress_bar.value(), shown.qt_progress_bar.maximum()) == (3, 6)
+    if ending == "cancelled":
+        runner.cancel()
+    elif ending == "window closed":
+        runner.shutdown()
+    else:
+        release.set()
+    qtbot.waitUntil(lambda: not runner.running or ending == "window closed", timeout=WAIT_MS)
+    release.set()
+    assert bar not in progress._all_instances and runner._activity is None  # closed, not left spinning
+    dialog = viewer.window._qt_window._activity_dialog
+    assert dialog.get_pbar_from_prog(bar) is None or not dialog.get_pbar_from_prog(bar).isVisible()  # panel: gone
+    assert ("done: finished" in seen) == (ending == "done") and runner.worker is None or ending == "window closed"
+
+
+def test_every_button_says_what_it_does(make_napari_viewer: Any) -> None:
+    from napari_crafts._widgets._text import BUTTON_TOOLTIPS
+
+    viewer = make_napari_viewer()
+    docks = {
+        name: viewer.window.add_plugin_dock_widget("napari-crafts", name)[1]
+        for name in ("Labels → H&E", "Fluorescence → H&E", "Prompt → H&E", "Compare", "Pixel size", "Check synthetic")
+    }
+    labels, fluorescence, prompt = docks["Labels → H&E"], docks["Fluorescence → H&E"], docks["Prompt → H&E"]
+    expected = {
+        labels.runner.run_button: "generate",
+        labels.runner._cancel: "cancel",
+        fluorescence._preview: "preview",
+        prompt._use_preset: "use_preset",
+        docks["Pixel size"]._set: "set_pixel_size",
+        docks["Check synthetic"]._check: "check_synthetic",
+        docks["Compare"].runner.run_button: "compute",
+        labels.offer._anyway: "run_anyway",
+    }
+    for button, key in expected.items():
+        assert button.tooltip == BUTTON_TOOLTIPS[key] and button.native.toolTip() == BUTTON_TOOLTIPS[key]
+    from qtpy.QtWidgets import QPushButton
+
+    for dock in docks.values():  # and no button anywhere in the docks without one (its own, or its field's)
+        buttons = dock.native.findChildren(QPushButton)
+        bare = [b.text() for b in buttons if b.text() and not (b.toolTip() or b.parentWidget().toolTip())]
+        assert bare == [], bare
+
+
+def test_compare_says_what_its_numbers_mean(make_napari_viewer: Any, he: np.ndarray, qtbot: Any) -> None:
+    from napari_crafts._widgets._text import COMPARE_MEANING
+
+    viewer = make_napari_viewer()
+    real = np.ascontiguousarray(he[:128, :128])
+    viewer.add_image(real, rgb=True, name="real")
+    shifted = np.roll(real, 3, axis=1)  # the same tissue, 3 px off: what texture that is not aligned scores
+    viewer.add_image(shifted, rgb=True, name="synthetic", metadata={"napari_crafts": {"synthetic": True}})
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Compare")
+    w._tile_box.value = 64
+    assert w._synthetic_layer.value.name == "synthetic" and w._real_layer.value.name == "real"
+    w.compute()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert w._results.value.endswith(COMPARE_MEANING) and w._results.tooltip == COMPARE_MEANING
+    assert "pixel-for-pixel" in COMPARE_MEANING and "SSIM 0.16, PSNR 12.4 dB, NCC 0.42" in COMPARE_MEANING
+    # the line's point, on real H&E: the same tissue 3 px off already scores far below 1
+    assert w.evaluation is not None and w.evaluation.result.to_row()["SSIM"] < 0.6
+
+
+@pytest.mark.parametrize("others", ["pixels", "µm", "none"])
+def test_the_prompt_docks_output_sits_in_the_units_of_the_other_layers(
+    make_napari_viewer: Any, tiny_model: Path, qtbot: Any, tmp_path: Path, others: str
+) -> None:
+    viewer = make_napari_viewer()
+    if others == "pixels":
+        viewer.add_labels(np.zeros((64, 64), np.uint8), name="nuclei")
+    elif others == "µm":
+        viewer.add_labels(np.zeros((64, 64), np.uint8), name="nuclei", scale=(0.5, 0.5), units=("µm", "µm"))
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Prompt → H&E")
+    c = w.controls
+    c._model.value = str(tiny_model)
+    c._steps.value, c._tile.value, c._overlap.value, c._seed.value = 1, 64, 16, 1
+    w._height.value = w._width.value = 64
+    w.generate()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT_MS)
+    out = viewer.layers[-1]
+    assert out.metadata["napari_crafts"]["mode"] == "prompt"
+    mpp = out.metadata["napari_crafts"]["model"]["mpp"]
+    if others == "pixels":
+        assert [str(u) for u in out.units[-2:]] == ["pixel", "pixel"]
+        np.testing.assert_allclose(out.scale[-2:], (1.0, 1.0))
+    else:
+        assert [str(u) for u in out.units[-2:]] == ["micrometer", "micrometer"]
+        np.testing.assert_allclose(out.scale[-2:], (mpp, mpp))
+    (saved,) = w._save.save(str(tmp_path / "prompt.ome.tif"))  # the file has the model's µm/px either way
+    assert ome_tiff_mpp(Path(saved))[:2] == (pytest.approx(mpp), pytest.approx(mpp))

@@ -122,7 +122,8 @@ def protected_paths(meta: dict[str, Any]) -> list[str]:
 
 
 def layer_mpp(meta: dict[str, Any]) -> float | None:
-    """µm per pixel of the layer: its scale when its units are µm, else the record's own, else its source's.
+    """µm per pixel of the layer: its scale when its units are µm, else the record's own, else its source's (images
+    made from a prompt: the model's).
 
     The last is the µm/px typed in a dock for a source in pixel units: the output lies on the source's pixel grid
     (``place_over``), so it has the source's pixel size even where the layers' scale does not say so.
@@ -135,8 +136,10 @@ def layer_mpp(meta: dict[str, Any]) -> float | None:
     record = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
     if not isinstance(record, dict):
         return None
-    source = record.get("source")
-    for mpp in (record.get("mpp"), source.get("mpp") if isinstance(source, dict) else None):
+    source, model = record.get("source"), record.get("model")
+    made_from_text = record.get("mode") == "prompt"  # at the model's pixel size
+    for mpp in (record.get("mpp"), source.get("mpp") if isinstance(source, dict) else None,
+                model.get("mpp") if made_from_text and isinstance(model, dict) else None):
         if isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and mpp > 0:
             return float(mpp)
     return None

@@ -30,6 +30,7 @@ from ._runner import JobOptions, JobRunner, add_output_layer, background_imports
 from ._text import (
     ADVANCED_CLOSED,
     ADVANCED_OPEN,
+    BUTTON_TOOLTIPS,
     LONG_RUN,
     MPP_UNKNOWN,
     NO_MPP_BEFORE_RUN,
@@ -357,7 +358,7 @@ class LongRunOffer(Container):
 
     def __init__(self) -> None:
         self._text = wrapped(Label(value=""))
-        self._anyway = PushButton(text="Run anyway")
+        self._anyway = PushButton(text="Run anyway", tooltip=BUTTON_TOOLTIPS["run_anyway"])
         self._fast = PushButton(text="Use fast settings", tooltip=TOOLTIPS["fast"])
         buttons: Container[Any] = Container(widgets=[self._anyway, self._fast], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)

@@ -23,9 +23,11 @@ from .._plural import plural
 class JobRunner(Container):
     """Run/Cancel buttons, a progress bar and a status line; runs one job at a time."""
 
-    def __init__(self, run_text: str = "Generate") -> None:
-        self._run = PushButton(text=run_text)
-        self._cancel = PushButton(text="Cancel", enabled=False)
+    def __init__(self, run_text: str = "Generate", run_tooltip: str | None = None) -> None:
+        from ._text import BUTTON_TOOLTIPS
+
+        self._run = PushButton(text=run_text, tooltip=run_tooltip or BUTTON_TOOLTIPS["generate"])
+        self._cancel = PushButton(text="Cancel", enabled=False, tooltip=BUTTON_TOOLTIPS["cancel"])
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)  # a long message wraps instead of widening the dock
@@ -42,6 +44,7 @@ class JobRunner(Container):
         self._stopped = False  # after a stop, late events from the worker are ignored (no layer is touched)
         self._slots: dict[str, Callable[..., Any]] = {}  # the worker's signal → our handler
         self._window_watch: Any = None  # the event filter on the viewer's window (see _watch_window)
+        self._activity: Any = None  # the job's napari.utils.progress (napari's activity panel), while it runs
 
     @property
     def run_button(self) -> PushButton:
@@ -93,6 +96,7 @@ class JobRunner(Container):
         self._watch_window()
         self._run.enabled, self._cancel.enabled = False, True
         self._progress.value = 0
+        self._open_activity(self.output.name if self.output is not None else self._run.text.replace("&&", "&"))
         self.status("loading the model…")
         worker.start()
         return worker
@@ -129,6 +133,7 @@ class JobRunner(Container):
         self._stopped = True
         self.cancel_event.set()
         worker.quit()
+        self._close_activity()
         for name, slot in self._slots.items():
             with contextlib.suppress(TypeError, RuntimeError):  # already gone
                 getattr(worker, name).disconnect(slot)
@@ -152,6 +157,33 @@ class JobRunner(Container):
         elif any(layer is watched for watched in self._job.watch):
             self.stop(f"'{layer.name}' was removed while generating from it: generation stopped.")
 
+    # -- progress: the dock's bar and napari's activity panel ----------------------------------------------------
+    def _open_activity(self, what: str) -> None:
+        """A ``napari.utils.progress`` for this job: napari's activity panel (bottom right) shows it while the dock
+        may be hidden; it follows the dock's bar and closes when the job ends, however it ends."""
+        from napari.utils import progress
+
+        from ._text import ACTIVITY
+
+        self._close_activity()
+        self._activity = progress(total=0, desc=ACTIVITY.format(what=what))  # 0: busy until the first count
+
+    def _show_progress(self, done: int, total: int) -> None:
+        """``done`` of ``total`` (tiles × steps, tiles, chunks) in the dock's bar and the activity panel."""
+        self._progress.max, self._progress.value = max(1, total), min(done, max(1, total))
+        bar = self._activity
+        if bar is None:
+            return
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def _close_activity(self) -> None:
+        bar, self._activity = self._activity, None
+        if bar is not None:
+            with contextlib.suppress(KeyError):  # already closed
+                bar.close()
+
     # -- handlers (main thread) -------------------------------------------------------------------------------
     def _on_yielded(self, event: Any) -> None:
         from ..evaluation.plip_eval import EvalProgress
@@ -166,7 +198,7 @@ class JobRunner(Container):
         if self._stopped:
             return
         if isinstance(event, EvalProgress):  # Compare: tiles scored, then embedded
-            self._progress.max, self._progress.value = max(1, event.total), event.done
+            self._show_progress(event.done, event.total)
             self.status(f"{event.done}/{event.total} " + ("tiles scored" if event.stage == "tiles"
                                                           else "tiles embedded (PLIP)"))
         elif isinstance(event, Stage):
@@ -179,12 +211,11 @@ class JobRunner(Container):
                 self.status(f"estimated: {event.text()}")
         elif isinstance(event, BatchProgress):
             if event.what == "tiles":
-                self._progress.max, self._progress.value = max(1, event.total), event.done
+                self._show_progress(event.done, event.total)
                 self._tiles = (event.done, event.total)
             self.status(f"background job: {event.done}/{event.total} {event.what}")
         elif isinstance(event, Progress):
-            self._progress.max = max(1, event.tiles * event.steps)
-            self._progress.value = event.tiles_done * event.steps + event.step
+            self._show_progress(event.tiles_done * event.steps + event.step, event.tiles * event.steps)
             self.status(self._job.clock.update(event))
         elif isinstance(event, TileDone) and event.skipped:
             # Glass (no tissue) comes first and is not the model's work: it stays clear until the result fills
@@ -271,6 +302,7 @@ class JobRunner(Container):
             layer.refresh()
 
     def _on_finished(self) -> None:
+        self._close_activity()
         self.worker = None
         self._run.enabled, self._cancel.enabled = True, False
         if self._viewer is not None:

@@ -17,6 +17,7 @@ from magicgui.widgets import Label, PushButton
 from ._controls import DockContainer, layer_box, wrapped
 from ._layers import provenance_record, record
 from ._regions import layer_plane
+from ._text import BUTTON_TOOLTIPS
 
 NO_IMAGE = "Choose an image layer to check."
 NO_ACTIVE_IMAGE = "Select an image layer in the layer list first, then Check synthetic."
@@ -28,7 +29,7 @@ class CheckSynthetic(DockContainer):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._layer = layer_box(napari.layers.Image, "image", "The image layer to check (the displayed plane).")
-        self._check = PushButton(text="Check synthetic")
+        self._check = PushButton(text="Check synthetic", tooltip=BUTTON_TOOLTIPS["check_synthetic"])
         self._result = wrapped(Label(value=""))
         super().__init__(widgets=[self._layer, self._check, self._result])
         self._check.changed.connect(lambda: self.check())

@@ -32,6 +32,8 @@ from ._layers import place_over
 from ._regions import layer_plane
 from ._runner import JobOptions, JobRunner
 from ._text import (
+    BUTTON_TOOLTIPS,
+    COMPARE_MEANING,
     COMPARE_TOO_LARGE,
     COMPARE_TOOLTIPS,
     HEAT_LEGEND,
@@ -120,12 +122,14 @@ class Compare(DockContainer):
         self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=COMPARE_TOOLTIPS["mask"])
         self._clip_box = LineEdit(value="", label="CLIP model", tooltip=COMPARE_TOOLTIPS["clip"])
         self._prompt_box = LineEdit(value="", label="prompt", tooltip=COMPARE_TOOLTIPS["prompt"])
-        self.runner = JobRunner("Compute")  # Compute, Cancel, progress and status: the generation widgets' runner
+        # Compute, Cancel, progress and status: the generation widgets' runner
+        self.runner = JobRunner("Compute", BUTTON_TOOLTIPS["compute"])
         self._compute_button = self.runner.run_button
         self._results = Label(value="", label="metrics")
         self._toggle_button = PushButton(text="Toggle synthetic", tooltip=COMPARE_TOOLTIPS["toggle"])
         self._opacity_slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, label="synthetic opacity",
                                            tooltip=COMPARE_TOOLTIPS["opacity"])
+        self._results.tooltip = COMPARE_MEANING
         self._results.native.setWordWrap(True)  # long notes and the legend wrap instead of widening the dock
         super().__init__(widgets=[
             self._synthetic_layer, self._real_layer, self._region_box, self._shapes_layer, self._tile_box,
@@ -247,7 +251,7 @@ class Compare(DockContainer):
             metadata={"napari_crafts": record}, units=tuple(str(u) for u in real.units[-2:]),
         )
         heat.colorbar.visible = True  # the legend: SSIM 0 (dark) → 1 (yellow), on the canvas
-        self._results.value += "\n" + HEAT_LEGEND
+        self._results.value += "\n" + HEAT_LEGEND + "\n" + COMPARE_MEANING
         self.runner.status("done")
         for note in result.notes:
             if "not computed" in note or note.startswith("Pixel size"):

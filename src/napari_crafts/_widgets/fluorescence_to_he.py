@@ -24,7 +24,7 @@ from ._controls import (
 from ._layers import job_data, output_units, place_over, record
 from ._regions import layer_plane
 from ._runner import JobRunner
-from ._text import NO_CHANNELS, TOOLTIPS
+from ._text import BUTTON_TOOLTIPS, NO_CHANNELS, TOOLTIPS
 from ._tissue import TissueChoice
 
 #: More planes than this along the chosen axis means it is not the channel axis.
@@ -43,7 +43,7 @@ class FluorescenceToHE(DockContainer):
         self._roles: Container[ComboBox] = Container(labels=True, label="roles")
         self._low = spin("low %", PERCENTILES[0], 0.0, 50.0, 0.1, key="percentiles")
         self._high = spin("high %", PERCENTILES[1], 50.0, 100.0, 0.1, key="percentiles")
-        self._preview = PushButton(text="Preview control image")
+        self._preview = PushButton(text="Preview control image", tooltip=BUTTON_TOOLTIPS["preview"])
         self.where = RegionControls(viewer)
         self.tissue = TissueChoice(viewer)
         self.controls = GenerationControls(FLUORESCENCE_PROMPT)

@@ -42,7 +42,7 @@ class LabelsToHE(DockContainer):
         self.controls = GenerationControls()
         self._background = CheckBox(value=False, text="background job → OME-Zarr", tooltip=TOOLTIPS["background"])
         self._batch_output = FileEdit(mode=FileDialogMode.OPTIONAL_FILE, filter="*.zarr", label="OME-Zarr output",
-                                      visible=False)
+                                      visible=False, tooltip=TOOLTIPS["batch_output"])
         self._workers = spin("workers", 1, 1, 64, key="workers")
         self._workers.visible = False
         self.offer = LongRunOffer()

@@ -10,6 +10,7 @@ from magicgui.widgets import FloatSpinBox, Label, PushButton, Select
 
 from ._controls import DockContainer
 from ._layers import layer_pixel_size, record
+from ._text import BUTTON_TOOLTIPS
 
 NO_LAYER_CHOSEN = "Choose one or more layers in the list first (click, Ctrl/Shift-click for several)."
 
@@ -26,7 +27,7 @@ class PixelSize(DockContainer):
                                  tooltip="Pixel size in µm per pixel (0.25 ≈ 40x, 0.5 ≈ 20x).")
         self._current = Label(value="", label="now")
         self._current.native.setWordWrap(True)
-        self._set = PushButton(text="Set pixel size")
+        self._set = PushButton(text="Set pixel size", tooltip=BUTTON_TOOLTIPS["set_pixel_size"])
         super().__init__(widgets=[self._layers, self._mpp, self._current, self._set])
         self._set.changed.connect(lambda: self.set_pixel_size())
         self._layers.changed.connect(self._show_current)

@@ -24,8 +24,9 @@ from ._controls import (
     running_record,
     spin,
 )
+from ._layers import axis_unit
 from ._runner import JobOptions, JobRunner, add_output_layer
-from ._text import TOOLTIPS, output_name
+from ._text import BUTTON_TOOLTIPS, TOOLTIPS, output_name
 
 
 class PromptToHE(DockContainer):
@@ -38,7 +39,7 @@ class PromptToHE(DockContainer):
         narrow(self._cancer, 20)
         self._tissue = ComboBox(choices=TISSUE_DESCRIPTORS, label="tissue")
         self._magnification = ComboBox(choices=MAGNIFICATIONS, label="magnification")
-        self._use_preset = PushButton(text="Use preset as prompt")
+        self._use_preset = PushButton(text="Use preset as prompt", tooltip=BUTTON_TOOLTIPS["use_preset"])
         self._height = spin("height", 512, 64, 4096, 64, key="size")
         self._width = spin("width", 512, 64, 4096, 64, key="size")
         self._count = spin("images", 1, 1, 64, key="count")
@@ -82,11 +83,11 @@ class PromptToHE(DockContainer):
         from ..model.catalog import model_mpp
 
         n, h, w = int(self._count.value), int(self._height.value), int(self._width.value)
-        mpp = model_mpp(engine_args["ref"])  # images made from text have the model's pixel size
+        scale, units = prompt_placement(self._viewer, model_mpp(engine_args["ref"]))
         watermark = self.controls.watermark()
         output = add_output_layer(
-            self._viewer, (h, w), name=output_name("prompt", settings.exact), scale=(mpp, mpp), translate=(0.0, 0.0),
-            provenance=running_record(watermark), planes=(n,), units=("µm", "µm"),
+            self._viewer, (h, w), name=output_name("prompt", settings.exact), scale=scale, translate=(0.0, 0.0),
+            provenance=running_record(watermark), planes=(n,), units=units,
         )
         decision = RunDecision()
 
@@ -140,8 +141,24 @@ def _in_stack(event: Progress | TileDone, *, image: int, count: int) -> Progress
     return dataclasses.replace(event, tiles_done=done, tiles=total)
 
 
+def prompt_placement(viewer: Any, mpp: float) -> tuple[tuple[float, float], tuple[str, str]]:
+    """(scale, units) of the images made from text: the model's pixel size in µm, in the units of the layers already
+    in the viewer. When every one of them is in pixels (labels or images without a pixel size), the images are too
+    (scale 1), so that they sit beside those layers at the same size per pixel; their record keeps the µm/px."""
+    others = [layer for layer in viewer.layers if not output_of_prompt(layer)]
+    if others and all(axis_unit(layer) == "pixel" for layer in others):
+        return (1.0, 1.0), ("pixel", "pixel")
+    return (mpp, mpp), ("µm", "µm")
+
+
+def output_of_prompt(layer: Any) -> bool:
+    """Whether ``layer`` is an earlier output of this dock (it follows the others' units, it does not set them)."""
+    meta = layer.metadata.get("napari_crafts") if isinstance(layer.metadata, dict) else None
+    return isinstance(meta, dict) and meta.get("mode") == "prompt"
+
+
 def _set_model_scale(layer: Any, result: RegionResult) -> None:
-    """Images made from text have the model's pixel size: show them in µm."""
+    """Images made from text have the model's pixel size: shown in µm when the layer is (``prompt_placement``)."""
     mpp = result.provenance["model"].get("mpp")
-    if mpp:
+    if mpp and axis_unit(layer) == "micrometer":
         layer.scale = (1.0, mpp, mpp)
