@@ -285,3 +285,35 @@ def test_the_prompt_docks_output_sits_in_the_units_of_the_other_layers(
         np.testing.assert_allclose(out.scale[-2:], (mpp, mpp))
     (saved,) = w._save.save(str(tmp_path / "prompt.ome.tif"))  # the file has the model's µm/px either way
     assert ome_tiff_mpp(Path(saved))[:2] == (pytest.approx(mpp), pytest.approx(mpp))
+
+
+# -- 12. napari-crafts as the preferred reader for slide extensions ----------------------------------------------
+
+
+def test_our_reader_is_offered_for_slides_and_the_readmes_setting_makes_it_the_one_used(
+    make_napari_viewer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import napari.settings
+    from napari.plugins._npe2 import get_readers
+    from napari.settings import NapariSettings
+
+    from _data import CMU1_SVS, DSB_IMAGE
+
+    viewer = make_napari_viewer()  # plugins discovered
+    qptiff = tmp_path / "core.qptiff"  # the offer goes by the manifest's filename patterns
+    qptiff.write_bytes(b"")
+    for path in (CMU1_SVS, qptiff, DSB_IMAGE, tmp_path / "slide.ndpi", tmp_path / "x.ome.tiff"):
+        assert "napari-crafts" in get_readers(path), path
+    assert "napari-crafts" in get_readers(CMU1_SVS) and len(get_readers(CMU1_SVS)) > 1  # napari asks which
+    # the README's snippet, run against settings that are never saved (not the user's file)
+    monkeypatch.setattr(napari.settings, "_SETTINGS", NapariSettings(config_path=None))
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("from napari.settings import get_settings", 1)[1].split("```", 1)[0]
+    exec("from napari.settings import get_settings" + snippet.replace("\n   ", "\n"), {})  # noqa: S102
+    prefs = napari.settings.get_settings().plugins.extension2reader
+    assert {p: prefs[p] for p in ("*.svs", "*.qptiff", "*.tif")} == dict.fromkeys(
+        ("*.svs", "*.qptiff", "*.tif"), "napari-crafts"
+    )
+    (slide,) = viewer.open(CMU1_SVS, plugin=None)  # as File › Open does: the preference, no dialog: ours, in µm
+    assert slide.metadata["napari_crafts"]["mpp"] == pytest.approx(0.499)
+    assert [str(u) for u in slide.units[-2:]] == ["micrometer", "micrometer"]
