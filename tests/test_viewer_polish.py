@@ -59,8 +59,10 @@ def test_saving_keeps_the_pixel_size_the_user_gave(
     labels = viewer.add_labels(nuclei[1][:96, :96], name="nuclei")  # no pixel size: pixel units
     if how == "Pixel size widget":
         _, pixel_size = viewer.window.add_plugin_dock_widget("napari-crafts", "Pixel size")
-        pixel_size.set_pixel_size([labels], 0.3)
         w._labels_layer.value = labels
+        assert w.where.mpp is None
+        pixel_size.set_pixel_size([labels], 0.3)  # the dock shows it at once, not only at Generate
+        assert (w.where.mpp, w.where.mpp_origin) == (0.3, "set in Pixel size")
     else:
         w._labels_layer.value = labels
         w.where._mpp_box.value = 0.3

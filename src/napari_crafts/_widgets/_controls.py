@@ -315,6 +315,7 @@ class RegionControls(Container):
         super().__init__(widgets=[self._mpp_box, self._mpp_origin, *self._choice.widgets], labels=True)
         self.margins = (0, 0, 0, 0)
         self._setting = False
+        self._followed: Any = None  # the layer whose pixel size is shown (followed when its scale changes)
         self._mpp_box.changed.connect(self._on_mpp_typed)
 
     @property
@@ -340,6 +341,23 @@ class RegionControls(Container):
         finally:
             self._setting = False
         self._mpp_origin.value = found.origin if found.known else MPP_UNKNOWN
+        self._follow(layer)
+
+    def _follow(self, layer: Any) -> None:
+        """Show ``layer``'s pixel size again when its scale or units change (Pixel size, a script), unless one was
+        typed here."""
+        if layer is self._followed:
+            return
+        for old in (self._followed,) if self._followed is not None else ():
+            old.events.scale.disconnect(self._on_layer_rescaled)
+            old.events.units.disconnect(self._on_layer_rescaled)
+        self._followed = layer
+        layer.events.scale.connect(self._on_layer_rescaled)
+        layer.events.units.connect(self._on_layer_rescaled)
+
+    def _on_layer_rescaled(self, _: Any = None) -> None:
+        if self.mpp_origin != "typed here" and self._followed is not None:
+            self.take_mpp_from(self._followed)
 
     def _on_mpp_typed(self, value: float) -> None:
         if not self._setting:

@@ -65,14 +65,14 @@ class PixelSize(DockContainer):
         if not chosen:
             show_error(NO_LAYER_CHOSEN)
             return []
-        for layer in chosen:
+        for layer in chosen:  # the record first: the docks showing this layer read it when its scale changes
+            meta = record(layer)
+            meta.update(mpp=value, mpp_set_by="user")
+            layer.metadata["napari_crafts"] = meta
             scale = list(layer.scale)
             scale[-2:] = [value, value]
             layer.scale = scale
             layer.units = (*[str(u) for u in layer.units[:-2]], "µm", "µm")
-            meta = record(layer)
-            meta.update(mpp=value, mpp_set_by="user")
-            layer.metadata["napari_crafts"] = meta
         show_info(f"Pixel size {value:g} µm/px set on {', '.join(layer.name for layer in chosen)}.")
         self._show_current(chosen)
         return chosen
