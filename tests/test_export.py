@@ -159,7 +159,8 @@ def test_markers_and_finish(tmp_path: Path) -> None:
     assert not export.is_complete(path)
     write_level0(w, img)
     w.build_pyramid()
-    (path / "0" / "0" / "0" / "1.3f2a.partial").write_bytes(b"torn")  # zarr's temp file from a killed write
+    # zarr's temporary file from a killed write (LocalStore names it <name>.<uuid4 hex>.partial)
+    (path / "0" / "0" / "0" / f"1.{'3f2a' * 8}.partial").write_bytes(b"torn")
     w.finish()
     assert not (path / PROGRESS_GROUP).exists() and not list(path.rglob("*.partial"))
     assert export.is_complete(path) and read_provenance(path)["complete"] is True

@@ -125,7 +125,8 @@ def _generate(args: argparse.Namespace) -> int:
         cache_interval=args.cache_interval,
     )
     named = Path(args.output)
-    if named.suffix.lower() in FILE_SUFFIXES and not named.is_dir():  # generate writes a folder: say so
+    is_source = named.resolve() == Path(args.source).resolve()  # the output rule says that, first and louder
+    if named.suffix.lower() in FILE_SUFFIXES and not named.is_dir() and not is_source:  # a folder is written
         zarr = named.with_name(named.name[: -len(named.suffix)] + ".ome.zarr")
         tiff = f" (and add --tiff {named} for a pyramidal OME-TIFF as well)" if "tif" in named.suffix.lower() else ""
         raise UsageError(f"OUTPUT {named} is named like a {named.suffix} file, but generate writes an OME-Zarr "

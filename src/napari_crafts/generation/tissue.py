@@ -49,8 +49,12 @@ AUTO_HOLE_UM2 = 40_000.0
 AUTO_MIN_UM2 = 2_500.0
 #: Tissue reaches this far beyond the outermost nuclei (their cytoplasm), µm.
 AUTO_EDGE_UM = 8.0
-#: Fluorescence: a cell is tissue when its smoothed signal (0–1 after the channel limits) exceeds this.
+#: Fluorescence: a cell is tissue when its smoothed mean signal (0–1 after the channel limits) exceeds this …
 AUTO_SIGNAL = 0.12
+#: … or when a tenth of its pixels (``AUTO_BRIGHT_SHARE``) are this bright: a nucleus of nuclear-only IF, whose mean
+#: stays low between nuclei (a lone hot pixel on glass is not).
+AUTO_BRIGHT = 0.5
+AUTO_BRIGHT_SHARE = 0.1
 #: Most cells along a side of an auto mask; larger slides get coarser cells (the mask ships with every task).
 MAX_MASK_SIDE = 4096
 #: Level-0 pixels read per block while building an auto mask (a multiple of the cell is used).
@@ -317,10 +321,10 @@ def _blocks(box: tuple[int, int, int, int], cell: int) -> list[tuple[int, int, i
 
 
 def _pool(values: np.ndarray, cell: int, reduce: str) -> np.ndarray:
-    """(h, w) → (h // cell, w // cell) by max ("any") or mean over each cell (h, w multiples of cell)."""
+    """(h, w) → (h // cell, w // cell) by max ("any", "max") or mean over each cell (h, w multiples of cell)."""
     h, w = values.shape
     v = values.reshape(h // cell, cell, w // cell, cell)
-    return v.max(axis=(1, 3)) if reduce == "any" else v.mean(axis=(1, 3), dtype=np.float64)
+    return v.max(axis=(1, 3)) if reduce in ("any", "max") else v.mean(axis=(1, 3), dtype=np.float64)
 
 
 def labels_cells_task(source: Any, cell: int, box: tuple[int, int, int, int],
@@ -338,14 +342,15 @@ def labels_cells_task(source: Any, cell: int, box: tuple[int, int, int, int],
 
 def signal_cells_task(source: Any, cell: int, box: tuple[int, int, int, int],
                       blocks: list[tuple[int, int, int, int]]) -> list[tuple[int, int, np.ndarray]]:
-    """Per block: (first cell row, first cell col, mean signal per cell, 0–1 after each channel's limits,
-    the brightest channel with a role per pixel) (a task)."""
+    """Per block: (first cell row, first cell col, per cell the mean signal and the share of pixels brighter than
+    ``AUTO_BRIGHT``; signal: 0–1 after each channel's limits, the brightest channel with a role per pixel) (a task)."""
     out = []
     for y, x, h, w in blocks:
         signal = source.signal(y, x, h, w)
         signal[min(h, box[2] - y):, :] = 0
         signal[:, min(w, box[3] - x):] = 0
-        out.append(((y - box[0]) // cell, (x - box[1]) // cell, _pool(signal, cell, "mean")))
+        pooled = np.stack([_pool(signal, cell, "mean"), _pool(signal > AUTO_BRIGHT, cell, "mean")], axis=-1)
+        out.append(((y - box[0]) // cell, (x - box[1]) // cell, pooled))
     return out
 
 
@@ -355,7 +360,9 @@ def _cells(task: Callable[..., Any], source: Any, box: tuple[int, int, int, int]
 
     blocks = _blocks(box, cell)
     groups = [blocks[i : i + 8] for i in range(0, len(blocks), 8)]
-    shape = (-(-(box[2] - box[0]) // cell), -(-(box[3] - box[1]) // cell))
+    shape: tuple[int, ...] = (-(-(box[2] - box[0]) // cell), -(-(box[3] - box[1]) // cell))
+    if task is signal_cells_task:
+        shape += (2,)
     cells = np.zeros(shape, dtype=dtype)
     for parts in (run_tasks or _serial)("tissue", partial(task, source, cell, box), groups):
         for cy, cx, part in parts:
@@ -375,7 +382,9 @@ def tissue_from_cells(nuclei: np.ndarray, cell_um: float) -> np.ndarray:
     closed = ndi.binary_closing(padded, structure=disk(r))[r:-r, r:-r]
     area = cell_um**2
     closed = ~_drop_small_pieces(~closed, max(1, int(AUTO_HOLE_UM2 / area)))  # small holes inside tissue filled
-    closed = _drop_small_pieces(closed, max(1, int(AUTO_MIN_UM2 / area)))
+    smallest = max(1, int(AUTO_MIN_UM2 / area))
+    if closed.size >= 4 * smallest:  # a region hardly larger than a piece cannot tell debris from tissue
+        closed = _drop_small_pieces(closed, smallest)
     e = round(AUTO_EDGE_UM / cell_um)
     return ndi.binary_dilation(closed, structure=disk(e)) if e > 0 else closed
 
@@ -411,14 +420,16 @@ def auto_from_fluorescence(source: Any, box: tuple[int, int, int, int], mpp: flo
                            run_tasks: RunTasks | None = None) -> TissueMask:
     """Tissue where the channels with a role have signal above their background: the mean signal per cell
     (0–1 after each channel's limits, brightest channel per pixel), smoothed over ~2 cells, above
-    ``AUTO_SIGNAL``; then the same closing and hole rule as for nuclei."""
+    ``AUTO_SIGNAL``, or ``AUTO_BRIGHT_SHARE`` of the cell brighter than ``AUTO_BRIGHT`` (nuclei of nuclear-only
+    IF); then the same closing, hole and piece rule as for nuclei."""
     from scipy import ndimage as ndi
 
     cell = auto_cell(box, mpp)
     signal = _cells(signal_cells_task, source, box, cell, run_tasks, np.float64)
-    smooth = ndi.gaussian_filter(signal, sigma=2.0, mode="nearest")  # the region's edge is not glass
-    tissue = tissue_from_cells(smooth > AUTO_SIGNAL, cell * mpp)
-    how = (f"auto from the fluorescence: {cell * mpp:g}-µm cells where the smoothed signal > {AUTO_SIGNAL:g} "
-           f"(0–1 after the channel limits), closing {AUTO_CLOSE_UM:g} µm, holes < {AUTO_HOLE_UM2:g} µm² filled, "
-           f"pieces < {AUTO_MIN_UM2:g} µm² dropped, edge + {AUTO_EDGE_UM:g} µm")
+    smooth = ndi.gaussian_filter(signal[..., 0], sigma=2.0, mode="nearest")  # the region's edge is not glass
+    tissue = tissue_from_cells((smooth > AUTO_SIGNAL) | (signal[..., 1] >= AUTO_BRIGHT_SHARE), cell * mpp)
+    how = (f"auto from the fluorescence: {cell * mpp:g}-µm cells where the smoothed signal > {AUTO_SIGNAL:g} or "
+           f"{AUTO_BRIGHT_SHARE:.0%} of pixels > {AUTO_BRIGHT:g} (0–1 after the channel limits), closing "
+           f"{AUTO_CLOSE_UM:g} µm, holes < {AUTO_HOLE_UM2:g} µm² filled, pieces < {AUTO_MIN_UM2:g} µm² dropped, "
+           f"edge + {AUTO_EDGE_UM:g} µm")
     return TissueMask(tissue, (float(box[0]), float(box[1])), (float(cell), float(cell)), how)
