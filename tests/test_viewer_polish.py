@@ -319,3 +319,26 @@ def test_our_reader_is_offered_for_slides_and_the_readmes_setting_makes_it_the_o
     (slide,) = viewer.open(CMU1_SVS, plugin=None)  # as File › Open does: the preference, no dialog: ours, in µm
     assert slide.metadata["napari_crafts"]["mpp"] == pytest.approx(0.499)
     assert [str(u) for u in slide.units[-2:]] == ["micrometer", "micrometer"]
+
+
+def test_compare_picks_a_readable_heat_map_tile_until_the_user_sets_one(
+    make_napari_viewer: Any, he: np.ndarray, qtbot: Any
+) -> None:
+    from napari_crafts._widgets.compare import readable_tile
+
+    viewer = make_napari_viewer()
+    real = np.ascontiguousarray(he[:256, :384])
+    viewer.add_image(real, rgb=True, name="real")
+    viewer.add_image(
+        np.roll(real, 3, axis=1), rgb=True, name="synthetic", metadata={"napari_crafts": {"synthetic": True}}
+    )
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Compare")
+    w.compute()  # the default 256-px tile would give a 1 × 2 heat map
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    heat = viewer.layers["SSIM per tile · synthetic"]
+    assert w._tile_box.value == readable_tile(256, 384) == 32 and heat.data.shape == (8, 12)
+    w._tile_box.value = 128  # the user's choice stays
+    w.compute()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
+    assert w._tile_box.value == 128 and viewer.layers["SSIM per tile · synthetic"].data.shape == (2, 3)
+    assert [readable_tile(*hw) for hw in ((512, 512), (2967, 2220), (100_000, 80_000))] == [64, 272, 1024]

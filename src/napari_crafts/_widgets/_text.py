@@ -99,7 +99,9 @@ COMPARE_TOOLTIPS = {
     "provenance).",
     "region": "Which part of the real layer to compare (only where the synthetic layer covers it).",
     "shapes": "Shapes layer whose last rectangle bounds the region.",
-    "tile": "Side of the tiles the metrics are computed on (and of the SSIM heat-map cells), in real-layer px.",
+    "tile": "Side of the tiles the metrics are computed on (and of the SSIM heat-map cells), in real-layer px. "
+    "Until you change it, chosen at Compute for a readable heat map: about 8 tiles across the region's shorter side "
+    "(32-1024 px).",
     "mask": "Compare only tissue pixels of the real layer (not background glass).",
     "clip": "Optional CLIP model for PLIP-FID/-I/-T: a local folder or a hub id such as 'vinid/plip'. "
     "Empty: pixel metrics only.",

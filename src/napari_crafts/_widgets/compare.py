@@ -101,6 +101,18 @@ def _synthetic_on_grid(synthetic: Any, plane: Any, real: Any, box: Region) -> tu
     return ResampledImage(plane, (box.height, box.width), a, b), note
 
 
+#: A readable heat map: about this many tiles across the region's shorter side, at most HEAT_MAX_CELLS along its
+#: longer side, tiles of HEAT_TILE_RANGE px (multiples of 16; SSIM's 7-px window needs room inside a tile).
+HEAT_CELLS, HEAT_MAX_CELLS, HEAT_TILE_RANGE = 8, 128, (32, 1024)
+
+
+def readable_tile(height: int, width: int) -> int:
+    """The default tile side for a region of ``height`` × ``width`` px: a heat map of about 8 cells across."""
+    lo, hi = HEAT_TILE_RANGE
+    side = max(min(height, width) / HEAT_CELLS, max(height, width) / HEAT_MAX_CELLS)
+    return int(min(hi, max(lo, 16 * round(side / 16))))
+
+
 def format_metrics(result: M.EvaluationResult, *, plip: bool) -> str:
     """The metrics as lines "SSIM↑ 0.8123" (PLIP ones too when ``plip``)."""
     row = result.to_row()
@@ -119,6 +131,7 @@ class Compare(DockContainer):
         self._region_box, self._shapes_layer = self._where.box, self._where.shapes
         self._tile_box = SpinBox(value=256, min=16, max=4096, step=16, label="tile size",
                                  tooltip=COMPARE_TOOLTIPS["tile"])
+        self._tile_auto, self._setting_tile = True, False  # the tile follows the region until the user sets it
         self._mask_box = CheckBox(value=True, label="tissue mask", tooltip=COMPARE_TOOLTIPS["mask"])
         self._clip_box = LineEdit(value="", label="CLIP model", tooltip=COMPARE_TOOLTIPS["clip"])
         self._prompt_box = LineEdit(value="", label="prompt", tooltip=COMPARE_TOOLTIPS["prompt"])
@@ -140,6 +153,7 @@ class Compare(DockContainer):
         self._prefilled = ""  # the prompt last taken from a synthetic layer's provenance
         self._synthetic_layer.changed.connect(self._on_synthetic_changed)
         self._compute_button.changed.connect(self.compute)
+        self._tile_box.changed.connect(self._on_tile_set)
         self._toggle_button.changed.connect(self.toggle_synthetic)
         self._opacity_slider.changed.connect(self._on_opacity)
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -200,6 +214,12 @@ class Compare(DockContainer):
         if box.height * box.width > WIDGET_REGION_LIMIT:
             raise EvaluationError(COMPARE_TOO_LARGE.format(h=box.height, w=box.width))
         generated, grid_note = _synthetic_on_grid(synthetic, syn_plane, real, box)
+        if self._tile_auto:
+            self._setting_tile = True
+            try:
+                self._tile_box.value = readable_tile(box.height, box.width)
+            finally:
+                self._setting_tile = False
         y0, x0, y1, x1 = box.box
         return {
             "synthetic": synthetic, "real": real, "box": box, "generated": generated,
@@ -256,6 +276,10 @@ class Compare(DockContainer):
         for note in result.notes:
             if "not computed" in note or note.startswith("Pixel size"):
                 show_warning(note)
+
+    def _on_tile_set(self, _: Any = None) -> None:
+        if not self._setting_tile:
+            self._tile_auto = False  # the user's tile size stays
 
     # -- swipe / compare ------------------------------------------------------------------------------------
     def toggle_synthetic(self) -> None:
