@@ -161,7 +161,7 @@ def test_auto_tissue_from_nuclei_and_from_fluorescence_matches_the_real_slide(cm
     assert iou >= 0.8 and glass <= 0.15  # the targets for auto from labels (measured: 0.84, 0.07)
     fluo = simulated_if_source(lambda y, x, h, w: rgb[max(y, 0) : y + h, max(x, 0) : x + w], shape, mpp=MPP)
     iou, glass = _scores(auto_from_fluorescence(fluo, (0, 0, *shape), MPP), real, shape)
-    assert iou >= 0.8 and glass <= 0.10  # fluorescence: glass ≤ 10 % (measured: 0.86, 0.07)
+    assert iou >= 0.8 and glass <= 0.10  # fluorescence: glass ≤ 10 % (measured: 0.865, 0.078)
 
 
 def test_auto_covers_the_region_drops_lone_specks_and_empty_labels_have_no_tissue() -> None:
