@@ -342,3 +342,29 @@ def test_compare_picks_a_readable_heat_map_tile_until_the_user_sets_one(
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT_MS)
     assert w._tile_box.value == 128 and viewer.layers["SSIM per tile · synthetic"].data.shape == (2, 3)
     assert [readable_tile(*hw) for hw in ((512, 512), (2967, 2220), (100_000, 80_000))] == [64, 272, 1024]
+
+
+def test_the_pixel_size_docks_button_makes_our_reader_the_preferred_one_for_the_manifests_slide_patterns(
+    make_napari_viewer: Any, monkeypatch: pytest.MonkeyPatch, messages: list[tuple[str, str]]
+) -> None:
+    import napari.settings
+    import yaml
+    from napari.settings import NapariSettings
+
+    import napari_crafts
+    from napari_crafts._widgets._text import BUTTON_TOOLTIPS, SLIDE_PATTERNS
+
+    manifest = yaml.safe_load((Path(napari_crafts.__file__).parent / "napari.yaml").read_text(encoding="utf-8"))
+    (reader,) = manifest["contributions"]["readers"]
+    assert set(SLIDE_PATTERNS) <= set(reader["filename_patterns"])
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"ours = {SLIDE_PATTERNS!r}".replace("'", '"') in readme  # the README's snippet sets the same
+    monkeypatch.setattr(napari.settings, "_SETTINGS", NapariSettings(config_path=None))  # never the user's file
+    napari.settings.get_settings().plugins.extension2reader = {"*.czi": "someone-else", "*.tif": "napari"}
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Pixel size")
+    assert w._prefer.tooltip == BUTTON_TOOLTIPS["prefer_reader"]
+    w._prefer.changed.emit(None)  # the click
+    prefs = napari.settings.get_settings().plugins.extension2reader
+    assert prefs == {"*.czi": "someone-else", **dict.fromkeys(SLIDE_PATTERNS, "napari-crafts")}
+    assert any(sev == "info" and m.startswith("napari-crafts now opens .svs, .ndpi") for sev, m in messages)

@@ -139,7 +139,15 @@ BUTTON_TOOLTIPS = {
     "check_synthetic": "Look for the napari-crafts watermark in the layer's pixels and for a provenance record "
     "(its own or its file's), and say whether they match.",
     "run_anyway": "Run with the settings as they are, however long the estimate.",
+    "prefer_reader": "Make napari-crafts napari's reader for slides and TIFF (.svs, .ndpi, .scn, .bif, .qptiff, "
+    ".tif, ...): File › Open then gives them µm and one layer per IF channel without asking. Saved in napari's "
+    "settings; undo in Preferences › Plugins › File extension readers.",
 }
+#: The file patterns "Open slides with napari-crafts" hands to our reader (napari's builtin one opens them in pixels,
+#: a QPTIFF as one stack); the README's snippet lists the same.
+SLIDE_PATTERNS = ("*.svs", "*.ndpi", "*.scn", "*.bif", "*.svslide", "*.qptiff", "*.tif", "*.tiff")
+PREFERRED_READER = ("napari-crafts now opens {patterns} files (File › Open, drag and drop); change it in "
+                    "Preferences › Plugins › File extension readers.")
 #: The job's line in napari's activity panel.
 ACTIVITY = "napari-crafts: {what}"
 

@@ -10,7 +10,7 @@ from magicgui.widgets import FloatSpinBox, Label, PushButton, Select
 
 from ._controls import DockContainer
 from ._layers import layer_pixel_size, record
-from ._text import BUTTON_TOOLTIPS
+from ._text import BUTTON_TOOLTIPS, PREFERRED_READER, SLIDE_PATTERNS
 
 NO_LAYER_CHOSEN = "Choose one or more layers in the list first (click, Ctrl/Shift-click for several)."
 
@@ -28,8 +28,10 @@ class PixelSize(DockContainer):
         self._current = Label(value="", label="now")
         self._current.native.setWordWrap(True)
         self._set = PushButton(text="Set pixel size", tooltip=BUTTON_TOOLTIPS["set_pixel_size"])
-        super().__init__(widgets=[self._layers, self._mpp, self._current, self._set])
+        self._prefer = PushButton(text="Open slides with napari-crafts", tooltip=BUTTON_TOOLTIPS["prefer_reader"])
+        super().__init__(widgets=[self._layers, self._mpp, self._current, self._set, self._prefer])
         self._set.changed.connect(lambda: self.set_pixel_size())
+        self._prefer.changed.connect(lambda: self.prefer_reader())
         self._layers.changed.connect(self._show_current)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
@@ -76,3 +78,21 @@ class PixelSize(DockContainer):
         show_info(f"Pixel size {value:g} µm/px set on {', '.join(layer.name for layer in chosen)}.")
         self._show_current(chosen)
         return chosen
+
+    def prefer_reader(self) -> list[str]:
+        """Make napari-crafts napari's reader for :data:`SLIDE_PATTERNS` (saved in napari's settings)."""
+        from napari.utils.notifications import show_info
+
+        done = prefer_napari_crafts_reader()
+        show_info(PREFERRED_READER.format(patterns=", ".join(p.removeprefix("*") for p in done)))
+        return done
+
+
+def prefer_napari_crafts_reader() -> list[str]:
+    """Set napari's preferred reader (``settings.plugins.extension2reader``, what Preferences › Plugins › File
+    extension readers edits) to napari-crafts for :data:`SLIDE_PATTERNS`; other extensions are left alone."""
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    plugins.extension2reader = {**plugins.extension2reader, **dict.fromkeys(SLIDE_PATTERNS, "napari-crafts")}
+    return list(SLIDE_PATTERNS)
