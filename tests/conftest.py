@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,3 +114,14 @@ def messages():  # type: ignore[no-untyped-def]
     notification_manager.notification_ready.connect(keep)
     yield seen
     notification_manager.notification_ready.disconnect(keep)
+
+
+@pytest.fixture
+def labels_widget(make_napari_viewer: Any, tiny_model: Path) -> tuple[Any, Any]:
+    """A viewer with the Labels → H&E dock set to the tiny model, 1 step, 64-px tiles, seed 5, prompt 'nuclei'."""
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
+    c = w.controls
+    c._model.value = str(tiny_model)
+    c._steps.value, c._tile.value, c._overlap.value, c._seed.value, c._prompt.value = 1, 64, 16, 5, "nuclei"
+    return viewer, w

@@ -20,16 +20,6 @@ WAIT_MS = 180_000
 MPP = 0.25
 
 
-@pytest.fixture
-def labels_widget(make_napari_viewer: Any, tiny_model: Path) -> tuple[Any, Any]:
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
-    c = w.controls
-    c._model.value = str(tiny_model)
-    c._steps.value, c._tile.value, c._overlap.value, c._seed.value, c._prompt.value = 1, 64, 16, 5, "nuclei"
-    return viewer, w
-
-
 def said(runner: Any) -> list[str]:
     """Every status line ``runner`` shows from now on."""
     texts: list[str] = []

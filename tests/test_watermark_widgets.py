@@ -20,16 +20,6 @@ WAIT_MS = 180_000
 MPP = 0.25
 
 
-@pytest.fixture
-def labels_widget(make_napari_viewer: Any, tiny_model: Path) -> tuple[Any, Any]:
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
-    c = w.controls
-    c._model.value = str(tiny_model)
-    c._steps.value, c._tile.value, c._overlap.value, c._seed.value, c._prompt.value = 1, 64, 16, 5, "nuclei"
-    return viewer, w
-
-
 def _run(viewer: Any, w: Any, labels: np.ndarray, qtbot: Any, *, cancel_after: int = 0) -> tuple[Any, np.ndarray]:
     """Generate from ``labels`` (Cancel once ``cancel_after`` tiles are painted); the output layer and the RGB it
     showed after its last painted tile."""
