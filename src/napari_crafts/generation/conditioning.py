@@ -15,8 +15,18 @@ from typing import Any
 
 import numpy as np
 
-#: Control value of nuclei and of everything else (the paper's binary mask).
+from ..model.card import (  # noqa: F401  (the encoding names: declared by model cards, drawn here)
+    CONTROL_ENCODINGS,
+    FLUORESCENCE_RGB_V1,
+    NUCLEI_TISSUE_V1,
+    NUCLEI_V1,
+    TISSUE_ENCODINGS,
+)
+
+#: Control value of nuclei and of everything else (the paper's binary mask, ``NUCLEI_V1``).
 NUCLEUS, BACKGROUND = 255, 0
+#: ``NUCLEI_TISSUE_V1``: tissue without nuclei (and the border between touching nuclei); glass stays ``BACKGROUND``.
+TISSUE = 128
 
 
 class ConditioningError(ValueError):
@@ -54,19 +64,28 @@ def touching_boundaries(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
-def labels_to_control(labels: np.ndarray, *, boundaries: bool = True) -> np.ndarray:
+def labels_to_control(labels: np.ndarray, *, boundaries: bool = True, tissue: np.ndarray | None = None) -> np.ndarray:
     """Labels (H, W) of any integer dtype, instance or semantic → control image (H, W, 3) uint8.
 
-    Nuclei (label > 0) are white, background black; with ``boundaries`` the border between two touching
-    instances is drawn black, one pixel wide. Semantic labels (every nucleus 1) give the plain binary mask.
+    Without ``tissue`` (``NUCLEI_V1``, the paper's mask): nuclei (label > 0) are white, the rest black; with
+    ``boundaries`` the border between two touching instances is drawn black, one pixel wide. Semantic labels
+    (every nucleus 1) give the plain binary mask.
+
+    With ``tissue`` (``NUCLEI_TISSUE_V1``; (H, W) bool, True = tissue): glass 0, tissue without nuclei 128,
+    nuclei 255 (inside the mask or not: a nucleus is tissue), touching-instance borders 128.
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
         raise ConditioningError(f"Expected a 2-D labels image, got shape {lab.shape}.")
     mask = lab > 0
-    if boundaries:
-        mask &= ~touching_boundaries(lab)
-    control = np.where(mask, NUCLEUS, BACKGROUND).astype(np.uint8)
+    border = touching_boundaries(lab) if boundaries else np.zeros(lab.shape, bool)
+    if tissue is None:
+        control = np.where(mask & ~border, NUCLEUS, BACKGROUND).astype(np.uint8)
+    else:
+        if np.shape(tissue) != lab.shape:
+            raise ConditioningError(f"The tissue mask {np.shape(tissue)} does not match the labels {lab.shape}.")
+        control = np.where(np.asarray(tissue, bool) | border, TISSUE, BACKGROUND).astype(np.uint8)
+        control[mask & ~border] = NUCLEUS
     return np.repeat(control[..., None], 3, axis=-1)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._generators import mapped, run  # noqa: F401  (run: this module's API; drives any of our generators)
 from .._types import DescribesModel, GenerationEngine, ModelGeometry, PromptModel
-from ..model.card import CRAFTS_MASK_PROMPT
+from ..model.card import CONTROL_ENCODINGS, CRAFTS_MASK_PROMPT, NUCLEI_V1, TISSUE_ENCODINGS
 from ..model.threads import pinned
 from ..provenance import make_provenance
 from .sources import ControlSource, resize
@@ -156,6 +156,19 @@ class Plan:
     tissue: TissueMask | None = None  # where the tissue is (None: everywhere); see attach_tissue
     glass_rgb: tuple[int, int, int] = BACKGROUND_RGB
     model_mpp: float | None = None
+    control_encoding: str = NUCLEI_V1  # what the model reads (its card's, for the source's mode)
+
+    @property
+    def draws_tissue(self) -> bool:
+        """Whether the control image carries the tissue (the model draws the glass: nothing is composited)."""
+        return self.control_encoding in TISSUE_ENCODINGS
+
+    def tissue_window(self, tile: Tile) -> np.ndarray:
+        """(S, S) bool: where ``tile`` is tissue (alpha ≥ 0.5; everywhere without a tissue mask)."""
+        if self.tissue is None:
+            return np.ones((tile.size, tile.size), bool)
+        r = self.region
+        return self.tissue.alpha(r.y + tile.y, r.x + tile.x, tile.size, tile.size) >= 0.5
 
     def has_tissue(self, tile: Tile) -> bool:
         """Whether ``tile`` touches tissue (always, without a tissue mask)."""
@@ -223,8 +236,13 @@ def plan_region(source: ControlSource | None, region: Region, engine: ModelGeome
     overlap = min(round(settings.overlap / factor), src_tile // 2)
     grid = TileGrid(region.height, region.width, src_tile, overlap)
     glass = getattr(engine, "glass_rgb", None) or BACKGROUND_RGB
+    mode = source.mode if source is not None else ""
+    declared = getattr(engine, "control_encoding", None)  # mode → encoding (ModelDescription, Engine)
+    encoding = declared.get(mode) if isinstance(declared, dict) else None
+    encoding = encoding if isinstance(encoding, str) else CONTROL_ENCODINGS.get(mode, ("",))[0]
     return Plan(region, factor, tile, grid, engine.vae_scale_factor, tuple(notes),
-                glass_rgb=tuple(int(v) for v in glass), model_mpp=engine.mpp)  # type: ignore[arg-type]
+                glass_rgb=tuple(int(v) for v in glass), model_mpp=engine.mpp,  # type: ignore[arg-type]
+                control_encoding=encoding)
 
 
 def no_tissue_message(source: ControlSource, tissue: TissueMask | None, where: str) -> str:
@@ -312,7 +330,8 @@ def render_tiles(engine: GenerationEngine, source: ControlSource | None, plan: P
     control = None
     if source is not None:
         control = np.stack([
-            source.control(plan.region.y + t.y, plan.region.x + t.x, t.size, plan.model_tile) for t in tiles
+            source.control(plan.region.y + t.y, plan.region.x + t.x, t.size, plan.model_tile,
+                           tissue=plan.tissue_window(t) if plan.draws_tissue else None) for t in tiles
         ])
     # the torch thread count is pinned in whichever thread runs the steps: pixels never depend on the thread
     images = yield from pinned(engine.generate(
@@ -323,7 +342,7 @@ def render_tiles(engine: GenerationEngine, source: ControlSource | None, plan: P
         cache_interval=settings.cache_interval,
     ))
     out = [resize(img, plan.grid.tile) for img in images]
-    if plan.tissue is not None:  # glass around the tissue: the control encodings we know cannot carry it
+    if plan.tissue is not None and not plan.draws_tissue:  # glass around the tissue: the encoding cannot carry it
         r = plan.region
         out = [composite(img, plan.tissue.alpha(r.y + t.y, r.x + t.x, t.size, t.size), plan.glass_rgb)
                for img, t in zip(out, tiles, strict=True)]
@@ -448,8 +467,10 @@ def _tissue_record(source: ControlSource | None, plan: Plan) -> dict[str, Any]:
         return {}
     if plan.tissue is None:
         return {"tissue": {"how": "all: everything is tissue (no glass)"}}
-    return {"tissue": {**plan.tissue.describe(), "glass": "tiles without tissue are glass (not generated); generated "
-                       "tiles are composited over the glass colour with the mask's bilinear alpha"}}
+    drawn = (f"the model draws the glass inside generated tiles (control encoding {plan.control_encoding}: glass "
+             "where the mask's alpha < 0.5)" if plan.draws_tissue else
+             "generated tiles are composited over the glass colour with the mask's bilinear alpha")
+    return {"tissue": {**plan.tissue.describe(), "glass": f"tiles without tissue are glass (not generated); {drawn}"}}
 
 
 def region_provenance(engine: DescribesModel, source: ControlSource | None, plan: Plan, settings: GenerationSettings,

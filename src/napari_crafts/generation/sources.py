@@ -15,6 +15,7 @@ import numpy as np
 from ..io.windows import WindowedArray, read_padded  # noqa: F401  (WindowedArray: re-exported)
 from .conditioning import (
     FLUORESCENCE_ENCODING,
+    FLUORESCENCE_RGB_V1,
     PERCENTILES,
     ConditioningError,
     channel_limits,
@@ -39,7 +40,7 @@ class ControlSource(Protocol):
     @property
     def shape(self) -> tuple[int, int]: ...
 
-    def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray: ...
+    def control(self, y: int, x: int, size: int, out_size: int, tissue: np.ndarray | None = None) -> np.ndarray: ...
     def is_empty(self, y: int, x: int, size: int) -> bool: ...
     def describe(self) -> dict[str, Any]: ...
 
@@ -81,11 +82,17 @@ class LabelsSource:
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)
 
-    def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray:
+    def control(self, y: int, x: int, size: int, out_size: int, tissue: np.ndarray | None = None) -> np.ndarray:
+        """The control image of the window (``size``² source px → ``out_size``² model px).
+
+        ``tissue`` ((size, size) bool, True = tissue) draws ``NUCLEI_TISSUE_V1``; without it ``NUCLEI_V1``.
+        """
         # One pixel of context on each side so boundaries between nuclei cut by the tile edge stay right.
         lab = read_padded(self.data, y - 1, x - 1, size + 2, size + 2)
         check_labels(lab, self.name)
-        return resize(labels_to_control(lab)[1:-1, 1:-1], out_size, nearest=True)
+        if tissue is not None:
+            tissue = np.pad(np.asarray(tissue, bool), 1, mode="edge")
+        return resize(labels_to_control(lab, tissue=tissue)[1:-1, 1:-1], out_size, nearest=True)
 
     def is_empty(self, y: int, x: int, size: int) -> bool:
         return not read_padded(self.data, y, x, size, size).any()
@@ -218,7 +225,10 @@ class FluorescenceSource:
                 for j, i in enumerate(self._active)]
         return np.max(norm, axis=0).astype(np.float32)
 
-    def control(self, y: int, x: int, size: int, out_size: int) -> np.ndarray:
+    def control(self, y: int, x: int, size: int, out_size: int, tissue: np.ndarray | None = None) -> np.ndarray:
+        if tissue is not None:
+            raise ConditioningError(f"Fluorescence has no control encoding that carries tissue yet "
+                                    f"({FLUORESCENCE_RGB_V1} only): the model's card must not ask for one.")
         active = self._active
         roles = {j: self.roles[i] for j, i in enumerate(active)}  # type: ignore[index]
         limits = {j: self.limits[i] for j, i in enumerate(active)}  # type: ignore[index]

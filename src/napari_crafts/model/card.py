@@ -31,6 +31,43 @@ FLUORESCENCE_PROMPT = (
 #: Pixel size assumed when a model folder does not declare one: the 40x patches (CoNSeP, GLySAC) of the paper.
 DEFAULT_MODEL_MPP = 0.25
 
+# ── control encodings: what a model's ControlNet was trained to read (``generation.conditioning`` draws them) ──
+#: The paper's mask: nuclei 255 on 0, touching-instance borders 0. Cannot tell glass from nucleus-free tissue.
+NUCLEI_V1 = "nuclei-v1"
+#: Glass 0, tissue without nuclei 128, nuclei 255, touching-instance borders 128 (the tissue value).
+NUCLEI_TISSUE_V1 = "nuclei-tissue-v1"
+#: Fluorescence: R = nuclear, G = cytoplasm, B = membrane (``conditioning.FLUORESCENCE_ENCODING``).
+FLUORESCENCE_RGB_V1 = "fluorescence-rgb-v1"
+#: The encodings each mode knows, the first being what a folder that declares nothing gets (CRAFTS, SD1.5).
+CONTROL_ENCODINGS: dict[str, tuple[str, ...]] = {
+    "labels": (NUCLEI_V1, NUCLEI_TISSUE_V1),
+    "fluorescence": (FLUORESCENCE_RGB_V1,),
+}
+#: Encodings that draw the tissue extent themselves (generation does not composite glass around the tissue).
+TISSUE_ENCODINGS = frozenset({NUCLEI_TISSUE_V1})
+
+
+class ModelCardError(ValueError):
+    """A napari_crafts.json that cannot be used; the message names the file, the key and what is valid."""
+
+
+def check_control_encoding(value: object, where: str) -> dict[str, str]:
+    """``{"labels": "nuclei-tissue-v1"}`` checked against ``CONTROL_ENCODINGS``; refused in one line otherwise."""
+    if not isinstance(value, dict):
+        raise ModelCardError(f"{where}: 'control_encoding' must map a mode to an encoding, e.g. "
+                             f'{{"labels": "{NUCLEI_TISSUE_V1}"}}; got {value!r}.')
+    out = {}
+    for mode, name in value.items():
+        known = CONTROL_ENCODINGS.get(str(mode))
+        if known is None:
+            raise ModelCardError(f"{where}: 'control_encoding' names an unknown mode '{mode}'; modes: "
+                                 f"{', '.join(CONTROL_ENCODINGS)}.")
+        if name not in known:
+            raise ModelCardError(f"{where}: unknown {mode} control encoding {name!r}; this napari-crafts knows "
+                                 f"{', '.join(known)} (update napari-crafts, or fix the model's card).")
+        out[str(mode)] = str(name)
+    return out
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -43,7 +80,18 @@ class ModelCard:
     controlnets: dict = field(default_factory=dict)
     #: RGB of bare glass on the slides the model learnt from (composited around tissue); None: not declared.
     glass_rgb: tuple[int, int, int] | None = None
+    #: Control encoding per mode, as declared (a mode not listed gets the first of ``CONTROL_ENCODINGS``).
+    control_encoding: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+
+    def encoding(self, mode: str) -> str:
+        """The control encoding of ``mode`` ("labels", "fluorescence"): declared, else the mode's default."""
+        return self.control_encoding.get(mode) or CONTROL_ENCODINGS.get(mode, ("",))[0]
+
+    @property
+    def encodings(self) -> dict[str, str]:
+        """Every mode's control encoding (declared or default)."""
+        return {mode: self.encoding(mode) for mode in CONTROL_ENCODINGS}
 
     @classmethod
     def read(cls, folder: str | Path) -> ModelCard:
@@ -51,7 +99,7 @@ class ModelCard:
         if not f.is_file():
             return cls(name=Path(folder).name)
         data = json.loads(f.read_text())
-        known = {"name", "mpp", "prompt", "tiny", "controlnets", "glass_rgb"}
+        known = {"name", "mpp", "prompt", "tiny", "controlnets", "glass_rgb", "control_encoding"}
         glass = data.get("glass_rgb")
         return cls(
             name=str(data.get("name", Path(folder).name)),
@@ -62,5 +110,6 @@ class ModelCard:
             controlnets={str(k): str(v) for k, v in dict(data.get("controlnets", {})).items()},
             glass_rgb=(int(glass[0]), int(glass[1]), int(glass[2])) if isinstance(glass, list) and len(glass) == 3
             else None,
+            control_encoding=check_control_encoding(data.get("control_encoding", {}), str(f)),
             extra={k: v for k, v in data.items() if k not in known},
         )

@@ -166,7 +166,7 @@ def _hub_cache_models() -> list[str]:
 
 def model_mpp(ref: str) -> float:
     """The pixel size a model works at, read from its card without loading it (the default for hub ids)."""
-    from .card import DEFAULT_MODEL_MPP, ModelCard
+    from .card import DEFAULT_MODEL_MPP, ModelCard, ModelCardError
     from .tiny import TINY_MODEL_MPP
 
     if ref.strip() == TINY_MODEL_ID:
@@ -175,4 +175,7 @@ def model_mpp(ref: str) -> float:
         path = Path(resolve(ref)).expanduser()
     except ValueError:
         return DEFAULT_MODEL_MPP
-    return ModelCard.read(path).mpp if path.is_dir() else DEFAULT_MODEL_MPP
+    try:
+        return ModelCard.read(path).mpp if path.is_dir() else DEFAULT_MODEL_MPP
+    except ModelCardError:  # said in one line when the model is opened
+        return DEFAULT_MODEL_MPP

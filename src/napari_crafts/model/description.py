@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .card import ModelCard
+from .card import ModelCard, ModelCardError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 #: Components of a diffusers folder whose weights we load (and hash).
@@ -238,7 +238,10 @@ class ModelDescription:
         if path.is_file():
             folder, card = single_file_config(config), ModelCard(name=path.name)  # a bare file declares nothing
         else:
-            folder, card = path, ModelCard.read(path)
+            try:
+                folder, card = path, ModelCard.read(path)
+            except ModelCardError as exc:
+                raise ModelLoadError(str(exc)) from None
         vae, unet = read_config(folder, "vae"), read_config(folder, "unet")
         return cls(ref, path, folder, card, allow_pickle, 2 ** (len(vae["block_out_channels"]) - 1),
                    len(unet["block_out_channels"]))
@@ -261,6 +264,11 @@ class ModelDescription:
     def glass_rgb(self) -> tuple[int, int, int] | None:
         """The glass colour the card declares (None: not declared)."""
         return self.card.glass_rgb
+
+    @property
+    def control_encoding(self) -> dict[str, str]:
+        """The control encoding of each mode ("labels" → "nuclei-v1", …): the card's, else the default."""
+        return self.card.encodings
 
     @property
     def weight_bytes(self) -> int:
@@ -332,6 +340,7 @@ class ModelDescription:
             cn = self.controlnet_path(controlnet, mode)
             out["controlnet"] = str(controlnet) if controlnet else cn.name
             out["controlnet_sha256"] = weights_sha256(cn)
+            out["control_encoding"] = self.card.encoding(mode)
         return out
 
     def at(self, runtime: Runtime) -> PlacedModel:

@@ -245,6 +245,10 @@ class Engine:
     def glass_rgb(self) -> tuple[int, int, int] | None:
         return self.model.glass_rgb
 
+    @property
+    def control_encoding(self) -> dict[str, str]:
+        return self.model.control_encoding
+
     @cached_property
     def weights_sha256(self) -> str:
         return self.model.weights_sha256

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..export.safety import check_output
-from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE, MODEL_FOLDER_CONTENTS
+from ..model.card import CONTROL_ENCODINGS, CRAFTS_MASK_PROMPT, MODEL_CARD_FILE, MODEL_FOLDER_CONTENTS
 
 if TYPE_CHECKING:
     from .data import PairsSplit
@@ -169,8 +169,12 @@ def model_card_markdown(info: dict[str, Any]) -> str:
 def model_card(parts: Parts, split: PairsSplit, settings: TrainSettings) -> dict[str, Any]:
     """napari_crafts.json of a trained model: the base's card (minus what training rewrites), µm/px, prompt."""
     card = {k: v for k, v in parts.card.items() if k not in ("controlnets", TRAINED_BY, "status", "weights_dtype",
-                                                           "training", "data", "validation", "tiny")}
+                                                           "training", "data", "validation", "tiny",
+                                                           "control_encoding")}
     card["mpp"] = split.mpp
+    if parts.controlnets:  # the ControlNets in the folder read what the training set's controls were drawn with
+        declared = split.card.get("control_encoding") or {}
+        card["control_encoding"] = {m: declared.get(m) or CONTROL_ENCODINGS[m][0] for m in parts.controlnets}
     card["prompt"] = run_prompt(settings, split)
     return card
 

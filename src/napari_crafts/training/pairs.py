@@ -35,7 +35,16 @@ import numpy as np
 from .._generators import run
 from ..evaluation.metrics import tissue_mask
 from ..export.safety import check_output, check_removable, mark_folder, remove_output
-from ..generation.conditioning import FLUORESCENCE_ENCODING, parse_channel_roles
+from ..generation.conditioning import (
+    CONTROL_ENCODINGS,
+    FLUORESCENCE_ENCODING,
+    FLUORESCENCE_RGB_V1,
+    NUCLEI_V1,
+    NUCLEUS,
+    TISSUE,
+    TISSUE_ENCODINGS,
+    parse_channel_roles,
+)
 from ..generation.sources import FluorescenceSource, LabelsSource, read_padded, resize
 from ..io.slide import Slide, open_slide
 from ..model.card import CRAFTS_MASK_PROMPT, FLUORESCENCE_PROMPT, ModelCard
@@ -57,6 +66,13 @@ CONTENTS = (CARD, "preview.png", *(f"{s}/metadata.jsonl" for s in SPLITS),
 RESAMPLING = ("H&E: generation.sources.resize (area-averaged when shrinking), as generated tiles are; controls: "
               "LabelsSource.control / FluorescenceSource.control, the functions inference calls")
 TISSUE_RULE = "metrics.tissue_mask (largest channel OD > 0.1) on the H&E window at source resolution"
+#: The tissue drawn into ``NUCLEI_TISSUE_V1`` controls: ``TISSUE_RULE``, closed over ``CONTROL_TISSUE_CLOSE_UM`` (the
+#: pale gaps between fibres are tissue, as the coarse masks of generation say) with specks and pin-holes smaller
+#: than ``CONTROL_TISSUE_SPECK_UM2`` removed (dust on glass, single pale pixels).
+CONTROL_TISSUE_CLOSE_UM = 2.0
+CONTROL_TISSUE_SPECK_UM2 = 25.0
+CONTROL_TISSUE_RULE = (f"{TISSUE_RULE}, binary closing with a disc of {CONTROL_TISSUE_CLOSE_UM:g} µm radius, then "
+                       f"pieces of tissue and holes under {CONTROL_TISSUE_SPECK_UM2:g} µm² removed")
 #: Above this many level-0 pixels, automatic nuclei are kept in a temporary zarr array instead of memory.
 IN_MEMORY_LABELS = 2**28
 #: Relative difference of pixel sizes still taken as the same scale.
@@ -85,6 +101,7 @@ class PairsOptions:
     test_fraction: float = 0.2
     caption: str | None = None
     category: str | None = None
+    control_encoding: str = NUCLEI_V1  # of the labels controls: NUCLEI_V1 or NUCLEI_TISSUE_V1 (tissue from the H&E)
     nuclei_params: NucleiParams = field(default_factory=NucleiParams)
 
 
@@ -309,6 +326,12 @@ def _check_options(options: PairsOptions) -> None:
         raise PairsError("Pass either real fluorescence (--fluorescence) or --simulate-if, not both.")
     if options.channels and options.fluorescence is None:
         raise PairsError("--channels gives the roles of the --fluorescence file's channels: pass --fluorescence too.")
+    if options.control_encoding not in CONTROL_ENCODINGS["labels"]:
+        raise PairsError(f"Unknown control encoding '{options.control_encoding}'; choose "
+                         f"{' or '.join(CONTROL_ENCODINGS['labels'])}.")
+    if options.control_encoding != NUCLEI_V1 and options.nuclei is None:
+        raise PairsError(f"--control-encoding {options.control_encoding} draws the labels controls: give nuclei "
+                         "(--nuclei auto or a labels file).")
     if options.nuclei is None and options.fluorescence is None and not options.simulate_if:
         raise PairsError("No control to pair with the H&E: give nuclei (--nuclei auto or a labels file), "
                          "--fluorescence, or --simulate-if.")
@@ -345,7 +368,7 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
         controls = yield from _open_controls(he, read_rgb, work, options, nuclei_path, if_path)
         caption = options.caption or (CRAFTS_MASK_PROMPT if controls.labels is not None else FLUORESCENCE_PROMPT)
         tiles = _Tiles(work, controls.labels, controls.fluo, size, options.tile_px, caption, options.category,
-                       simulated=bool(options.simulate_if))
+                       simulated=bool(options.simulate_if), encoding=options.control_encoding, mpp=he.mpp)
         counts = yield from tiles.cut(read_rgb, list(_positions(he.shape, size, stride)), split, options.min_tissue)
         if counts["train"] + counts["test"] == 0:
             raise _nothing_left(he_path, counts, options.min_tissue)
@@ -357,7 +380,10 @@ def iter_pairs(he_path: str | Path, out: str | Path, options: PairsOptions = Pai
             "source_mpp": he.mpp, "mpp": mpp, "tile_px": options.tile_px, "stride_px": stride_px,
             "size_source_px": size, "stride_source_px": stride, "resampling": RESAMPLING,
             "nuclei": controls.nuclei_card, "fluorescence": controls.fluo_card, "split": split.record(),
-            "counts": counts, "conditioning": controls.encodings(), "min_tissue": options.min_tissue,
+            "counts": counts, "conditioning": controls.encodings(options.control_encoding),
+            "control_encoding": controls.control_encoding(options.control_encoding),
+            **({"control_tissue_rule": CONTROL_TISSUE_RULE} if tiles.draws_tissue else {}),
+            "min_tissue": options.min_tissue,
             "tissue_rule": TISSUE_RULE, "caption": caption, "category": options.category, "controls": tiles.kinds[1:],
         }
         (work / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
@@ -382,9 +408,19 @@ class _Controls:
     nuclei_card: dict[str, Any] | None = None
     fluo_card: dict[str, Any] | None = None
 
-    def encodings(self) -> dict[str, Any]:
-        return {"labels": self.labels.describe()["encoding"] if self.labels is not None else None,
+    def encodings(self, labels_encoding: str = NUCLEI_V1) -> dict[str, Any]:
+        labels = None
+        if self.labels is not None:
+            labels = self.labels.describe()["encoding"] if labels_encoding == NUCLEI_V1 else (
+                f"conditioning.labels_to_control with tissue ({labels_encoding}): glass 0, tissue without nuclei "
+                f"{TISSUE}, nuclei {NUCLEUS}, touching-instance borders {TISSUE}")
+        return {"labels": labels,
                 "fluorescence": self.fluo.describe()["encoding"] if self.fluo is not None else None}
+
+    def control_encoding(self, labels_encoding: str) -> dict[str, str]:
+        """Mode → control encoding name of the controls written (``train`` copies it into the model's card)."""
+        return {**({"labels": labels_encoding} if self.labels is not None else {}),
+                **({"fluorescence": FLUORESCENCE_RGB_V1} if self.fluo is not None else {})}
 
 
 def _open_controls(he: Slide, read_rgb: ReadRGB, work: Path, options: PairsOptions, nuclei_path: Path | None,
@@ -465,9 +501,12 @@ class _Tiles:
     """Cuts tiles and writes their PNGs and metadata lines into ``folder/<split>/``."""
 
     def __init__(self, folder: Path, labels: LabelsSource | None, fluo: FluorescenceSource | None, size: int,
-                 tile_px: int, caption: str, category: str | None, *, simulated: bool) -> None:
+                 tile_px: int, caption: str, category: str | None, *, simulated: bool, encoding: str = NUCLEI_V1,
+                 mpp: float = 0.5) -> None:
         self.folder, self.labels, self.fluo, self.size, self.tile_px = folder, labels, fluo, size, tile_px
         self.caption, self.category, self.simulated = caption, category, simulated
+        self.draws_tissue = labels is not None and encoding in TISSUE_ENCODINGS
+        self.mpp = mpp  # µm per source px (for the control tissue rule)
         self.kinds = ["he"] + ["control_labels"] * (labels is not None) + ["control_fluorescence"] * (fluo is not None)
         self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
 
@@ -516,7 +555,8 @@ class _Tiles:
         _save_png(base / row["he"], resize(rgb, out_px))
         if self.labels is not None:
             row["control_labels"] = f"control_labels/{tile_id}.png"
-            _save_png(base / row["control_labels"], self.labels.control(y, x, S, out_px))
+            drawn = control_tissue(rgb, self.mpp) if self.draws_tissue else None
+            _save_png(base / row["control_labels"], self.labels.control(y, x, S, out_px, tissue=drawn))
         if self.fluo is not None:
             row["control_fluorescence"] = f"control_fluorescence/{tile_id}.png"
             _save_png(base / row["control_fluorescence"], self.fluo.control(y, x, S, out_px),
@@ -524,6 +564,25 @@ class _Tiles:
         row |= {"caption": self.caption, "category": self.category, "tissue_fraction": round(tissue, 4),
                 "nuclei": nuclei}
         return row
+
+
+def control_tissue(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """The tissue of an H&E window for ``NUCLEI_TISSUE_V1`` controls (``CONTROL_TISSUE_RULE``); (H, W) bool."""
+    from scipy import ndimage
+
+    mask = tissue_mask(rgb)
+    r = max(1, round(CONTROL_TISSUE_CLOSE_UM / mpp))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = yy**2 + xx**2 <= r * r
+    # padded with the edge so the tile border neither grows nor loses tissue
+    mask = ndimage.binary_closing(np.pad(mask, r, mode="edge"), disc)[r:-r, r:-r]
+    speck = CONTROL_TISSUE_SPECK_UM2 / mpp**2
+    for value in (True, False):  # specks of tissue on glass, then pin-holes of glass in tissue
+        pieces, n = ndimage.label(mask == value)
+        if n:
+            small = np.bincount(pieces.ravel())[1:] < speck
+            mask[np.isin(pieces, np.flatnonzero(small) + 1)] = not value
+    return mask
 
 
 def _nothing_left(he_path: Path, counts: dict[str, int], min_tissue: float) -> PairsError:

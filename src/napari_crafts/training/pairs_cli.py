@@ -9,6 +9,7 @@ from typing import Any
 
 from .._generators import run
 from .._plural import plural
+from ..model.card import CONTROL_ENCODINGS, NUCLEI_TISSUE_V1
 from .nuclei import NucleiParams
 from .pairs import PairsOptions, PairsProgress, iter_pairs, parse_band
 
@@ -56,6 +57,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nuclei-min-solidity", type=float, default=NucleiParams.min_solidity, metavar="S",
                         help="--nuclei auto: least solidity (area / convex hull area) of a nucleus kept "
                              f"(default {NucleiParams.min_solidity})")
+    parser.add_argument("--control-encoding", default=d.control_encoding, choices=CONTROL_ENCODINGS["labels"],
+                        help=f"how the labels controls are drawn (default {d.control_encoding}: the paper's mask, "
+                        f"nuclei 255 on 0); {NUCLEI_TISSUE_V1}: glass 0, tissue 128 (from the H&E), nuclei 255. "
+                        "A model trained on these pairs declares it in its napari_crafts.json")
     parser.add_argument("--caption", default=None, help="caption of every tile (default: the CRAFTS prompt)")
     parser.add_argument("--category", default=None, help="optional category text of every tile")
     parser.add_argument("--overwrite", action="store_true",
@@ -73,7 +78,8 @@ def options_from_args(args: argparse.Namespace) -> PairsOptions:
         channels=args.channels, simulate_if=args.simulate_if,
         mpp=args.mpp, model=args.model, source_mpp=args.source_mpp, tile_px=args.tile_px, stride_px=args.stride_px,
         min_tissue=args.min_tissue, test_band=band, test_fraction=args.test_fraction,
-        caption=args.caption, category=args.category, nuclei_params=NucleiParams(
+        caption=args.caption, category=args.category, control_encoding=args.control_encoding,
+        nuclei_params=NucleiParams(
             threshold=args.nuclei_threshold, min_area_um2=args.nuclei_min_area,
             min_solidity=args.nuclei_min_solidity),
     )
