@@ -11,6 +11,7 @@ import pytest
 from conftest import tile_crops
 from napari_crafts.evaluation import metrics as M
 from napari_crafts.evaluation import plip as P
+from napari_crafts.evaluation import scoring as S
 
 # --- pixel metrics -------------------------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ def test_tissue_mask_and_empty_mask(he: np.ndarray) -> None:
     with pytest.raises(ValueError, match="tissue mask is empty"):
         M.pixel_metrics(glass, glass, mask=M.tissue_mask(glass))
     with pytest.raises(ValueError, match="Pair 1: The tissue mask is empty"):
-        M.evaluate_pairs([he, glass], [he, glass])
+        S.evaluate_pairs([he, glass], [he, glass])
 
 
 def test_shape_mismatch_names_both_shapes(he: np.ndarray) -> None:
@@ -158,14 +159,14 @@ def test_tiles_without_tissue_are_skipped(he: np.ndarray, noisy: np.ndarray) -> 
 def test_evaluate_pairs_table_and_files(scorer: P.ClipScorer, he: np.ndarray, noisy: np.ndarray,
                                         tmp_path: Path) -> None:
     real, gen = tile_crops(he, 20), tile_crops(noisy, 20)  # same seed: paired crops
-    result = M.evaluate_pairs(gen, real, prompt="H&E tissue", scorer=scorer)
+    result = S.evaluate_pairs(gen, real, prompt="H&E tissue", scorer=scorer)
     assert result.n == 20 and result.model == scorer.name and result.mask == "tissue"
     assert 0 < result.ssim < 1 and result.mse > 0 and result.ssim_std > 0
     assert math.isfinite(result.plip_fid) and -1 <= result.plip_i <= 1 and -1 <= result.plip_t <= 1
     assert list(result.to_row()) == ["SSIM", "PSNR", "MSE", "NCC", "PLIP-FID", "PLIP-I", "PLIP-T"]
 
     with pytest.warns(UserWarning, match="PLIP-FID needs at least 17"):
-        small = M.evaluate_pairs(gen[:4], real[:4], scorer=scorer, mask=None)
+        small = S.evaluate_pairs(gen[:4], real[:4], scorer=scorer, mask=None)
     assert math.isnan(small.plip_fid) and math.isnan(small.plip_t) and "PLIP-FID not computed" in small.notes[0]
 
     rows = {"TCIA tile": result, "small": small}

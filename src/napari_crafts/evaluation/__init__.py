@@ -3,7 +3,7 @@
     napari-crafts evaluate GENERATED REAL [--prompt TEXT] [--clip-model vinid/plip|FOLDER|none] [--csv F] [--json F]
 
 GENERATED and REAL are either two folders of tiles paired by file name (scored pair by pair with
-:func:`metrics.evaluate_pairs`), or two aligned images — whole-slide files, (OME-)TIFF, OME-Zarr, PNG/JPEG —
+:func:`scoring.evaluate_pairs`), or two aligned images — whole-slide files, (OME-)TIFF, OME-Zarr, PNG/JPEG —
 read lazily and scored tile by tile on level 0 (:func:`evaluate_images`, also behind the napari "Compare"
 widget). Qt-free; torch and transformers load only when a CLIP model is asked for (:func:`load_scorer`).
 
@@ -26,6 +26,7 @@ from .scoring import (
     ImageEvaluation,
     evaluate_folders,
     evaluate_images,
+    evaluate_pairs,
     evaluate_paths,
     iter_evaluate_images,
 )
@@ -33,6 +34,6 @@ from .scoring import (
 __all__ = [
     "CLI_ADVICE", "DEFAULT_TILE", "MAX_EMBED_TILES", "NO_MODEL", "NO_TISSUE", "PICTURE_SUFFIXES",
     "EvalProgress", "EvaluationError", "EvaluationResult", "ImageEvaluation", "MaskSpec", "ResampledImage",
-    "TileResult", "align_images", "evaluate_folders", "evaluate_images", "evaluate_paths",
+    "TileResult", "align_images", "evaluate_folders", "evaluate_images", "evaluate_pairs", "evaluate_paths",
     "iter_evaluate_images", "iter_plip", "load_scorer", "open_image", "pick_tiles", "run",
 ]

@@ -7,7 +7,7 @@ reading one tile at a time (:func:`tile_metrics`, :func:`aggregate`, :func:`metr
 
 The embedding metrics (PLIP-FID↓, PLIP-I↑, PLIP-T↑ with a CLIP-family model) are in
 :mod:`napari_crafts.evaluation.plip`.
-:func:`evaluate_pairs` computes all of them for one dataset (the PLIP ones when given a
+:func:`scoring.evaluate_pairs` computes all of them for one dataset (the PLIP ones when given a
 :class:`~napari_crafts.plip.ClipScorer`), :func:`format_table` prints the paper's table.
 
 numpy/scikit-image/scipy only at import time; torch and transformers load only when a
@@ -23,14 +23,11 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from .inputs import EvaluationError, read_picture
-
-if TYPE_CHECKING:
-    from .plip import ClipScorer
 
 #: Images are compared on the 0–255 scale of 8-bit RGB.
 DATA_RANGE = 255.0
@@ -385,60 +382,6 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         """All fields (floats may be nan or inf; :func:`write_results` makes JSON of them)."""
         return asdict(self)
-
-
-def _mean_std(values: list[float], key: str, notes: list[str]) -> tuple[float, float]:
-    v = np.array(values, dtype=np.float64)
-    ok = ~np.isnan(v)
-    if not ok.all():
-        notes.append(f"{key} undefined for {int((~ok).sum())} of {len(v)} pairs (constant image); left out.")
-    v = v[ok]
-    if len(v) == 0:
-        return math.nan, math.nan
-    with np.errstate(invalid="ignore"):
-        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
-
-
-def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], *, prompt: str | None = None,
-                   scorer: ClipScorer | None = None, mask: MaskSpec = "tissue",
-                   allow_rank_deficient: bool = False) -> EvaluationResult:
-    """Score paired generated/real RGB tiles: pixel metrics per pair (mean, sample std) and PLIP metrics.
-
-    ``mask``: "tissue" (each real tile's :func:`tissue_mask`), None, or one boolean array for all pairs.
-    PLIP metrics need a ``scorer`` (PLIP-T also a ``prompt``), else they are nan. PLIP-FID is nan with a
-    warning and a note when the sets are too small (see :func:`~napari_crafts.evaluation.plip.plip_fid`). PSNR's mean is
-    inf if any pair is identical.
-    """
-    if len(generated) != len(real):
-        raise ValueError(f"Got {len(generated)} generated and {len(real)} real images: they must be paired.")
-    if not generated:
-        raise ValueError("No image pairs to evaluate.")
-    per_pair: dict[str, list[float]] = {k: [] for k in PIXEL_METRICS}
-    for i, (g, r) in enumerate(zip(generated, real, strict=True)):
-        m = tissue_mask(r) if isinstance(mask, str) else mask
-        try:
-            values = pixel_metrics(g, r, mask=m)
-        except ValueError as err:
-            raise ValueError(f"Pair {i}: {err}") from err
-        for k in PIXEL_METRICS:
-            per_pair[k].append(values[k])
-    notes: list[str] = []
-    stats = {k: _mean_std(per_pair[k], k, notes) for k in PIXEL_METRICS}
-    means_stds: dict[str, Any] = {k.lower(): stats[k][0] for k in PIXEL_METRICS}
-    means_stds.update({f"{k.lower()}_std": stats[k][1] for k in PIXEL_METRICS})
-    result = EvaluationResult(
-        n=len(generated), **means_stds,
-        prompt=prompt, mask=mask if isinstance(mask, str) or mask is None else "custom", notes=notes,
-    )
-    if scorer is not None:  # PLIP metrics are filled in one place: plip_eval.iter_plip
-        from .._generators import run
-        from .plip_eval import iter_plip
-
-        run(iter_plip(result, scorer, generated, real, prompt=prompt, allow_rank_deficient=allow_rank_deficient))
-        for note in notes:
-            if note.startswith("PLIP-FID not computed"):
-                warnings.warn(note, stacklevel=2)
-    return result
 
 
 def _read_rgb(path: Path) -> np.ndarray:

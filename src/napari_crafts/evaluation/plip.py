@@ -4,7 +4,7 @@ The embedding metrics of the CRAFTS paper, with PLIP ("vinid/plip", CLIP ViT-B/3
 by default (:class:`ClipScorer`): PLIP-FID↓ (Fréchet distance between generated and real embedding sets,
 :func:`plip_fid`), PLIP-I↑ (mean cosine of paired image embeddings, :func:`plip_i`) and PLIP-T↑ (mean cosine
 of image vs prompt embeddings, :func:`plip_t`). The pixel metrics,
-:func:`napari_crafts.evaluation.metrics.evaluate_pairs` and the paper's table are in
+:func:`napari_crafts.evaluation.scoring.evaluate_pairs` and the paper's table are in
 :mod:`napari_crafts.evaluation.metrics`.
 
 numpy only at import time; scipy loads in :func:`frechet_distance`, torch and transformers when a

@@ -3,13 +3,14 @@
 Steps for two images: 1. check both are RGB, their pixel sizes (resample the generated image to the real
 one's when asked) and their shapes; 2. pixel metrics tile by tile (one tile in memory at a time);
 3. aggregate over tiles, weighted by compared pixels; 4. PLIP metrics on at most ``max_tiles`` tiles.
-Folders of tiles are paired by file name and scored with :func:`metrics.evaluate_pairs`.
+Folders of tiles are paired by file name and scored with :func:`evaluate_pairs`.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,57 @@ def _weighted_std(tiles: Sequence[TileResult], key: str, centre: float) -> float
 
 def _mask_name(mask: MaskSpec) -> str | None:
     return mask if isinstance(mask, str) or mask is None else "custom"
+
+
+def _mean_std(values: list[float], key: str, notes: list[str]) -> tuple[float, float]:
+    v = np.array(values, dtype=np.float64)
+    ok = ~np.isnan(v)
+    if not ok.all():
+        notes.append(f"{key} undefined for {int((~ok).sum())} of {len(v)} pairs (constant image); left out.")
+    v = v[ok]
+    if len(v) == 0:
+        return math.nan, math.nan
+    with np.errstate(invalid="ignore"):
+        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+
+def evaluate_pairs(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], *, prompt: str | None = None,
+                   scorer: P.ClipScorer | None = None, mask: MaskSpec = "tissue",
+                   allow_rank_deficient: bool = False) -> EvaluationResult:
+    """Score paired generated/real RGB tiles: pixel metrics per pair (mean, sample std) and PLIP metrics.
+
+    ``mask``: "tissue" (each real tile's :func:`metrics.tissue_mask`), None, or one boolean array for all pairs.
+    PLIP metrics need a ``scorer`` (PLIP-T also a ``prompt``), else they are nan. PLIP-FID is nan with a
+    warning and a note when the sets are too small (see :func:`~napari_crafts.evaluation.plip.plip_fid`). PSNR's mean is
+    inf if any pair is identical.
+    """
+    if len(generated) != len(real):
+        raise ValueError(f"Got {len(generated)} generated and {len(real)} real images: they must be paired.")
+    if not generated:
+        raise ValueError("No image pairs to evaluate.")
+    per_pair: dict[str, list[float]] = {k: [] for k in M.PIXEL_METRICS}
+    for i, (g, r) in enumerate(zip(generated, real, strict=True)):
+        m = M.tissue_mask(r) if isinstance(mask, str) else mask
+        try:
+            values = M.pixel_metrics(g, r, mask=m)
+        except ValueError as err:
+            raise ValueError(f"Pair {i}: {err}") from err
+        for k in M.PIXEL_METRICS:
+            per_pair[k].append(values[k])
+    notes: list[str] = []
+    stats = {k: _mean_std(per_pair[k], k, notes) for k in M.PIXEL_METRICS}
+    means_stds: dict[str, Any] = {k.lower(): stats[k][0] for k in M.PIXEL_METRICS}
+    means_stds.update({f"{k.lower()}_std": stats[k][1] for k in M.PIXEL_METRICS})
+    result = EvaluationResult(
+        n=len(generated), **means_stds,
+        prompt=prompt, mask=mask if isinstance(mask, str) or mask is None else "custom", notes=notes,
+    )
+    if scorer is not None:  # PLIP metrics are filled in one place: plip_eval.iter_plip
+        run(iter_plip(result, scorer, generated, real, prompt=prompt, allow_rank_deficient=allow_rank_deficient))
+        for note in notes:
+            if note.startswith("PLIP-FID not computed"):
+                warnings.warn(note, stacklevel=2)
+    return result
 
 
 def iter_evaluate_images(generated: Any, real: Any, *, tile: int = DEFAULT_TILE, mask: MaskSpec = "tissue",
@@ -133,7 +185,7 @@ def evaluate_folders(generated_dir: str | Path, real_dir: str | Path, *, mask: M
     """Tiles paired by file name: pixel metrics per pair (mean, std over pairs), PLIP metrics on all pairs."""
     names, gen, real = M.pair_tile_folders(generated_dir, real_dir)
     try:
-        result = M.evaluate_pairs(gen, real, prompt=prompt or None, mask=mask)
+        result = evaluate_pairs(gen, real, prompt=prompt or None, mask=mask)
     except ValueError as err:
         found = re.match(r"Pair (\d+): (.*)", str(err), re.S)
         if found is None:
