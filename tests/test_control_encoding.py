@@ -94,6 +94,7 @@ def test_a_model_that_declares_nuclei_tissue_v1_is_told_the_tissue_and_draws_the
     prov = result.provenance
     assert prov["model"]["control_encoding"] == NUCLEI_TISSUE_V1
     assert "the model draws the glass" in prov["source"]["tissue"]["glass"]
+    assert "tissue without nuclei 128" in prov["source"]["encoding"]
 
 
 def test_a_model_that_declares_nothing_gets_the_papers_mask_and_is_composited(
@@ -169,6 +170,7 @@ def test_pairs_write_nuclei_tissue_v1_controls_and_a_trained_model_declares_it(t
     assert code == 0
     card = json.loads((out / "dataset.json").read_text())
     assert card["control_encoding"] == {"labels": NUCLEI_TISSUE_V1} and "closing" in card["control_tissue_rule"]
+    assert "tissue without nuclei 128" in card["conditioning"]["labels"]
     rows = {r["id"]: r for r in map(json.loads, (out / "train" / "metadata.jsonl").read_text().splitlines())}
     edge = np.asarray(Image.open(out / "train" / rows["r0000_c0003"]["control_labels"]))[..., 0]  # x 150-200
     assert (edge[:, 26:] == 0).all() and (edge[30:, :20] == 128).all() and (edge == 255).any()

@@ -27,6 +27,12 @@ from ..model.card import (  # noqa: F401  (the encoding names: declared by model
 NUCLEUS, BACKGROUND = 255, 0
 #: ``NUCLEI_TISSUE_V1``: tissue without nuclei (and the border between touching nuclei); glass stays ``BACKGROUND``.
 TISSUE = 128
+#: What each labels encoding draws, in words (provenance, dataset cards).
+LABELS_ENCODING_TEXT = {
+    NUCLEI_V1: "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0",
+    NUCLEI_TISSUE_V1: f"conditioning.labels_to_control with tissue ({NUCLEI_TISSUE_V1}): glass {BACKGROUND}, tissue "
+                      f"without nuclei {TISSUE}, nuclei {NUCLEUS}, touching-instance borders {TISSUE}",
+}
 
 
 class ConditioningError(ValueError):

@@ -27,6 +27,7 @@ from .._types import DescribesModel, GenerationEngine, ModelGeometry, PromptMode
 from ..model.card import CONTROL_ENCODINGS, CRAFTS_MASK_PROMPT, NUCLEI_V1, TISSUE_ENCODINGS
 from ..model.threads import pinned
 from ..provenance import make_provenance
+from .conditioning import LABELS_ENCODING_TEXT
 from .sources import ControlSource, resize
 from .tiling import Stitcher, Tile, TileGrid, noise_field
 from .tissue import RunTasks, TissueMask, composite, is_choice, resolve_tissue
@@ -485,6 +486,7 @@ def region_provenance(engine: DescribesModel, source: ControlSource | None, plan
                   "model_tile_px": plan.model_tile, "scale_factor": plan.factor, "tiles": len(grid),
                   "background_rgb": list(plan.glass_rgb), **(settings_extra or {})},
         source={**(source.describe() if source is not None else {}), **_tissue_record(source, plan),
+                **({"encoding": LABELS_ENCODING_TEXT[plan.control_encoding]} if plan.draws_tissue else {}),
                 **(source_extra or {})},
         region={"y": region.y, "x": region.x, "height": region.height, "width": region.width},
         notes=notes,

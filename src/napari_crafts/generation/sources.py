@@ -16,6 +16,8 @@ from ..io.windows import WindowedArray, read_padded  # noqa: F401  (WindowedArra
 from .conditioning import (
     FLUORESCENCE_ENCODING,
     FLUORESCENCE_RGB_V1,
+    LABELS_ENCODING_TEXT,
+    NUCLEI_V1,
     PERCENTILES,
     ConditioningError,
     channel_limits,
@@ -99,7 +101,7 @@ class LabelsSource:
 
     def describe(self) -> dict[str, Any]:
         return {"layer": self.name, "kind": "labels", "shape": list(self.shape), "mpp": self.mpp,
-                "encoding": "conditioning.labels_to_control: nuclei 255, background 0, touching borders 0",
+                "encoding": LABELS_ENCODING_TEXT[NUCLEI_V1],
                 "tissue_spec": describe_spec(self.tissue)}
 
 

@@ -39,9 +39,8 @@ from ..generation.conditioning import (
     CONTROL_ENCODINGS,
     FLUORESCENCE_ENCODING,
     FLUORESCENCE_RGB_V1,
+    LABELS_ENCODING_TEXT,
     NUCLEI_V1,
-    NUCLEUS,
-    TISSUE,
     TISSUE_ENCODINGS,
     parse_channel_roles,
 )
@@ -411,9 +410,7 @@ class _Controls:
     def encodings(self, labels_encoding: str = NUCLEI_V1) -> dict[str, Any]:
         labels = None
         if self.labels is not None:
-            labels = self.labels.describe()["encoding"] if labels_encoding == NUCLEI_V1 else (
-                f"conditioning.labels_to_control with tissue ({labels_encoding}): glass 0, tissue without nuclei "
-                f"{TISSUE}, nuclei {NUCLEUS}, touching-instance borders {TISSUE}")
+            labels = LABELS_ENCODING_TEXT[labels_encoding]
         return {"labels": labels,
                 "fluorescence": self.fluo.describe()["encoding"] if self.fluo is not None else None}
 
