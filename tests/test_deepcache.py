@@ -61,7 +61,7 @@ def test_shallow_branch_with_a_fresh_cache_equals_the_full_unet(layout, engine):
             shallow_res = shallow_controlnet(net, x, t, text, cond, 0.8, skip_count(unet))
             shallow = shallow_unet(unet, cache, x, t, text, shallow_res)
     assert len(shallow_res) == skip_count(unet) == unet.config.layers_per_block + 1
-    for a, b in zip(shallow_res, down, strict=True):
+    for a, b in zip(shallow_res, down, strict=False):  # the shallow residuals are the first of the full ones
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     torch.testing.assert_close(shallow, full, rtol=0, atol=1e-5)
     # and a stale cache (another timestep) gives another output: the cache is really used
