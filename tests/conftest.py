@@ -125,3 +125,13 @@ def labels_widget(make_napari_viewer: Any, tiny_model: Path) -> tuple[Any, Any]:
     c._model.value = str(tiny_model)
     c._steps.value, c._tile.value, c._overlap.value, c._seed.value, c._prompt.value = 1, 64, 16, 5, "nuclei"
     return viewer, w
+
+
+@pytest.fixture
+def victim(tmp_path: Path, nuclei: tuple[np.ndarray, np.ndarray]) -> Path:
+    """A labels slide the user cares about (96×96 px at 0.25 µm/px, the tiny model's pixel size)."""
+    import tifffile
+
+    path = tmp_path / "victim.tif"
+    tifffile.imwrite(path, nuclei[1][:96, :96], resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    return path

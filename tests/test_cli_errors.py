@@ -11,28 +11,15 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_crafts.cli import main
+from _cli import one_line, run_cli
 
 MPP = 0.25
 
 
-@pytest.fixture
-def victim(tmp_path: Path, nuclei: tuple[np.ndarray, np.ndarray]) -> Path:
-    """A labels slide the user cares about (96×96 px at 0.25 µm/px, the tiny model's pixel size)."""
-    path = tmp_path / "victim.tif"
-    tifffile.imwrite(path, nuclei[1][:96, :96], resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
-    return path
 
 
-def run_cli(argv: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_line(err: str) -> str:
-    assert err.count("\n") == 1 and "Traceback" not in err and "internal error" not in err, err
-    return err.strip()
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 import zarr
 
+from _cli import one_line, run_cli
 from napari_crafts.cli import build_parser, main
 from napari_crafts.cli._errors import LOG_DIR, report
 from napari_crafts.export import save_ome_zarr, write_pyramidal_tiff
@@ -35,23 +36,10 @@ MPP = 0.25
 PROV = {"synthetic": True, "generator": "napari-crafts", "seed": 1}
 
 
-@pytest.fixture
-def victim(tmp_path: Path, nuclei: tuple[np.ndarray, np.ndarray]) -> Path:
-    """A labels slide the user cares about."""
-    path = tmp_path / "victim.tif"
-    tifffile.imwrite(path, nuclei[1][:96, :96], resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
-    return path
 
 
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_line(err: str) -> str:
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 # ------------------------------------------------------------------------------------------- 1. data loss
@@ -433,7 +421,7 @@ def test_user_errors_are_one_line_and_bugs_point_to_their_traceback(capsys: pyte
         numpy_error: BaseException = exc
     for exc in (raised(RuntimeError("CUDA error: an illegal memory access")), numpy_error):
         assert report("generate", exc) == 1
-        line = one_line(capsys.readouterr().err)
+        line = one_line(capsys.readouterr().err, internal=True)
         assert line.startswith(f"napari-crafts generate: internal error: {type(exc).__name__}: ")
         log = Path(line.split("the traceback is in ")[1].split(" (or rerun with --verbose)")[0])
         assert log.parent == LOG_DIR and "Traceback" in log.read_text() and type(exc).__name__ in log.read_text()
