@@ -440,10 +440,10 @@ def warn_unknown_mpp(layer: Any, mpp: float | None, engine_args: dict[str, Any])
 
 def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, region: Region,
                      settings: GenerationSettings, engine_args: dict[str, Any], *,
-                     offer: LongRunOffer | None = None, controls: GenerationControls | None = None,
-                     notes_shown: tuple[str, ...] = ()) -> Any:
+                     offer: LongRunOffer | None = None, controls: GenerationControls | None = None) -> Any:
     """Add a transparent output layer exactly over ``region`` of ``layer`` and generate into it in the background.
 
+    An unknown pixel size is said first (``warn_unknown_mpp``, once: the run's own note is not repeated).
     The job reads only ``source`` (built before it starts); removing ``layer`` or the output stops it. On a
     CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings). The result is
     watermarked unless ``controls``' Watermark box is unticked (tiles shown during the run are previews).
@@ -452,6 +452,7 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
     from ..generation.progress import ProgressClock
     from ..generation.region import generate_region, plan_region
 
+    notes_shown = warn_unknown_mpp(layer, source.mpp, engine_args)
     watermark = controls.watermark() if controls is not None else True
     scale, translate = place_over(layer, region.y, region.x)
     output = add_output_layer(

@@ -19,7 +19,6 @@ from ._controls import (
     SaveButton,
     spin,
     start_region_job,
-    warn_unknown_mpp,
 )
 from ._layers import job_data, output_units, place_over, record
 from ._regions import layer_plane
@@ -193,6 +192,5 @@ class FluorescenceToHE(DockContainer):
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        said = warn_unknown_mpp(layer, self.where.mpp, engine_args)
         return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args,
-                                offer=self.offer, controls=self.controls, notes_shown=said)
+                                offer=self.offer, controls=self.controls)

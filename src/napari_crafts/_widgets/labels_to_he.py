@@ -22,7 +22,6 @@ from ._controls import (
     layer_box,
     spin,
     start_region_job,
-    warn_unknown_mpp,
 )
 from ._layers import job_data, output_units, place_over
 from ._regions import layer_plane
@@ -91,9 +90,8 @@ class LabelsToHE(DockContainer):
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        said = warn_unknown_mpp(layer, self.where.mpp, engine_args)
         return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args,
-                                offer=self.offer, controls=self.controls, notes_shown=said)
+                                offer=self.offer, controls=self.controls)
 
     def start_background(self, layer: Any, plane: Any) -> Any:
         """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
