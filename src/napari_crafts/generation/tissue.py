@@ -355,19 +355,23 @@ def signal_cells_task(source: Any, cell: int, box: tuple[int, int, int, int],
 
 
 def _cells(task: Callable[..., Any], source: Any, box: tuple[int, int, int, int], cell: int,
-           run_tasks: RunTasks | None, dtype: Any) -> np.ndarray:
+           run_tasks: RunTasks | None, dtype: Any, per_cell: tuple[int, ...] = ()) -> np.ndarray:
+    """The region's cells as ``task`` reduces its blocks (``per_cell``: the shape of one cell's values)."""
     from functools import partial
 
     blocks = _blocks(box, cell)
     groups = [blocks[i : i + 8] for i in range(0, len(blocks), 8)]
-    shape: tuple[int, ...] = (-(-(box[2] - box[0]) // cell), -(-(box[3] - box[1]) // cell))
-    if task is signal_cells_task:
-        shape += (2,)
-    cells = np.zeros(shape, dtype=dtype)
+    cells = np.zeros((-(-(box[2] - box[0]) // cell), -(-(box[3] - box[1]) // cell), *per_cell), dtype=dtype)
     for parts in (run_tasks or _serial)("tissue", partial(task, source, cell, box), groups):
         for cy, cx, part in parts:
             cells[cy : cy + part.shape[0], cx : cx + part.shape[1]] = part
     return cells
+
+
+def _rule_words() -> str:
+    """The closing, hole, piece and edge rule in words (both auto masks' provenance)."""
+    return (f"closing {AUTO_CLOSE_UM:g} µm, holes < {AUTO_HOLE_UM2:g} µm² filled, pieces < {AUTO_MIN_UM2:g} µm² "
+            f"dropped, edge + {AUTO_EDGE_UM:g} µm")
 
 
 def tissue_from_cells(nuclei: np.ndarray, cell_um: float) -> np.ndarray:
@@ -411,8 +415,7 @@ def auto_from_labels(source: Any, box: tuple[int, int, int, int], mpp: float,
     cell = auto_cell(box, mpp)
     nuclei = _cells(labels_cells_task, source, box, cell, run_tasks, bool)
     tissue = tissue_from_cells(nuclei, cell * mpp)
-    how = (f"auto from the nuclei: {cell * mpp:g}-µm cells, closing {AUTO_CLOSE_UM:g} µm, holes < "
-           f"{AUTO_HOLE_UM2:g} µm² filled, pieces < {AUTO_MIN_UM2:g} µm² dropped, edge + {AUTO_EDGE_UM:g} µm")
+    how = f"auto from the nuclei: {cell * mpp:g}-µm cells, {_rule_words()}"
     return TissueMask(tissue, (float(box[0]), float(box[1])), (float(cell), float(cell)), how)
 
 
@@ -425,11 +428,9 @@ def auto_from_fluorescence(source: Any, box: tuple[int, int, int, int], mpp: flo
     from scipy import ndimage as ndi
 
     cell = auto_cell(box, mpp)
-    signal = _cells(signal_cells_task, source, box, cell, run_tasks, np.float64)
+    signal = _cells(signal_cells_task, source, box, cell, run_tasks, np.float64, per_cell=(2,))  # mean, bright
     smooth = ndi.gaussian_filter(signal[..., 0], sigma=2.0, mode="nearest")  # the region's edge is not glass
     tissue = tissue_from_cells((smooth > AUTO_SIGNAL) | (signal[..., 1] >= AUTO_BRIGHT_SHARE), cell * mpp)
     how = (f"auto from the fluorescence: {cell * mpp:g}-µm cells where the smoothed signal > {AUTO_SIGNAL:g} or "
-           f"{AUTO_BRIGHT_SHARE:.0%} of pixels > {AUTO_BRIGHT:g} (0–1 after the channel limits), closing "
-           f"{AUTO_CLOSE_UM:g} µm, holes < {AUTO_HOLE_UM2:g} µm² filled, pieces < {AUTO_MIN_UM2:g} µm² dropped, "
-           f"edge + {AUTO_EDGE_UM:g} µm")
+           f"{AUTO_BRIGHT_SHARE:.0%} of pixels > {AUTO_BRIGHT:g} (0–1 after the channel limits), {_rule_words()}")
     return TissueMask(tissue, (float(box[0]), float(box[1])), (float(cell), float(cell)), how)
