@@ -208,12 +208,13 @@ def test_closing_the_window_while_the_model_loads_ends_the_job_without_waiting_f
     import threading
 
     from napari_crafts._widgets import _runner
+    from napari_crafts.generation import job
 
     gate = threading.Event()  # the "import" lasts until the test opens the gate
     (tmp_path / "nc_slow_import.py").write_text("import sys\nsys.modules['nc_gate'].wait(120)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(sys.modules, "nc_gate", gate)
-    monkeypatch.setattr(_runner, "HEAVY_IMPORTS", {"nc_slow_import": ()})
+    monkeypatch.setattr(job, "HEAVY_IMPORTS", {"nc_slow_import": ()})
     viewer = make_napari_viewer(show=True)
     _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
     c = w.controls

@@ -121,6 +121,7 @@ def test_the_unknown_pixel_size_warning_names_the_demo_models_own(
     make_napari_viewer: Any, messages: list[tuple[str, str]]
 ) -> None:
     from napari_crafts._widgets._controls import warn_unknown_mpp
+    from napari_crafts.generation.job import ModelChoice
     from napari_crafts.model.card import ModelCard
     from napari_crafts.model.catalog import resolve
 
@@ -128,7 +129,7 @@ def test_the_unknown_pixel_size_warning_names_the_demo_models_own(
     layer = viewer.add_labels(np.zeros((8, 8), np.uint8), name="unknown")
     demo_mpp = ModelCard.read(Path(resolve("demo"))).mpp
     assert demo_mpp == 0.5  # the bundled demo model's card
-    assert warn_unknown_mpp(layer, None, {"ref": "demo"}) == ("'unknown' has no pixel size",)
+    assert warn_unknown_mpp(layer, None, ModelChoice.chosen("demo")) == ("'unknown' has no pixel size",)
     (told,) = [m for sev, m in messages if sev == "warning"]
     assert "generated as if it were at the model's 0.5 µm/px" in told
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")

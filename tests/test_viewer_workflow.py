@@ -306,6 +306,6 @@ def test_the_model_list_knows_this_install_and_browse_and_hub_ids(make_napari_vi
     assert any(sev == "error" and "is not a diffusers model folder" in m for sev, m in messages)
     monkeypatch.setattr("magicgui.widgets.show_file_dialog", lambda **kw: str(cached))
     picker.browse()
-    assert w.controls.engine_args()["model"] == str(cached)
+    assert w.controls.model_choice().model == str(cached)
     picker._hub.value = "org/crafts-sd15"
-    assert w.controls.engine_args()["model"] == "org/crafts-sd15"  # a hub id, while typed, wins
+    assert w.controls.model_choice().model == "org/crafts-sd15"  # a hub id, while typed, wins

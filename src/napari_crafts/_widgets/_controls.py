@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 import napari
@@ -21,12 +21,13 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from ..generation.job import ModelChoice, RegionJob
 from ..generation.region import GenerationError, GenerationSettings, Region
 from ..model.card import CRAFTS_MASK_PROMPT
 from ..model.engine import SCHEDULERS
 from ._layers import layer_pixel_size, output_units, place_over
 from ._regions import region_for
-from ._runner import JobOptions, JobRunner, add_output_layer, background_imports
+from ._runner import JobOptions, JobRunner, add_output_layer
 from ._text import (
     ADVANCED_CLOSED,
     ADVANCED_OPEN,
@@ -263,14 +264,14 @@ class GenerationControls(Container):
         """``generate_region``'s ``watermark``: True, or the name of the switch that turned it off."""
         return True if self._watermark.value else WATERMARK_OFF
 
-    def engine_args(self) -> dict[str, Any]:
-        from ..model.catalog import resolve
-
-        ref = self._model.value.strip()
-        if not ref:
-            raise GenerationError("Choose a model in the list, Browse… for a model folder, or type a hub id.")
+    def model_choice(self) -> ModelChoice:
+        """The model, device and pickle opt-in chosen here (what the run layer loads)."""
         device = None if self._device.value == "auto" else self._device.value
-        return {"model": resolve(ref), "ref": ref, "device": device, "allow_pickle": bool(self._allow_pickle.value)}
+        return ModelChoice.chosen(self._model.value, device=device, allow_pickle=bool(self._allow_pickle.value))
+
+    def job(self, source: Any, region: Region, *, images: int = 1) -> RegionJob:
+        """What a Generate click runs: ``region`` of ``source`` with the settings and watermark chosen here."""
+        return RegionJob(source, region, self.settings(), self.watermark(), images)
 
 
 def layer_box(kind: type, label: str, tooltip: str, *, nullable: bool = False) -> ComboBox:
@@ -405,74 +406,48 @@ class LongRunOffer(Container):
         action()
 
 
-def engine_job(engine_args: dict[str, Any], make_job: Any, *, mode: str | None = None,
-               controlnet: str | None = None) -> Generator[Any, None, Any]:
-    """A generator that loads (or reuses) the engine inside the worker, makes its networks stoppable inside a
-    step, remembers the model for the model list, then runs ``make_job(engine)``."""
-    from ..generation.progress import Stage
-    from ..model.catalog import remember_model
-    from ..model.engine import get_engine
-    from ..model.interrupt import make_interruptible
-
-    yield from background_imports()  # torch, diffusers: a job stopped meanwhile need not wait for them
-    engine = get_engine(engine_args["model"], device=engine_args.get("device"),
-                        allow_pickle=engine_args.get("allow_pickle", False))
-    nets = [engine.unet, engine.vae, engine.text_encoder]
-    if mode is not None:
-        nets.append(engine.controlnet(controlnet, mode))
-    make_interruptible(*nets)
-    remember_model(str(engine_args.get("ref", engine_args["model"])))
-    yield Stage(f"model loaded ({engine.device}); preparing the first tile…")
-    return (yield from make_job(engine))
-
-
-def warn_unknown_mpp(layer: Any, mpp: float | None, engine_args: dict[str, Any]) -> tuple[str, ...]:
+def warn_unknown_mpp(layer: Any, mpp: float | None, model: ModelChoice) -> tuple[str, ...]:
     """Before a run: say so when the pixel size is unknown; returns the note prefix the run need not repeat."""
     from napari.utils.notifications import show_warning
 
-    from ..model.catalog import model_mpp
-
     if mpp is not None:
         return ()
-    show_warning(NO_MPP_BEFORE_RUN.format(name=layer.name, mpp=model_mpp(engine_args.get("ref", ""))))
+    show_warning(NO_MPP_BEFORE_RUN.format(name=layer.name, mpp=model.mpp()))
     return (f"'{layer.name}' has no pixel size",)
 
 
-def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, region: Region,
-                     settings: GenerationSettings, engine_args: dict[str, Any], *,
+def start_region_job(viewer: Any, runner: JobRunner, layer: Any, job: RegionJob, model: ModelChoice, *,
                      offer: LongRunOffer | None = None, controls: GenerationControls | None = None) -> Any:
-    """Add a transparent output layer exactly over ``region`` of ``layer`` and generate into it in the background.
-
-    An unknown pixel size is said first (``warn_unknown_mpp``, once: the run's own note is not repeated).
-    The job reads only ``source`` (built before it starts); removing ``layer`` or the output stops it. On a
-    CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings). The result is
-    watermarked unless ``controls``' Watermark box is unticked (tiles shown during the run are previews).
-    """
-    from ..generation.estimate import RunDecision, measured, settings_to_run
-    from ..generation.progress import ProgressClock
-    from ..generation.region import generate_region, plan_region
-
-    notes_shown = warn_unknown_mpp(layer, source.mpp, engine_args)
-    watermark = controls.watermark() if controls is not None else True
+    """Add a transparent output layer exactly over ``job.region`` of ``layer`` and run ``job`` into it
+    (``start_job``). An unknown pixel size is said first (``warn_unknown_mpp``, once: the run's own note is not
+    repeated). The job reads only ``job.source`` (built before it starts); removing ``layer`` stops it."""
+    region = job.region
+    notes_shown = warn_unknown_mpp(layer, job.source.mpp if job.source is not None else None, model)
     scale, translate = place_over(layer, region.y, region.x)
     output = add_output_layer(
         viewer, (region.height, region.width), scale=scale, translate=translate,
-        name=output_name(layer.name, settings.exact),
-        provenance=running_record(watermark, source=layer.name), units=output_units(layer),
+        name=output_name(layer.name, job.settings.exact),
+        provenance=running_record(job.watermark, source=layer.name), units=output_units(layer),
     )
+    return start_job(viewer, runner, model, job, output, named=layer.name, watch=[layer], notes_shown=notes_shown,
+                     offer=offer, controls=controls)
+
+
+def start_job(viewer: Any, runner: JobRunner, model: ModelChoice, job: RegionJob, output: Any, *, named: str,
+              watch: list[Any] | None = None, notes_shown: tuple[str, ...] = (), offer: LongRunOffer | None = None,
+              controls: GenerationControls | None = None, on_done: Callable[[Any], None] | None = None) -> Any:
+    """Run ``job`` (``generation.job.run_job``: the one run layer) in the background into ``output``.
+
+    On a CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings, which
+    ``controls`` then show and the output's name says). Tiles shown during the run are previews; the result is
+    watermarked unless the job says otherwise. ``named``: what the output layer's name is made from.
+    """
+    from ..generation.estimate import RunDecision
+    from ..generation.job import run_job
+    from ..generation.progress import ProgressClock
+
+    settings = job.settings
     decision = RunDecision()
-
-    def job() -> Generator[Any, None, Any]:
-        decision.cancel = runner.cancel_event
-
-        def run(engine: Any) -> Generator[Any, None, Any]:
-            chosen = yield from settings_to_run(engine, lambda s: plan_region(source, region, engine, s), settings,
-                                                control=True, decision=decision)
-            final = plan_region(source, region, engine, chosen)
-            return (yield from measured(generate_region(engine, source, region, chosen, watermark=watermark), engine,
-                                        final.model_tile, control=True, guidance=chosen.guidance_scale > 1.0))
-
-        return (yield from engine_job(engine_args, run, mode=source.mode, controlnet=settings.controlnet))
 
     def long_run(estimate: Any) -> None:
         if offer is None:
@@ -483,16 +458,18 @@ def start_region_job(viewer: Any, runner: JobRunner, layer: Any, source: Any, re
             chosen = estimate.fast or settings
             if controls is not None:
                 controls.apply(chosen)
-            output.name = output_name(layer.name, chosen.exact)
+            output.name = output_name(named, chosen.exact)
             options.clock.steps = chosen.steps
             runner.status("running with the fast settings…")
             decision.go(chosen)
 
         offer.ask(estimate, lambda: decision.go(settings), fast)
 
-    options = JobOptions(watch=[layer], clock=ProgressClock(settings.steps), on_long_run=long_run,
-                         notes_shown=notes_shown, on_finished=offer.close if offer is not None else None)
-    return runner.start(job, viewer, output, options=options)
+    options = JobOptions(watch=watch or [], clock=ProgressClock(settings.steps, images=job.images),
+                         on_long_run=long_run, notes_shown=notes_shown,
+                         on_finished=offer.close if offer is not None else None)
+    return runner.start(lambda: run_job(model, job, decision=decision), viewer, output, on_done=on_done,
+                        options=options)
 
 
 def running_record(watermark: bool | str, **extra: Any) -> dict[str, Any]:

@@ -125,8 +125,9 @@ class JobRunner(Container):
 
     def shutdown(self) -> None:
         """The viewer's window closed: stop the job at its next check (a step's next block, the next yield; the
-        model's imports run in a daemon thread, ``background_imports``), and let nothing from it reach this dock
-        or the layers again (its handlers are disconnected), so napari's exit neither waits long nor aborts."""
+        model's imports run in a daemon thread, ``generation.job.background_imports``), and let nothing from it
+        reach this dock or the layers again (its handlers are disconnected), so napari's exit neither waits long
+        nor aborts."""
         worker = self.worker
         if worker is None:
             return
@@ -345,39 +346,6 @@ class JobOptions:
         self.on_long_run = on_long_run
         self.notes_shown = tuple(notes_shown)
         self.on_finished = on_finished
-
-
-#: What building an engine imports (seconds, the first time): module → names whose import loads the parts used.
-HEAVY_IMPORTS = {"torch": (), "diffusers": ("AutoencoderKL", "ControlNetModel", "StableDiffusionPipeline",
-                                             "UNet2DConditionModel"), "transformers": ("CLIPTextModel",)}
-
-
-def background_imports() -> Generator[None, None, None]:
-    """Import :data:`HEAVY_IMPORTS` in a daemon thread, yielding None (nothing to show) every 0.1 s until done.
-
-    The worker stops at a yield once asked to (Cancel, a removed layer, the viewer's window closing), so such a
-    job ends within 0.1 s instead of after the imports (5-15 s on a CPU): Python does not wait for a daemon thread
-    at exit, and an import touches no Qt object. An import that fails is left to the engine, which says what is
-    missing.
-    """
-    import importlib
-
-    done = threading.Event()
-
-    def load() -> None:
-        try:
-            for name, attrs in HEAVY_IMPORTS.items():
-                module = importlib.import_module(name)
-                for attr in attrs:
-                    getattr(module, attr)
-        except Exception:  # noqa: BLE001 - the engine imports again and reports it in one line
-            pass
-        finally:
-            done.set()
-
-    threading.Thread(target=load, name="napari-crafts imports", daemon=True).start()
-    while not done.wait(0.1):
-        yield None
 
 
 def unwrap(obj: Any) -> Any:

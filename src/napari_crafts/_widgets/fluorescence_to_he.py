@@ -188,9 +188,9 @@ class FluorescenceToHE(DockContainer):
         try:
             source, layer = self.source()
             region = self.where.region(layer, self._viewer, source.shape)
-            settings, engine_args = self.controls.settings(), self.controls.engine_args()
+            job, model = self.controls.job(source, region), self.controls.model_choice()
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args,
-                                offer=self.offer, controls=self.controls)
+        return start_region_job(self._viewer, self.runner, layer, job, model, offer=self.offer,
+                                controls=self.controls)

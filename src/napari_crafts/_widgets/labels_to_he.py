@@ -86,12 +86,12 @@ class LabelsToHE(DockContainer):
             # the job reads a copy made now, never the layer: painting or removing it cannot touch the run
             source = LabelsSource(job_data(plane), name=layer.name, mpp=self.where.mpp,
                                   tissue=self.tissue.spec(layer, plane.shape))
-            settings, engine_args = self.controls.settings(), self.controls.engine_args()
+            job, model = self.controls.job(source, region), self.controls.model_choice()
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        return start_region_job(self._viewer, self.runner, layer, source, region, settings, engine_args,
-                                offer=self.offer, controls=self.controls)
+        return start_region_job(self._viewer, self.runner, layer, job, model, offer=self.offer,
+                                controls=self.controls)
 
     def start_background(self, layer: Any, plane: Any) -> Any:
         """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
@@ -102,12 +102,12 @@ class LabelsToHE(DockContainer):
             raise GenerationError(NO_BATCH_OUTPUT)
         region = self.where.region(layer, self._viewer, plane.shape, limit=False)
         source_path = _as_file(layer, plane, region, Path(out).with_suffix(".labels.tif"), self.where.mpp)
-        settings, engine_args = self.controls.settings(), self.controls.engine_args()
-        kwargs = dict(model=engine_args["model"], device=engine_args["device"], settings=settings,
+        settings, model = self.controls.settings(), self.controls.model_choice()
+        kwargs = dict(model=model.model, device=model.device, settings=settings,
                       mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value),
-                      allow_pickle=engine_args["allow_pickle"], watermark=self.controls.watermark(),
+                      allow_pickle=model.allow_pickle, watermark=self.controls.watermark(),
                       tissue=_region_tissue(self.tissue.spec(layer, plane.shape), plane.shape, region))
-        if engine_args["model"] == TINY_MODEL_ID:
+        if model.model == TINY_MODEL_ID:
             kwargs["model"] = str(ensure_tiny_model())
 
         def job() -> Generator[Any, None, Any]:

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections.abc import Generator
 from typing import Any
 
 import napari
-import numpy as np
 from magicgui.widgets import ComboBox, PushButton
 
-from .._generators import mapped
 from ..generation.prompts import MAGNIFICATIONS, TCGA_CANCER_TYPES, TISSUE_DESCRIPTORS, preset_prompt
-from ..generation.region import GenerationError, Progress, Region, RegionResult, TileDone, generate_region
+from ..generation.region import GenerationError, Region, RegionResult
 from ._controls import (
     DockContainer,
     GenerationControls,
     LongRunOffer,
     SaveButton,
-    engine_job,
     narrow,
     running_record,
     spin,
+    start_job,
 )
 from ._layers import axis_unit
-from ._runner import JobOptions, JobRunner, add_output_layer
+from ._runner import JobRunner, add_output_layer
 from ._text import BUTTON_TOOLTIPS, TOOLTIPS, output_name
 
 
@@ -70,75 +65,21 @@ class PromptToHE(DockContainer):
     def generate(self) -> Any:
         from napari.utils.notifications import show_error
 
+        n, h, w = int(self._count.value), int(self._height.value), int(self._width.value)
         try:
-            settings, engine_args = self.controls.settings(), self.controls.engine_args()
-            if not settings.prompt:
+            job, model = self.controls.job(None, Region(0, 0, h, w), images=n), self.controls.model_choice()
+            if not job.settings.prompt:
                 raise GenerationError("Write a prompt, or use a preset.")
         except (GenerationError, ValueError) as exc:
             show_error(str(exc))
             return None
-        from ..generation.estimate import RunDecision, settings_to_run
-        from ..generation.progress import ProgressClock
-        from ..generation.region import plan_region
-        from ..model.catalog import model_mpp
-
-        n, h, w = int(self._count.value), int(self._height.value), int(self._width.value)
-        scale, units = prompt_placement(self._viewer, model_mpp(engine_args["ref"]))
-        watermark = self.controls.watermark()
+        scale, units = prompt_placement(self._viewer, model.mpp())
         output = add_output_layer(
-            self._viewer, (h, w), name=output_name("prompt", settings.exact), scale=scale, translate=(0.0, 0.0),
-            provenance=running_record(watermark), planes=(n,), units=units,
+            self._viewer, (h, w), name=output_name("prompt", job.settings.exact), scale=scale, translate=(0.0, 0.0),
+            provenance=running_record(job.watermark), planes=(n,), units=units,
         )
-        decision = RunDecision()
-
-        def job() -> Generator[Any, None, Any]:
-            decision.cancel = self.runner.cancel_event
-
-            def run(engine: Any) -> Generator[Any, None, Any]:
-                chosen = yield from settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, h, w), engine, s),
-                                                    settings, control=False, copies=n, decision=decision)
-                return (yield from prompt_images(engine, chosen, n, h, w, watermark=watermark))
-
-            return (yield from engine_job(engine_args, run))
-
-        def long_run(estimate: Any) -> None:
-            def fast() -> None:
-                chosen = estimate.fast or settings
-                self.controls.apply(chosen)
-                output.name = output_name("prompt", chosen.exact)
-                options.clock.steps = chosen.steps
-                decision.go(chosen)
-
-            self.offer.ask(estimate, lambda: decision.go(settings), fast)
-
-        options = JobOptions(clock=ProgressClock(settings.steps, images=n), on_long_run=long_run,
-                             on_finished=self.offer.close)
-        return self.runner.start(job, self._viewer, output, on_done=lambda r: _set_model_scale(output, r),
-                                 options=options)
-
-
-def prompt_images(engine: Any, settings: Any, count: int, height: int, width: int, *,
-                  watermark: bool | str = True) -> Generator[Progress | TileDone, None, RegionResult]:
-    """``count`` images from the prompt alone, seeds seed, seed+1, …; events carry the image index as plane.
-    Each image is watermarked with its own record (``"images"``), as ``generate_region`` marks one."""
-    images, records = [], []
-    for i in range(count):
-        gen = generate_region(engine, None, Region(0, 0, height, width),
-                              dataclasses.replace(settings, seed=settings.seed + i), watermark=watermark)
-        result = yield from mapped(gen, functools.partial(_in_stack, image=i, count=count))
-        images.append(result.rgb)
-        records.append(result.provenance)
-    prov = {"synthetic": True, "mode": "prompt", "images": records, "warning": records[0]["warning"],
-            "seeds": [r["seed"] for r in records], "model": records[0]["model"], "prompt": settings.prompt}
-    return RegionResult(np.stack(images), prov, sum(r["tiles"] for r in records), 0, records[0]["notes"])
-
-
-def _in_stack(event: Progress | TileDone, *, image: int, count: int) -> Progress | TileDone:
-    """An image's event counted over the whole stack (its tiles land on plane ``image``)."""
-    done, total = event.tiles_done + image * event.tiles, event.tiles * count
-    if isinstance(event, TileDone):
-        return dataclasses.replace(event, tiles_done=done, tiles=total, plane=(image,))
-    return dataclasses.replace(event, tiles_done=done, tiles=total)
+        return start_job(self._viewer, self.runner, model, job, output, named="prompt", offer=self.offer,
+                         controls=self.controls, on_done=lambda r: _set_model_scale(output, r))
 
 
 def prompt_placement(viewer: Any, mpp: float) -> tuple[tuple[float, float], tuple[str, str]]:

@@ -64,12 +64,13 @@ def _demo(args: argparse.Namespace) -> int:
     from ..export import save_ome_zarr
     from ..export.png import save_png
     from ..export.safety import check_output
-    from ..generation.region import Progress, Region, TileDone, check_scale, generate_region, plan_region, run
+    from ..generation.job import ModelChoice, RegionJob, load_engine, run_job
+    from ..generation.region import Progress, Region, TileDone, check_scale, plan_region, run
     from ..generation.sources import LabelsSource
     from ..generation.tiling import seam_score
     from ..model.catalog import is_demo_model, resolve
     from ..model.description import ModelDescription
-    from ..model.engine import check_device, get_engine
+    from ..model.engine import check_device
     from . import generate as batch_cli
 
     if args.device:  # before anything is written
@@ -92,9 +93,11 @@ def _demo(args: argparse.Namespace) -> int:
     _, labels = load_nuclei()
     labels = labels[: args.size, : args.size]
     print(f"model: {args.model} (loading…)", flush=True)
-    engine = get_engine(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    choice = ModelChoice(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    engine = load_engine(choice, mode="labels")
     source = LabelsSource(labels, name=name, mpp=args.mpp)
     region = Region(0, 0, *labels.shape)
+    job = RegionJob(source, region, settings, watermark="--no-watermark" if args.no_watermark else True)
 
     def report(event: Any) -> None:
         if isinstance(event, TileDone):
@@ -102,8 +105,7 @@ def _demo(args: argparse.Namespace) -> int:
         elif isinstance(event, Progress) and event.step == event.steps and args.verbose:
             print(f"    step {event.step}/{event.steps}", flush=True)
 
-    result = run(generate_region(engine, source, region, settings,
-                                 watermark="--no-watermark" if args.no_watermark else True), report)
+    result = run(run_job(choice, job, engine=engine), report)
     border, interior = seam_score(result.rgb, plan_region(source, region, engine, settings).grid)
     # one tile has no seams (nan): provenance is strict JSON, so that is null. The watermark's record hash
     # leaves seam_score out (it is measured on the marked output).

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.interrupt import JobCancelled
+from ..model.interrupt import JobCancelled, current_cancel
 from .progress import Stage, format_duration
 from .region import GenerationSettings, Plan, Progress
 
@@ -158,10 +158,11 @@ def _probe(engine: Any, px: int, control: bool, guidance: bool, prompt: str) -> 
 
 
 class RunDecision:
-    """The user's answer to "this will take long": go with some settings, or stop (also when ``cancel`` is set)."""
+    """The user's answer to "this will take long": go with some settings, or stop (also when the job is cancelled:
+    ``cancel``, by default the event of the ``cancel_scope`` the waiting thread runs in)."""
 
     def __init__(self, cancel: threading.Event | None = None) -> None:
-        self.cancel = cancel or threading.Event()
+        self.cancel = cancel
         self._answered = threading.Event()
         self._settings: GenerationSettings | None = None
 
@@ -175,8 +176,9 @@ class RunDecision:
 
     def wait(self, poll: float = 0.1) -> GenerationSettings | None:
         """Block (in the worker) until answered; None when told to stop or cancelled."""
+        cancel = self.cancel or current_cancel()
         while not self._answered.wait(poll):
-            if self.cancel.is_set():
+            if cancel is not None and cancel.is_set():
                 return None
         return self._settings
 

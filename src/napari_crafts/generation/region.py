@@ -404,16 +404,19 @@ def _empty_cache() -> None:
 
 def generate_region(engine: GenerationEngine, source: ControlSource | None, region: Region,
                     settings: GenerationSettings = GenerationSettings(),
-                    *, source_mpp: float | None = None,
-                    watermark: bool | str = True) -> Generator[Progress | TileDone, None, RegionResult]:
+                    *, source_mpp: float | None = None, watermark: bool | str = True,
+                    plan: Plan | None = None) -> Generator[Progress | TileDone, None, RegionResult]:
     """Generate synthetic H&E for ``region`` of ``source`` (None: prompt only), tile by tile.
 
     The result is watermarked once it is final; ``watermark=False`` (or the name of the switch that turned it
     off, e.g. "--no-watermark") leaves the pixels alone and records that it was off (``sign_record``).
+    ``plan``: ``plan_region``'s plan for these arguments when the caller has made it already (``generation.job``).
     """
     from ..export.watermark import sign_record, watermark_image
 
-    plan = attach_tissue(plan_region(source, region, engine, settings, source_mpp=source_mpp), source)
+    if plan is None:
+        plan = plan_region(source, region, engine, settings, source_mpp=source_mpp)
+    plan = attach_tissue(plan, source)
     grid = plan.grid
     empty = glass_tiles(source, plan, settings)
     notes = region_notes(engine, plan, settings)

@@ -51,6 +51,11 @@ def cancel_scope(event: threading.Event) -> Iterator[None]:
         _SCOPES.pop(ident, None)
 
 
+def current_cancel() -> threading.Event | None:
+    """The event of the ``cancel_scope`` this thread runs in (None outside one): the job's one cancel channel."""
+    return _SCOPES.get(threading.get_ident())
+
+
 def check(event: threading.Event | None) -> None:
     """Raise JobCancelled if ``event`` is set (for loops between network calls)."""
     if event is not None and event.is_set():
