@@ -46,8 +46,11 @@ from .region import (
 from .sources import ControlSource
 
 #: What building an engine imports (seconds, the first time): module → names whose import loads the parts used.
-HEAVY_IMPORTS = {"torch": (), "diffusers": ("AutoencoderKL", "ControlNetModel", "StableDiffusionPipeline",
-                                             "UNet2DConditionModel"), "transformers": ("CLIPTextModel",)}
+HEAVY_IMPORTS = {
+    "torch": (),
+    "diffusers": ("AutoencoderKL", "ControlNetModel", "StableDiffusionPipeline", "UNet2DConditionModel"),
+    "transformers": ("CLIPTextModel",),
+}
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,9 @@ def load_engine(model: ModelChoice, *, mode: str | None = None, controlnet: str 
     return engine
 
 
-def run_job(model: ModelChoice, job: RegionJob, *, decision: RunDecision | None = None,
-            engine: Any = None) -> Generator[Any, None, RegionResult]:
+def run_job(
+    model: ModelChoice, job: RegionJob, *, decision: RunDecision | None = None, engine: Any = None
+) -> Generator[Any, None, RegionResult]:
     """Load the model, decide the settings (asking ``decision`` when a CPU run is long), generate: see the module.
 
     Without ``decision`` a long run goes ahead with ``job.settings`` (scripts, the CLI). ``engine``: one already
@@ -170,20 +174,24 @@ def run_job(model: ModelChoice, job: RegionJob, *, decision: RunDecision | None 
             plans[s] = plan_region(source, job.region, engine, s)
         return plans[s]
 
-    chosen = yield from settings_to_run(engine, plan_for, settings, control=source is not None, copies=job.images,
-                                        decision=decision)
+    chosen = yield from settings_to_run(
+        engine, plan_for, settings, control=source is not None, copies=job.images, decision=decision
+    )
     plan = plan_for(chosen)
     if source is None:
-        work = prompt_images(engine, chosen, job.images, job.region.height, job.region.width,
-                             watermark=job.watermark)
+        work = prompt_images(engine, chosen, job.images, job.region.height, job.region.width, watermark=job.watermark)
     else:
         work = generate_region(engine, source, job.region, chosen, watermark=job.watermark, plan=plan)
-    return (yield from measured(work, engine, plan.model_tile, control=source is not None,
-                                guidance=chosen.guidance_scale > 1.0))
+    return (
+        yield from measured(
+            work, engine, plan.model_tile, control=source is not None, guidance=chosen.guidance_scale > 1.0
+        )
+    )
 
 
-def prompt_images(engine: Any, settings: GenerationSettings, count: int, height: int, width: int, *,
-                  watermark: bool | str = True) -> Generator[Progress | TileDone, None, RegionResult]:
+def prompt_images(
+    engine: Any, settings: GenerationSettings, count: int, height: int, width: int, *, watermark: bool | str = True
+) -> Generator[Progress | TileDone, None, RegionResult]:
     """``count`` images from the prompt alone, seeds seed, seed+1, …; events carry the image index as plane.
 
     Each image is watermarked with its own record, kept in the stack's record under ``"images"`` (as
@@ -191,13 +199,25 @@ def prompt_images(engine: Any, settings: GenerationSettings, count: int, height:
     """
     images, records = [], []
     for i in range(count):
-        gen = generate_region(engine, None, Region(0, 0, height, width),
-                              dataclasses.replace(settings, seed=settings.seed + i), watermark=watermark)
+        gen = generate_region(
+            engine,
+            None,
+            Region(0, 0, height, width),
+            dataclasses.replace(settings, seed=settings.seed + i),
+            watermark=watermark,
+        )
         result = yield from mapped(gen, functools.partial(_in_stack, image=i, count=count))
         images.append(result.rgb)
         records.append(result.provenance)
-    prov = {"synthetic": True, "mode": "prompt", "images": records, "warning": records[0]["warning"],
-            "seeds": [r["seed"] for r in records], "model": records[0]["model"], "prompt": settings.prompt}
+    prov = {
+        "synthetic": True,
+        "mode": "prompt",
+        "images": records,
+        "warning": records[0]["warning"],
+        "seeds": [r["seed"] for r in records],
+        "model": records[0]["model"],
+        "prompt": settings.prompt,
+    }
     return RegionResult(np.stack(images), prov, sum(r["tiles"] for r in records), 0, records[0]["notes"])
 
 
