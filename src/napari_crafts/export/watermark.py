@@ -68,9 +68,10 @@ CHUNK = 512  # the output grid that phase 2 marks chunk by chunk
 #: Provenance keys left out of the record hash, because they are added or changed after the pixels are final:
 #: "created"/"complete" change on resume and at the end; "mpp" the writers add, "mpp_set_by" the Pixel size
 #: widget; "path"/"kind" the reader adds when it opens an output; "stack_index" the writer adds to each image of
-#: a stack; "seam_score" is measured on the finished output (``demo``); "watermark" holds the watermark itself.
+#: a stack; "seam_score" is measured on the finished output (``demo``); "watermark" holds the watermark itself;
+#: "live_edits" is a live-painted layer's history (``generation.live``: its pixels are the record's without it).
 HASH_EXCLUDED_KEYS = frozenset({"created", "complete", "mpp", "mpp_set_by", "path", "kind", "stack_index",
-                                "seam_score", "watermark"})
+                                "seam_score", "watermark", "live_edits"})
 #: What the record says when the Python API's switch turned the watermark off.
 OFF_IN_API = "watermark=False"
 _KNOWN_BITS = 16  # tag + version
