@@ -6,6 +6,7 @@
     napari-crafts pairs HE OUT      H&E slide (+ nuclei, IF) → training pairs with a held-out band
     napari-crafts train PAIRS --out MODEL   ControlNets / CRAFTS fine-tuning / a small model from scratch
     napari-crafts check PATH...     is an image synthetic H&E from napari-crafts? (provenance, watermark)
+    napari-crafts synth OUT ...     a synthetic dataset: prompts → classes, or label tiles → image/mask pairs
     napari-crafts tiny-model PATH   write the tiny random model as a diffusers folder
 
 Errors are one line on stderr (see ``cli._errors``): exit code 2 for what the user can fix, 1 (with the
@@ -36,6 +37,8 @@ COMMANDS = {
               "pixel size"),
     "train": ("napari_crafts.training.train_cli", "train ControlNets, fine-tune the base (CRAFTS losses) or a "
               "small model from scratch on a pairs set"),
+    "synth": ("napari_crafts.cli.synth", "a synthetic dataset: prompts → class folders, or label tiles → paired "
+              "images and masks (resumable)"),
 }
 #: The flag of each GenerationSettings field, for messages about out-of-range values.
 SETTINGS_FLAGS = {
