@@ -59,3 +59,19 @@ def test_tiles_touching_equals_a_brute_force_scan():
             brute = [t for t in grid.tiles if t.y < y1 and t.y + t.size > y0 and t.x < x1 and t.x + t.size > x0]
             assert grid.tiles_touching(y0, x0, y1, x1) == brute
     assert grid.at(0, 0) == grid.tiles[0]
+
+
+def test_a_window_blended_alone_is_the_same_bytes_as_that_window_of_the_whole_blend() -> None:
+    from napari_crafts.generation.tiling import blend_order, blend_window
+
+    grid = TileGrid(150, 170, 64, 16)
+    rng = np.random.default_rng(3)
+    images = {t: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for t in grid.tiles}
+    glass = {grid.tiles[1], grid.tiles[5]}
+    ordered = blend_order(grid.tiles, glass)
+    assert ordered[:2] == [grid.tiles[1], grid.tiles[5]] and len(ordered) == len(grid)
+    whole = blend_window(grid, (0, 0, 150, 170), ordered, images.__getitem__)
+    for box in ((40, 37, 111, 130), (0, 0, 1, 1), (149, 160, 150, 170), (50, 50, 60, 60)):
+        touching = grid.tiles_touching(*box)
+        alone = blend_window(grid, box, blend_order(touching, glass), images.__getitem__)
+        assert np.array_equal(alone, whole[box[0] : box[2], box[1] : box[3]]), box

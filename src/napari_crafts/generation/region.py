@@ -29,7 +29,7 @@ from ..model.threads import pinned
 from ..provenance import make_provenance
 from .conditioning import LABELS_ENCODING_TEXT
 from .sources import ControlSource, resize
-from .tiling import Stitcher, Tile, TileGrid, noise_field
+from .tiling import Stitcher, Tile, TileGrid, blend_order, noise_field
 from .tissue import RunTasks, TissueMask, composite, is_choice, resolve_tissue
 
 #: Glass: the colour of tiles with no tissue (never sent to the model) and of the glass composited around tissue,
@@ -425,18 +425,16 @@ def generate_region(engine: GenerationEngine, source: ControlSource | None, regi
         if held:
             notes.append(f"{held} tile(s) hold nuclei or signal outside the tissue mask: they are drawn as glass.")
     stitcher = Stitcher(region.height, region.width)
-    todo: list[Tile] = []
+    ordered = blend_order(grid.tiles, empty)  # glass first: the one order every path blends in
+    todo: list[Tile] = ordered[len(empty) :]
     done = skipped = 0
     n = len(grid)
-    for tile in grid.tiles:
-        if tile in empty:
-            fill = np.broadcast_to(np.array(plan.glass_rgb, np.uint8), (tile.size, tile.size, 3))
-            box = stitcher.add(tile.y, tile.x, fill, grid.weights(tile))
-            done += 1
-            skipped += 1
-            yield TileDone(done, n, box, stitcher.read(*box), skipped=True)
-        else:
-            todo.append(tile)
+    fill = np.broadcast_to(np.array(plan.glass_rgb, np.uint8), (grid.tile, grid.tile, 3))
+    for tile in ordered[: len(empty)]:
+        box = stitcher.add_tile(tile, fill, grid.weights(tile))
+        done += 1
+        skipped += 1
+        yield TileDone(done, n, box, stitcher.read(*box), skipped=True)
 
     def progress(step: Any) -> Progress:
         return Progress(done, n, step.step, step.steps)
@@ -446,7 +444,7 @@ def generate_region(engine: GenerationEngine, source: ControlSource | None, regi
         chunk = todo[i : i + batch]
         images = yield from render_tiles_adaptive(engine, source, plan, chunk, settings, progress, batch)
         for tile, image in zip(chunk, images, strict=True):
-            box = stitcher.add(tile.y, tile.x, image, grid.weights(tile))
+            box = stitcher.add_tile(tile, image, grid.weights(tile))
             done += 1
             yield TileDone(done, n, box, stitcher.read(*box))
     prov = region_provenance(engine, source, plan, settings, notes,

@@ -8,6 +8,7 @@ blended with complementary linear ramps, so the weights of neighbours sum to one
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -105,11 +106,26 @@ def _ramp(size: int, overlap: int, before: bool, after: bool) -> np.ndarray:
 
 
 class Stitcher:
-    """Weighted sum of tiles over a region; any box reads as the blend of the tiles added so far."""
+    """Weighted sum of tiles over a window of a region; any box reads as the blend of the tiles added so far.
 
-    def __init__(self, height: int, width: int, channels: int = 3) -> None:
+    ``origin``: where the window starts in region pixels (a whole-slide chunk, a live edit's box); boxes given to
+    ``add`` and ``read`` are in window pixels.
+    """
+
+    def __init__(self, height: int, width: int, channels: int = 3, origin: tuple[int, int] = (0, 0)) -> None:
         self.acc = np.zeros((height, width, channels), dtype=np.float32)
         self.wsum = np.zeros((height, width), dtype=np.float32)
+        self.origin = origin
+
+    def add_tile(self, tile: Tile, image: np.ndarray, weights: np.ndarray) -> tuple[int, int, int, int]:
+        """Add the part of ``tile`` (its ``image`` and ``weights``, tile-sized) inside the window; returns the box
+        written, in window pixels (empty when the tile misses the window)."""
+        (oy, ox), (h, w) = self.origin, self.wsum.shape
+        ty0, tx0 = max(oy - tile.y, 0), max(ox - tile.x, 0)
+        ty1, tx1 = min(oy + h - tile.y, tile.size), min(ox + w - tile.x, tile.size)
+        if ty1 <= ty0 or tx1 <= tx0:
+            return 0, 0, 0, 0
+        return self.add(tile.y + ty0 - oy, tile.x + tx0 - ox, image[ty0:ty1, tx0:tx1], weights[ty0:ty1, tx0:tx1])
 
     def add(self, y: int, x: int, image: np.ndarray, weights: np.ndarray) -> tuple[int, int, int, int]:
         """Add ``image`` (h, w, C) with ``weights`` (h, w) at (y, x); returns the box written, clipped."""
@@ -126,6 +142,27 @@ class Stitcher:
         wsum = self.wsum[y0:y1, x0:x1, None]
         out = np.divide(self.acc[y0:y1, x0:x1], wsum, out=np.zeros_like(self.acc[y0:y1, x0:x1]), where=wsum > 0)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def blend_order(tiles: Iterable[Tile], glass: Container[Tile]) -> list[Tile]:
+    """The one order tiles are blended in: glass (no tissue) first, then the model's tiles, each in grid order.
+
+    Float sums depend on their order, so a region, a whole-slide chunk and a live edit that blend in this order
+    (``blend_window``) give the same bytes for the same pixels.
+    """
+    tiles = list(tiles)
+    return [t for t in tiles if t in glass] + [t for t in tiles if t not in glass]
+
+
+def blend_window(grid: TileGrid, box: tuple[int, int, int, int], tiles: Iterable[Tile],
+                 image_of: Callable[[Tile], np.ndarray]) -> np.ndarray:
+    """The blend (uint8) over ``box`` (y0, x0, y1, x1; region pixels) of ``tiles`` in the order given (see
+    ``blend_order``), each tile's pixels from ``image_of(tile)``."""
+    y0, x0, y1, x1 = box
+    stitcher = Stitcher(y1 - y0, x1 - x0, origin=(y0, x0))
+    for tile in tiles:
+        stitcher.add_tile(tile, image_of(tile), grid.weights(tile))
+    return stitcher.read(0, 0, y1 - y0, x1 - x0)
 
 
 def tile_seed(seed: int, y: int, x: int) -> int:

@@ -8,9 +8,9 @@ never holds the slide in memory and spreads the work over dask.distributed worke
 0. scan:    which tiles are empty (tasks over rows of tiles; the answer is cached in the tile store);
 1. render:  one task per batch of non-empty tiles → a private tile store inside the output (one zarr chunk
             per tile, a done marker after each); empty tiles are never sent to the model;
-2. blend:   one task per level-0 output chunk: the tiles touching it, blended with ``Stitcher`` in the order
-            ``generate_region`` adds them, so every pixel sees the same float operations, then watermarked
-            (``export.watermark``: a pure function of the chunk, its origin and the record's payload);
+2. blend:   one task per level-0 output chunk: the tiles touching it, blended by ``blend_window`` in the order
+            ``generate_region`` adds them (``blend_order``), so every pixel sees the same float operations, then
+            watermarked (``export.watermark``: a pure function of the chunk, its origin and the record's payload);
 3. pyramid: one task per chunk of each reduced level (``OmeZarrWriter.build_level``);
 then the image is flagged complete, the tile store deleted and, if asked, a pyramidal OME-TIFF written.
 
@@ -68,7 +68,7 @@ from ..generation.region import (
     render_tiles_adaptive,
     run,
 )
-from ..generation.tiling import Stitcher, TileGrid
+from ..generation.tiling import TileGrid, blend_order, blend_window
 from ..generation.tissue import check_spec, is_choice
 from ..io.slide import clear_cache
 from ..model.description import ModelDescription, Runtime
@@ -225,8 +225,8 @@ def _render_task(model: str, device: str | None, threads: int, runtime: Runtime,
 def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, glass: tuple[int, int, int],
                 payload: Payload | None, cy: int, cx: int, touching: list[tuple[int, int, bool]],
                 rendered: list[Any]) -> int:
-    """Blend the tiles touching level-0 chunk (cy, cx) exactly as generate_region does, watermark it (unless
-    ``payload`` is None) and write it.
+    """Blend the tiles touching level-0 chunk (cy, cx) as generate_region does (``blend_window`` in
+    ``blend_order``), watermark it (unless ``payload`` is None) and write it.
 
     ``touching`` lists (row, col, empty) in grid order; ``rendered`` holds the results of the render tasks
     this one waited for (unused: the tiles are read from the store). The mark goes on the final, blended chunk
@@ -235,21 +235,18 @@ def _blend_task(writer: OmeZarrWriter, store: OmeZarrWriter, grid: TileGrid, gla
     if writer.chunk_done(0, cy, cx):
         return 0
     y0, x0, y1, x1 = writer.chunk_box(0, cy, cx)
-    stitcher = Stitcher(y1 - y0, x1 - x0)
     background = np.broadcast_to(np.array(glass, np.uint8), (grid.tile, grid.tile, 3))
-    for r, c, empty in sorted(touching, key=lambda t: not t[2]):  # generate_region adds empty tiles first
-        tile = grid.at(r, c)
-        if empty:
-            image = background
-        elif store.chunk_done(0, r, c):
-            image = store.read_region(0, *store.chunk_box(0, r, c))
-        else:
-            raise RuntimeError(f"Tile ({r}, {c}) is missing from {store.path}; rerun with --resume.")
-        ty0, tx0 = max(y0 - tile.y, 0), max(x0 - tile.x, 0)
-        ty1, tx1 = min(y1 - tile.y, tile.size), min(x1 - tile.x, tile.size)
-        weights = grid.weights(tile)[ty0:ty1, tx0:tx1]
-        stitcher.add(tile.y + ty0 - y0, tile.x + tx0 - x0, image[ty0:ty1, tx0:tx1], weights)
-    rgb = stitcher.read(0, 0, y1 - y0, x1 - x0)
+    tiles = [grid.at(r, c) for r, c, _ in touching]
+    empty = {grid.at(r, c) for r, c, is_empty in touching if is_empty}
+
+    def image_of(tile: Any) -> np.ndarray:
+        if tile in empty:
+            return background
+        if store.chunk_done(0, tile.row, tile.col):
+            return store.read_region(0, *store.chunk_box(0, tile.row, tile.col))
+        raise RuntimeError(f"Tile ({tile.row}, {tile.col}) is missing from {store.path}; rerun with --resume.")
+
+    rgb = blend_window(grid, (y0, x0, y1, x1), blend_order(tiles, empty), image_of)
     if payload is not None:
         rgb = embed_watermark(rgb, payload, origin=(y0, x0))
     writer.write_chunk(0, cy, cx, rgb)
