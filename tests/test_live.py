@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from napari_crafts._generators import run
+from napari_crafts._widgets._text import LIVE_TEXT
 from napari_crafts.export.watermark import record_hash
 from napari_crafts.generation.live import LIVE_KEY, regenerate, start_live
 from napari_crafts.generation.region import GenerationError, Region, generate_region
@@ -215,3 +216,72 @@ def test_a_stopped_regeneration_changes_nothing(nuclei: Any, fast: Any) -> None:
     labels[120:130, 120:130] = 501
     run(regenerate(live, labels, (10, 10, 130, 130)))
     assert np.array_equal(live.rgb, fresh(EchoEngine(), labels, Region(0, 0, 160, 160), fast).rgb)
+
+
+# -- the dock: live paint in a real viewer (Xvfb) --------------------------------------------------------------------
+
+WAIT_MS = 120_000
+
+
+def test_live_paint_in_the_viewer_redraws_only_near_the_edit(labels_widget: Any, nuclei: Any, qtbot: Any) -> None:
+    """Tick live, paint with the brush: only the tile under the stroke is redrawn in the output layer (in place);
+    undo brings back the first run's pixels byte for byte; the record lists the redrawn boxes."""
+    viewer, w = labels_widget
+    labels = viewer.add_labels(nuclei[1][:96, 16:112].copy(), name="nuclei", scale=(MPP, MPP), units=("µm", "µm"))
+    w._labels_layer.value = labels
+    w.live.on = True
+    out = viewer.layers[-1]
+    assert out.name.endswith("[approximate] · live")
+    qtbot.waitUntil(lambda: w.live.live is not None and not w.runner.running, timeout=WAIT_MS)
+    assert "live: on" in w.live._text.value and "approximate (fast mode)" in w.live._text.value
+    first = np.array(out.data)
+    labels.brush_size = 5
+    labels.paint((8, 8), 900)  # a stroke in tile (0, 0) alone
+    qtbot.waitUntil(lambda: w.live.updates == 1 and w.live._worker is None, timeout=WAIT_MS)
+    painted = np.array(out.data)
+    moved = changed_box(first, painted)
+    assert moved is not None and moved[2] <= 64 + 12 and moved[3] <= 64 + 12  # tile (0, 0) and the mark's reach
+    edits = out.metadata["napari_crafts"][LIVE_KEY]
+    assert [(e["box_source_px"], e["tiles_generated"]) for e in edits] == [([6, 6, 11, 11], 1)]
+    labels.undo()  # the labels as they were: the first run's pixels again
+    qtbot.waitUntil(lambda: w.live.updates == 2 and w.live._worker is None, timeout=WAIT_MS)
+    assert np.array_equal(out.data, first)
+
+
+def test_live_paint_refuses_bad_input_and_stops_when_its_layer_goes(
+    labels_widget: Any, nuclei: Any, qtbot: Any, messages: list[tuple[str, str]]
+) -> None:
+    viewer, w = labels_widget
+    stack = viewer.add_labels(np.stack([nuclei[1][:64, :64]] * 2), name="stack")
+    w._labels_layer.value = stack
+    w.live.on = True
+    assert not w.live.on and len(viewer.layers) == 1
+    assert (
+        "error",
+        "Live paint follows a 2-D labels layer; 'stack' has shape (2, 64, 64): use a 2-D layer (e.g. "
+        "the slice as a new layer).",
+    ) in messages
+    flat = viewer.add_labels(nuclei[1][:64, :64].copy(), name="flat")  # no pixel size: the normal run's warning
+    w._labels_layer.value = flat
+    w.live.on = True
+    assert sum("'flat' has no pixel size" in text for _, text in messages) == 1
+    qtbot.waitUntil(lambda: w.live.live is not None and not w.runner.running, timeout=WAIT_MS)
+    out = viewer.layers[-1]
+    kept = np.array(out.data)
+    flat.data[5:9, 5:9] = 700  # a script's edit, then refresh(): live sees it too
+    flat.refresh()
+    viewer.layers.remove(flat)  # before the pause is over: nothing more is drawn
+    assert not w.live.on and w.live.layer is None
+    assert (
+        "warning",
+        "'flat' was removed: live paint stopped (the synthetic layer keeps its last pixels).",
+    ) in messages
+    qtbot.wait(400)
+    assert np.array_equal(out.data, kept) and w.live.updates == 0
+    again = viewer.add_labels(nuclei[1][:64, :64].copy(), name="again", scale=(MPP, MPP), units=("µm", "µm"))
+    w._labels_layer.value = again
+    w.generate()  # a normal run is going: live waits for it
+    w.live.on = True
+    assert not w.live.on and ("error", LIVE_TEXT["busy"]) in messages
+    w.runner.cancel()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT_MS)

@@ -158,3 +158,26 @@ COMPARE_MEANING = (
     "labels: SSIM 0.16, PSNR 12.4 dB, NCC 0.42; a random model: 0.03, 10.0 dB, -0.08). Compare models on the "
     "same region."
 )
+
+# -- Live paint (Labels → H&E) -----------------------------------------------------------------------------------
+TOOLTIPS["live"] = (
+    "Live paint: generate the region once with the fast settings, then every edit of the labels (brush, fill, "
+    "erase, undo/redo, a script's refresh()) redraws only the tiles under it, 250 ms after the last edit. The rest "
+    "stays as it was (unless the tissue extent changes: then the invisible watermark is redone everywhere); the "
+    "result equals a fresh run on the edited labels with the same settings. The record lists each redrawn box.")
+BUTTON_TOOLTIPS["refine"] = "Turn live off and run the exact settings over the layer (a normal run into a new layer)."
+LIVE_TEXT = {
+    "off": "live: off. Tick it to redraw the H&E under each edit of the labels (fast settings).",
+    "starting": "live: generating the region once with the fast settings…",
+    "on": "live: on — edits redraw the tiles under them. Settings: {what}. Refine runs the exact settings.",
+    "working": "live: redrawing tile {done}/{tiles} · step {step}/{steps}",
+    "updated": "live: {tiles} tile(s) redrawn in {seconds:.1f} s ({what}). Refine runs the exact settings.",
+    "busy": "A run is going on in this dock: tick live when it has finished (or Cancel it).",
+    "no_labels": "Choose a Labels layer first: live paint follows its edits.",
+    "not_2d": "Live paint follows a 2-D labels layer; '{name}' has shape {shape}: use a 2-D layer (e.g. the slice "
+              "as a new layer).",
+    "removed": "'{name}' was removed: live paint stopped (the synthetic layer keeps its last pixels).",
+    "reshaped": "The labels of '{name}' are now {shape}: live paint stopped; tick live to start again.",
+    "normal_run": "live: off (a normal run started).",
+    "refined": "live: off (refining with the exact settings).",
+}

@@ -24,6 +24,7 @@ from ._controls import (
     start_region_job,
 )
 from ._layers import job_data, output_units, place_over
+from ._live import LivePaint
 from ._regions import layer_plane
 from ._runner import JobRunner
 from ._text import NO_BATCH_OUTPUT, NO_LABELS, TOOLTIPS, output_name
@@ -47,8 +48,9 @@ class LabelsToHE(DockContainer):
         self.offer = LongRunOffer()
         self.runner = JobRunner("Generate H&&E")
         self._save = SaveButton(self.runner, viewer)
+        self.live = LivePaint(self)  # the "live" box: edits of the labels redraw the H&E under them (_live.py)
         super().__init__(widgets=[self._labels_layer, self.where, self.tissue, self.controls, self._background,
-                                  self._batch_output, self._workers, self.offer, self.runner, self._save])
+                                  self._batch_output, self._workers, self.offer, self.runner, self.live, self._save])
         self._background.changed.connect(self._on_background_changed)
         self._labels_layer.changed.connect(self.where.take_mpp_from)
         self.runner.run_button.changed.connect(self.generate)

@@ -328,3 +328,34 @@ def regenerate(live: LiveRegion, labels: Any, box: Box) -> Generator[Progress, N
             )
         live.source = dataclasses.replace(live.source, data=labels)
     return (yield from live.update(box))
+
+
+def live_settings(engine: Any, settings: GenerationSettings) -> GenerationSettings:
+    """The settings live paint runs with: the fastest the model offers (``estimate.fast_settings``: fewer steps,
+    a multistep scheduler, guidance for the first half, feature reuse), from ``settings``' prompt, seed and tiles."""
+    from .estimate import fast_settings
+
+    return fast_settings(settings, engine.vae_scale_factor)
+
+
+def run_live(
+    model: Any,
+    source: Any,
+    region: Region,
+    settings: GenerationSettings,
+    *,
+    watermark: bool | str = True,
+    engine: Any = None,
+) -> Generator[Any, None, LiveRegion]:
+    """Live paint's first run (the docks make this one call): the heavy imports, the engine (``generation.job``),
+    the live settings, then ``start_live``. Yields ``Stage``/``Progress`` (None while imports run); returns the
+    ``LiveRegion``. ``model``: a ``generation.job.ModelChoice``; ``engine``: one already loaded for it."""
+    from .job import background_imports, load_engine
+    from .progress import Stage
+
+    if engine is None:
+        yield from background_imports()
+        engine = load_engine(model, mode="labels", controlnet=settings.controlnet)
+    chosen = live_settings(engine, settings)
+    yield Stage(f"model loaded ({engine.device}); live paint, {chosen.approximation}")
+    return (yield from start_live(engine, source, region, chosen, watermark=watermark))
