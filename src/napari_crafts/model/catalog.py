@@ -39,6 +39,11 @@ class ModelEntry:
     origin: str  # "demo", "tiny", "recent", "cache" or "hub-cache"
 
 
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message names the path and what to do (``model.description`` raises its
+    kinds; defined here, the lower module, as ``bundled_demo_model`` raises it too)."""
+
 def cache_root() -> Path:
     """The user cache of napari-crafts: ``$NAPARI_CRAFTS_CACHE`` or ``~/.cache/napari-crafts``."""
     return Path(os.environ.get("NAPARI_CRAFTS_CACHE", Path.home() / ".cache" / "napari-crafts"))
@@ -69,8 +74,6 @@ def is_model_folder(path: str | Path) -> bool:
 
 def bundled_demo_model() -> Path:
     """The bundled demo model's folder (what ``demo`` means); a ModelLoadError when this install has none."""
-    from .description import ModelLoadError
-
     path = demo_model_path()
     if path is None:
         raise ModelLoadError(NO_DEMO_MODEL)

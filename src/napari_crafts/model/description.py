@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .card import ModelCard, ModelCardError
+from .catalog import DEMO_MODEL_ID, ModelLoadError, bundled_demo_model, is_demo_model
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 #: Components of a diffusers folder whose weights we load (and hash).
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "controlnet")
 #: Diffusers-layout configs (no weights) of Stable Diffusion 1.5 and its ControlNet 1.1, for single files.
 SD15_CONFIG = Path(__file__).with_name("configs") / "sd15"
-
-
-class ModelLoadError(ValueError):
-    """A model that cannot be loaded; the message names the path and what to do."""
 
 
 class DeviceUnavailable(ModelLoadError):
@@ -68,7 +65,6 @@ def is_single_file(path: Path) -> bool:
 def resolve_model(ref: str | Path, *, allow_pickle: bool = False) -> Path:
     """A local diffusers folder or single checkpoint file for ``ref`` (a path, a hub id fetched into the cache, or
     ``demo``: the trained demo model bundled in the package, read in place)."""
-    from .catalog import DEMO_MODEL_ID, bundled_demo_model
 
     path = bundled_demo_model() if str(ref).strip() == DEMO_MODEL_ID else Path(ref).expanduser()
     if not path.exists():
@@ -225,7 +221,6 @@ class ModelDescription:
         ``config``: for a single file, the diffusers-layout folder with the networks' configs (default: SD1.5's,
         in the package).
         """
-        from .catalog import DEMO_MODEL_ID, is_demo_model
         from .tiny import TINY_MODEL_ID, ensure_tiny_model, tiny_model_path
 
         ref = str(model)
