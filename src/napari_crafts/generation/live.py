@@ -46,7 +46,7 @@ from .region import (
     render_tiles_adaptive,
     tiles_per_call,
 )
-from .tiling import Stitcher, Tile
+from .tiling import Tile, blend_order, blend_window
 from .tissue import READ_BLOCK, TissueMask, is_choice, labels_cells_task, tissue_from_cells
 
 #: Key of the record's list of live edits (one entry per regeneration).
@@ -183,16 +183,9 @@ class LiveRegion:
 
     # -- blending and marking -----------------------------------------------------------------------------------
     def _stitch(self, box: Box, tiles: dict[Tile, np.ndarray], glass: set[Tile]) -> np.ndarray:
-        """The blend over ``box`` (region px) from ``tiles``, added as ``generate_region`` adds them."""
-        y0, x0, y1, x1 = box
+        """The blend over ``box`` (region px) from ``tiles``, in the one order every path blends in."""
         grid = self.plan.grid
-        stitcher = Stitcher(y1 - y0, x1 - x0)
-        touching = grid.tiles_touching(*box)
-        for t in [t for t in touching if t in glass] + [t for t in touching if t not in glass]:
-            ty0, tx0, ty1, tx1 = max(t.y, y0), max(t.x, x0), min(t.y + t.size, y1), min(t.x + t.size, x1)
-            window = (slice(ty0 - t.y, ty1 - t.y), slice(tx0 - t.x, tx1 - t.x))
-            stitcher.add(ty0 - y0, tx0 - x0, tiles[t][window], grid.weights(t)[window])
-        return stitcher.read(0, 0, y1 - y0, x1 - x0)
+        return blend_window(grid, box, blend_order(grid.tiles_touching(*box), glass), tiles.__getitem__)
 
     def _marked(self, blend: np.ndarray, box: Box, payload: Payload | None) -> tuple[np.ndarray, Box]:
         """(the final image, the box of it that changed) after ``box`` of ``blend`` changed."""
