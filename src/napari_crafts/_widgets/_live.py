@@ -191,14 +191,15 @@ class LivePaint(Container):
             self._on.value = False
             self.say(LIVE_TEXT["off"])
 
-    def stop(self, why: str) -> None:
-        """Live off: stop a regeneration within a step, follow the layer no more; the output layer stays."""
+    def stop(self, why: str, *, first_run: bool = True) -> None:
+        """Live off: stop a regeneration within a step (and the first run, unless ``first_run`` is False: the
+        runner stops it itself when its layers go), follow the layer no more; the output layer stays."""
         self._timer.stop()
         if self._worker is not None:
             self._cancel.set()
             self._worker.quit()
-        if self.live is None and self._dock.runner.running and self.layer is not None:
-            self._dock.runner.cancel()  # the first run
+        if first_run and self.live is None and self._dock.runner.running and self.layer is not None:
+            self._dock.runner.cancel()
         self._disconnect()
         self.live = None
         self.say(why)
@@ -220,8 +221,9 @@ class LivePaint(Container):
         text = LIVE_TEXT["removed"].format(name=layer.name)
         if layer is self.output:
             self.output = None
-        show_warning(text)
-        self.stop(text)
+        if self.live is not None:  # during the first run the runner, which watches both layers, says it
+            show_warning(text)
+        self.stop(text, first_run=False)
 
     def _normal_run_started(self, *_: Any) -> None:
         if self.layer is not None and self.live is not None:
@@ -229,6 +231,11 @@ class LivePaint(Container):
 
     def refine(self) -> Any:
         """Live off, then the dock's exact settings over the layer (a normal run into a new layer)."""
+        from napari.utils.notifications import show_error
+
+        if self._dock.runner.running:
+            show_error(LIVE_TEXT["busy_refine"])
+            return None
         if self.layer is not None:
             self.stop(LIVE_TEXT["refined"])
         controls = self._dock.controls

@@ -173,6 +173,7 @@ LIVE_TEXT = {
     "working": "live: redrawing tile {done}/{tiles} · step {step}/{steps}",
     "updated": "live: {tiles} tile(s) redrawn in {seconds:.1f} s ({what}). Refine runs the exact settings.",
     "busy": "A run is going on in this dock: tick live when it has finished (or Cancel it).",
+    "busy_refine": "A run is going on in this dock: refine when it has finished (or Cancel it).",
     "no_labels": "Choose a Labels layer first: live paint follows its edits.",
     "not_2d": "Live paint follows a 2-D labels layer; '{name}' has shape {shape}: use a 2-D layer (e.g. the slice "
               "as a new layer).",
