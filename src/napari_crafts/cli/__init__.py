@@ -40,6 +40,8 @@ COMMANDS = {
     "synth": ("napari_crafts.cli.synth", "a synthetic dataset: prompts → class folders, or label tiles → paired "
               "images and masks (resumable)"),
 }
+#: The demo's steps when none are given (CPU; the paper: 50).
+DEMO_STEPS = 6
 #: The flag of each GenerationSettings field, for messages about out-of-range values.
 SETTINGS_FLAGS = {
     "prompt": "--prompt", "negative_prompt": "--negative-prompt", "seed": "--seed", "steps": "--steps",
@@ -50,9 +52,14 @@ SETTINGS_FLAGS = {
 
 
 def settings_from_args(**fields: Any) -> Any:
-    """GenerationSettings from command-line values; an invalid one is a UsageError naming its flag."""
+    """GenerationSettings from command-line values; an invalid one is a UsageError naming its flag. ``steps``
+    None: the scheduler's default (lcm: ``LCM_DEFAULT_STEPS``; others: ``default_steps``, else the settings')."""
     from ..generation.region import GenerationSettings, SettingsError
+    from ..model.engine import FEW_STEP_SCHEDULER, LCM_DEFAULT_STEPS
 
+    default_steps = fields.pop("default_steps", GenerationSettings().steps)
+    if fields.get("steps") is None:
+        fields["steps"] = LCM_DEFAULT_STEPS if fields.get("scheduler") == FEW_STEP_SCHEDULER else default_steps
     try:
         return GenerationSettings(**fields)
     except SettingsError as err:
@@ -80,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
         check_device(args.device)
     settings = settings_from_args(
         prompt=args.prompt, seed=args.seed, steps=args.steps, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch,
+        batch_size=args.batch, scheduler=args.scheduler, default_steps=DEMO_STEPS,
     )
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -92,7 +99,10 @@ def _demo(args: argparse.Namespace) -> int:
                                 ("json", "provenance.json"))}
     name = "nuclei labels (DSB 2018)"
     # a pixel size no run can use is refused before the model loads (its description is a few small files)
-    check_scale(name, args.mpp, ModelDescription.open(args.model, allow_pickle=args.allow_pickle).mpp)
+    description = ModelDescription.open(args.model, allow_pickle=args.allow_pickle)
+    check_scale(name, args.mpp, description.mpp)
+    if settings.scheduler == "lcm":
+        description.student()  # the model declares a student, distilled from these weights
     _, labels = load_nuclei()
     labels = labels[: args.size, : args.size]
     print(f"model: {args.model} (loading…)", flush=True)
@@ -154,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="napari-crafts", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     from ..model.catalog import default_model
+    from ..model.engine import SCHEDULERS
     from . import generate as batch_cli
 
     demo = sub.add_parser("demo", help="offline demo on real nuclei labels with the bundled demo model")
@@ -163,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "the tiny random test model (default: %(default)s)")
     demo.add_argument("--prompt", default=CRAFTS_MASK_PROMPT)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=6, help="denoising steps (paper: 50; demo default 6 for CPU)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help=f"denoising steps (paper: 50; demo default {DEMO_STEPS} for CPU; lcm: 4)")
+    demo.add_argument("--scheduler", choices=SCHEDULERS, default="default",
+                      help="'default' = the model's own; 'lcm' = its few-step student (train --stage distill)")
     demo.add_argument("--tile-size", type=int, default=128, help="tile side in model px (paper: 512)")
     demo.add_argument("--overlap", type=int, default=32)
     demo.add_argument("--batch", type=int, default=4)

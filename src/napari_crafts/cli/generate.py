@@ -19,6 +19,9 @@ from ._errors import UsageError, bounded_int, positive_float, run_command
 FILE_SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg", ".svs", ".ndpi", ".qptiff", ".json", ".csv")
 #: Side of the level-0 sample the CLI reports a seam score on.
 SEAM_SAMPLE = 2048
+LORA_HELP = ("a LoRA for the UNet (and ControlNet, where it has weights for it): a .safetensors file or a folder "
+             "holding one (diffusers, peft or kohya layout); pickle only with --allow-pickle; its SHA-256 goes into "
+             "the provenance")
 NO_WATERMARK_HELP = ("leave the invisible watermark out of the pixels (recorded in the provenance, which still says "
                      "synthetic; see docs/watermark.md)")
 
@@ -55,16 +58,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="diffusers folder or hub id of the CRAFTS model ('tiny-demo': tiny random test model)")
     parser.add_argument("--controlnet", default=None, help="ControlNet folder or hub id (default: the model's own)")
+    parser.add_argument("--lora", default=None, metavar="PATH", help=LORA_HELP)
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
     parser.add_argument("--prompt", default=CRAFTS_MASK_PROMPT, help="text prompt (default: the CRAFTS prompt)")
     parser.add_argument("--negative-prompt", default=d.negative_prompt)
     parser.add_argument("--seed", type=int, default=d.seed, help=f"global seed (default {d.seed})")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps (default {d.steps})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"denoising steps (default {d.steps}; with --scheduler lcm 4, at most 50)")
     parser.add_argument("--guidance", type=float, default=d.guidance_scale,
                         help=f"classifier-free guidance scale (default {d.guidance_scale})")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
-                        help="'default' = the model's own (exact); others for fewer steps (approximate)")
+                        help="'default' = the model's own (exact); others for fewer steps (approximate); 'lcm' = the "
+                             "model's few-step student (train --stage distill), 2-8 steps, no CFG")
     parser.add_argument("--cfg-cutoff", type=float, default=d.cfg_cutoff, metavar="FRACTION",
                         help="guidance only for this fraction of the steps (default 1 = exact; less is approximate)")
     parser.add_argument("--cache-interval", type=int, default=d.cache_interval, metavar="N",
@@ -142,7 +148,7 @@ def _generate(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
         overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
         channels_last=args.channels_last, compile=args.compile,
-        watermark="--no-watermark" if args.no_watermark else True, tissue=args.tissue,
+        watermark="--no-watermark" if args.no_watermark else True, tissue=args.tissue, lora=args.lora,
     )
     print(seam_line(*sample_seam_score(out)))
     print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))

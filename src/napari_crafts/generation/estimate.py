@@ -68,14 +68,24 @@ class RunEstimate:
             return ""
         f = self.fast
         took = f": about {format_duration(self.fast_seconds)}" if self.fast_seconds is not None else ""
+        if f.scheduler == "lcm":
+            return f"the model's few-step student (LCM), {f.steps} steps, {f.tile_size}-px tiles (approximate){took}"
         return (f"UniPC, {f.steps} steps, guidance for the first {f.cfg_cutoff:.0%}, feature reuse, "
                 f"{f.tile_size}-px tiles (approximate){took}")
 
 
-def fast_settings(settings: GenerationSettings, vae_scale_factor: int = 8) -> GenerationSettings:
-    """``settings`` with the fast values (never a larger tile or more steps than asked for)."""
+def fast_settings(settings: GenerationSettings, vae_scale_factor: int = 8, *,
+                  student: bool = False) -> GenerationSettings:
+    """``settings`` with the fast values (never a larger tile or more steps than asked for); ``student``: the
+    model declares a few-step student, and the fast settings run it (lcm, ``LCM_DEFAULT_STEPS``, no CFG)."""
     f = FAST_SETTINGS
     tile = min(settings.tile_size, max(128, FAST_LATENT_SIDE * vae_scale_factor))
+    if student:
+        from ..model.engine import FEW_STEP_SCHEDULER, LCM_DEFAULT_STEPS
+
+        return dataclasses.replace(settings, scheduler=FEW_STEP_SCHEDULER, steps=min(settings.steps, LCM_DEFAULT_STEPS),
+                                   cfg_cutoff=1.0, cache_interval=1, tile_size=tile,
+                                   overlap=min(settings.overlap, tile // 8))
     return dataclasses.replace(settings, scheduler=f.scheduler, steps=min(settings.steps, f.steps),
                                cfg_cutoff=f.cfg_cutoff, cache_interval=f.cache_interval, tile_size=tile,
                                overlap=min(settings.overlap, tile // 8))
@@ -92,7 +102,7 @@ def estimate_run(engine: Any, plan: Plan, settings: GenerationSettings, *, contr
                  tiles: int | None = None) -> RunEstimate:
     """The expected seconds of rendering ``tiles`` (default: every tile of ``plan``) with ``settings``."""
     n = len(plan.grid) if tiles is None else tiles
-    guidance = settings.guidance_scale > 1.0
+    guidance = settings.guidance_scale > 1.0 and settings.scheduler != "lcm"  # lcm: the student, no CFG
     per_pass, decode = speed(engine, plan.model_tile, control=control, guidance=guidance, prompt=settings.prompt)
     passes = network_passes(engine, settings)
     guided = round(settings.cfg_cutoff * passes) if guidance else 0
@@ -203,7 +213,7 @@ def settings_to_run(engine: Any, plan_for: Callable[[GenerationSettings], Plan],
         return settings
     yield Stage("estimating how long this run takes…")
     estimate = estimate_run(engine, plan, settings, control=control, tiles=n)
-    fast = fast_settings(settings, int(engine.vae_scale_factor))
+    fast = fast_settings(settings, int(engine.vae_scale_factor), student=bool(engine.card.student))
     fast_plan = plan_for(fast)
     quick = estimate_run(engine, fast_plan, fast, control=control, tiles=len(fast_plan.grid) * copies)
     estimate = dataclasses.replace(estimate, fast=fast, fast_seconds=quick.seconds)

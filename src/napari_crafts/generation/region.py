@@ -91,7 +91,7 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         """Refuse values no run can use (SettingsError names the field, the value and the valid range)."""
-        from ..model.engine import SCHEDULERS
+        from ..model.engine import FEW_STEP_SCHEDULER, LCM_MAX_STEPS, SCHEDULERS
 
         for name, (lo, hi) in SETTINGS_INT_RANGES.items():
             value = getattr(self, name)
@@ -108,6 +108,9 @@ class GenerationSettings:
                 raise SettingsError(name, number, f"a number {'>' if open_low else '≥'} {low:g} and ≤ {high:g}")
         if self.scheduler not in SCHEDULERS:
             raise SettingsError("scheduler", self.scheduler, "one of " + ", ".join(SCHEDULERS))
+        if self.scheduler == FEW_STEP_SCHEDULER and self.steps > LCM_MAX_STEPS:
+            raise SettingsError("steps", self.steps, f"an integer from 1 to {LCM_MAX_STEPS} with the lcm scheduler "
+                                "(the student's schedule has 50 steps; 2-8 is its range)")
         for name in ("prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise SettingsError(name, getattr(self, name), "text")
@@ -125,6 +128,9 @@ class GenerationSettings:
         """What makes these settings approximate, in words (None when exact)."""
         if self.exact:
             return None
+        if self.scheduler == "lcm":  # the model's few-step student: its guidance is folded in, no CFG at run time
+            return (f"approximate (fast mode): the model's few-step student (LCM), {self.steps} steps, no "
+                    "classifier-free guidance at run time (the student's is folded in)")
         reuse = f", full UNet every {self.cache_interval} steps (feature reuse)" if self.cache_interval > 1 else ""
         return (f"approximate (fast mode): scheduler '{self.scheduler}', CFG for the first {self.cfg_cutoff:.0%} "
                 f"of the steps{reuse}")

@@ -13,6 +13,7 @@ MODEL_CARD_FILE = "napari_crafts.json"
 MODEL_FOLDER_CONTENTS = (
     "model_index.json", MODEL_CARD_FILE, "README.md",
     "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "controlnet/*", "controlnet_*/*",
+    "student/*",
 )
 
 #: The CRAFTS paper's mask → H&E prompt (arXiv 2512.13164).
@@ -69,6 +70,17 @@ def check_control_encoding(value: object, where: str) -> dict[str, str]:
     return out
 
 
+def check_student(value: object, where: str) -> dict:
+    """A student declaration (``{"lora": "student/…safetensors", "sha256": …, "base_sha256": …}``), or {}."""
+    if not value:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in ("lora", "sha256",
+                                                                                     "base_sha256")):
+        raise ModelCardError(f"{where}: 'student' must give 'lora' (a file in the folder), 'sha256' and "
+                             f"'base_sha256'; got {value!r}.")
+    return dict(value)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     name: str = ""
@@ -82,6 +94,9 @@ class ModelCard:
     glass_rgb: tuple[int, int, int] | None = None
     #: Control encoding per mode, as declared (a mode not listed gets the first of ``CONTROL_ENCODINGS``).
     control_encoding: dict = field(default_factory=dict)
+    #: The few-step student (``train --stage distill``): {"lora": path in the folder, "sha256", "base_sha256",
+    #: "steps", "guidance", …}; empty: none.
+    student: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def encoding(self, mode: str) -> str:
@@ -99,7 +114,7 @@ class ModelCard:
         if not f.is_file():
             return cls(name=Path(folder).name)
         data = json.loads(f.read_text())
-        known = {"name", "mpp", "prompt", "tiny", "controlnets", "glass_rgb", "control_encoding"}
+        known = {"name", "mpp", "prompt", "tiny", "controlnets", "glass_rgb", "control_encoding", "student"}
         glass = data.get("glass_rgb")
         return cls(
             name=str(data.get("name", Path(folder).name)),
@@ -111,5 +126,6 @@ class ModelCard:
             glass_rgb=(int(glass[0]), int(glass[1]), int(glass[2])) if isinstance(glass, list) and len(glass) == 3
             else None,
             control_encoding=check_control_encoding(data.get("control_encoding", {}), str(f)),
+            student=check_student(data.get("student", {}), str(f)),
             extra={k: v for k, v in data.items() if k not in known},
         )

@@ -138,6 +138,43 @@ def check_weights_format(path: Path, *, allow_pickle: bool) -> None:
             raise ModelLoadError(f"{folder} has no weights (no .safetensors file).")
 
 
+#: The file a LoRA folder holds (diffusers' name first, then peft's).
+LORA_FILE_NAMES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors", "pytorch_lora_weights.bin",
+                   "adapter_model.bin")
+class LoraError(ModelLoadError):
+    """A LoRA that cannot be used with this model; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA on disk: its path and the SHA-256 of its bytes (what provenance records)."""
+
+    path: Path
+    sha256: str
+
+    def record(self) -> dict[str, Any]:
+        return {"file": self.path.name, "sha256": self.sha256}
+
+
+def open_lora(ref: str | Path, *, allow_pickle: bool = False) -> LoraFile:
+    """The LoRA file ``ref`` names (a file, or a folder holding one of ``LORA_FILE_NAMES``), checked and hashed."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        found = [path / n for n in LORA_FILE_NAMES if (path / n).is_file()]
+        if not found:
+            raise LoraError(f"--lora {ref}: the folder holds no LoRA file ({', '.join(LORA_FILE_NAMES[:2])}).")
+        path = found[0]
+    elif not path.is_file():
+        raise LoraError(f"--lora {ref}: no such file or folder.")
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise PickleRefused(f"--lora {path} is in pickle format, which can run code when loaded: convert it to "
+                                ".safetensors, or, if you trust its source, add --allow-pickle.")
+    elif path.suffix != ".safetensors":
+        raise LoraError(f"--lora {path}: not a LoRA file (give a .safetensors file, or a folder holding one).")
+    return LoraFile(path, _file_sha256(path))
+
+
 _HASHES: dict[tuple[str, int, float], str] = {}
 
 
@@ -212,15 +249,17 @@ class ModelDescription:
     vae_scale_factor: int
     unet_levels: int  # UNet resolution levels (len of block_out_channels)
     notes: tuple[str, ...] = field(default=())
+    lora: LoraFile | None = None  # a LoRA loaded over the weights (``--lora``)
 
     @classmethod
-    def open(cls, model: str | Path, *, allow_pickle: bool = False,
-             config: str | Path | None = None) -> ModelDescription:
+    def open(cls, model: str | Path, *, allow_pickle: bool = False, config: str | Path | None = None,
+             lora: str | Path | None = None) -> ModelDescription:
         """Describe ``model``: a diffusers folder, a single checkpoint file, a hub id, ``"demo"`` or ``"tiny-demo"``.
 
         ``config``: for a single file, the diffusers-layout folder with the networks' configs (default: SD1.5's,
-        in the package).
+        in the package). ``lora``: a LoRA file (or folder) the engine loads over the UNet (checked, hashed here).
         """
+
         from .tiny import TINY_MODEL_ID, ensure_tiny_model, tiny_model_path
 
         ref = str(model)
@@ -239,7 +278,8 @@ class ModelDescription:
                 raise ModelLoadError(str(exc)) from None
         vae, unet = read_config(folder, "vae"), read_config(folder, "unet")
         return cls(ref, path, folder, card, allow_pickle, 2 ** (len(vae["block_out_channels"]) - 1),
-                   len(unet["block_out_channels"]))
+                   len(unet["block_out_channels"]),
+                   lora=open_lora(lora, allow_pickle=allow_pickle) if lora is not None else None)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     @property
@@ -316,6 +356,28 @@ class ModelDescription:
             )
         return path
 
+    # -- the few-step student (``train --stage distill``; used by the lcm scheduler) ----------------------------
+    def student(self) -> LoraFile:
+        """The student the card declares, checked: its file is there with the declared hash, and it was distilled
+        from these weights. One line otherwise (no student, another base, a changed file)."""
+        declared = self.card.student
+        if not declared:
+            raise LoraError(f"--scheduler lcm needs a few-step student, and model '{self.ref}' declares none: "
+                            "make one with `napari-crafts train PAIRS --base MODEL --stage distill --out FAST`, or "
+                            "use another scheduler.")
+        path = self.path / declared["lora"]
+        if self.single_file or not path.is_file() or path.resolve().parent.parent != self.path.resolve():
+            raise LoraError(f"{self.path}: the card's student '{declared['lora']}' is not a file in the model "
+                            "folder: distil the model again.")
+        if _file_sha256(path) != declared["sha256"]:
+            raise LoraError(f"{path} is not the student the card declares (its SHA-256 differs): distil the model "
+                            "again, or restore the file.")
+        if declared["base_sha256"] != self.weights_sha256:
+            raise LoraError(f"model '{self.ref}': its student was distilled from other weights (base "
+                            f"{declared['base_sha256'][:12]}…, this model {self.weights_sha256[:12]}…): distil this "
+                            "model again with --stage distill.")
+        return LoraFile(path, declared["sha256"])
+
     # -- provenance -------------------------------------------------------------------------------------------
     def describe(self, controlnet: str | Path | None = None, mode: str | None = "labels",
                  runtime: Runtime | None = None) -> dict[str, Any]:
@@ -331,6 +393,11 @@ class ModelDescription:
         }
         if self.single_file:
             out["single_file"] = True
+        if self.lora is not None:
+            out["lora"] = self.lora.record()
+        if self.card.student:  # the lcm scheduler uses it (settings.scheduler says whether it did)
+            out["student"] = {k: self.card.student.get(k) for k in ("lora", "sha256", "base_sha256", "steps",
+                                                                     "guidance")}
         if mode is not None:
             cn = self.controlnet_path(controlnet, mode)
             out["controlnet"] = str(controlnet) if controlnet else cn.name

@@ -17,6 +17,7 @@ the device's lock, so two jobs interleave step by step and each gets the pixels 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import threading
 from collections import OrderedDict
@@ -34,20 +35,31 @@ from .description import (  # noqa: F401  (re-exported: this module's 0.1 API)
     PICKLE_SUFFIXES,
     WEIGHT_COMPONENTS,
     DeviceUnavailable,
+    LoraError,
     ModelDescription,
     ModelLoadError,
     PickleRefused,
     Runtime,
     check_weights_format,
+    open_lora,
     read_config,
     resolve_model,
     weights_sha256,
 )
+from .lora import load_adapter, read_lora, use_adapters
 
-SCHEDULERS = ("default", "ddim", "unipc", "dpm++")
+SCHEDULERS = ("default", "ddim", "unipc", "dpm++", "lcm")
 #: diffusers scheduler class per SCHEDULERS name ("default": the model's own, from its scheduler config).
 SCHEDULER_CLASSES = {"ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler",
-                     "dpm++": "DPMSolverMultistepScheduler"}
+                     "dpm++": "DPMSolverMultistepScheduler", "lcm": "LCMScheduler"}
+#: The scheduler of the few-step student (``train --stage distill``): it runs the student, without CFG.
+FEW_STEP_SCHEDULER = "lcm"
+#: Steps of a student's schedule (LCMScheduler's original_inference_steps): the most ``lcm`` can take.
+LCM_MAX_STEPS = 50
+#: Steps ``lcm`` takes when none are given (the student's sweet spot: 2-8).
+LCM_DEFAULT_STEPS = 4
+#: Adapter names in the UNet: a user's LoRA (``--lora``) and the model's student.
+USER_LORA, STUDENT = "lora", "student"
 #: Tiles per VAE decode on CUDA before ``Engine.auto_batch`` has measured one (an explicit batch size).
 UNMEASURED_DECODE_BATCH = 4
 #: Prompt embeddings kept per engine (each is 77 × 768 floats for SD1.5; a region reuses one pair per tile).
@@ -144,19 +156,31 @@ class Engine:
         allow_pickle: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        lora: str | Path | None = None,
     ) -> None:
         import torch
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
         self.model = model if isinstance(model, ModelDescription) else ModelDescription.open(
-            model, allow_pickle=allow_pickle)
+            model, allow_pickle=allow_pickle, lora=lora)
+        if lora is not None and self.model.lora is None:
+            self.model = dataclasses.replace(self.model, lora=open_lora(lora, allow_pickle=self.model.allow_pickle))
         self._torch = torch
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.channels_last, self.compile = channels_last, compile
         self.lock = device_lock(self.device)
         unet, vae, text_encoder = self._load_base()
+        # a LoRA is checked against the networks and loaded before anything runs (peft adapters, switchable)
+        user = self.model.lora
+        self._lora = read_lora(user) if user is not None else None
+        self._unet_adapters: list[str] = []
+        if user is not None and self._lora is not None and self._lora["unet"]:
+            load_adapter(unet, self._lora["unet"], self._lora["unet.alphas"], USER_LORA, "UNet", user.path)
+            self._unet_adapters.append(USER_LORA)
+        self._active_adapters = tuple(self._unet_adapters)
+        self._student_loaded = False
         self.scheduler_config = read_config(self.model.config, "scheduler")
         text_encoder.to(self.device).eval().requires_grad_(False)
         self.text_encoder = text_encoder
@@ -284,8 +308,33 @@ class Engine:
                             path, torch_dtype=self.dtype, use_safetensors=None if self.allow_pickle else True)
                 except (OSError, ValueError, KeyError, RuntimeError) as exc:
                     raise ModelLoadError(f"Could not load the ControlNet from {path}: {exc}") from None
+                if self._lora is not None and self._lora["controlnet"] and self.model.lora is not None:
+                    load_adapter(net, self._lora["controlnet"], self._lora["controlnet.alphas"], USER_LORA,
+                                 "ControlNet", self.model.lora.path)
                 self._controlnets[path] = self._prepare(net)
             return self._controlnets[path]
+
+    # -- the few-step student -------------------------------------------------------------------------------
+    def load_student(self) -> None:
+        """Load the student the model declares into the UNet (once; checked: ``ModelDescription.student``)."""
+        with self.lock:
+            if self._student_loaded:
+                return
+            student = self.model.student()
+            state = read_lora(student)
+            if not state["unet"]:
+                raise LoraError(f"{student.path}: the student holds no UNet weights: distil the model again.")
+            load_adapter(self.unet, state["unet"], state["unet.alphas"], STUDENT, "UNet", student.path)
+            self._student_loaded = True
+            self._active_adapters = (*self._unet_adapters, STUDENT)
+            self._use_adapters(False)
+
+    def _use_adapters(self, student: bool) -> None:
+        """The UNet's adapters for one step: the user's LoRA always, the student only for the lcm scheduler."""
+        want = (*self._unet_adapters, STUDENT) if student else tuple(self._unet_adapters)
+        if want != self._active_adapters:
+            use_adapters(self.unet, list(want))
+            self._active_adapters = want
 
     def make_scheduler(self, name: str = "default") -> Any:
         """A fresh scheduler (schedulers keep state between steps, so one per call)."""
@@ -295,6 +344,8 @@ class Engine:
         cls_name = cfg["_class_name"] if name == "default" else SCHEDULER_CLASSES.get(name)
         if cls_name is None:
             raise ValueError(f"Unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}.")
+        if name == FEW_STEP_SCHEDULER:  # the student's grid: the 50 DDIM steps it was distilled on
+            cfg = {**cfg, "original_inference_steps": LCM_MAX_STEPS}
         return getattr(diffusers, cls_name).from_config(cfg)
 
     # -- generation -----------------------------------------------------------------------------------------
@@ -340,7 +391,8 @@ class Engine:
         ControlNet when ``controlnet`` is not given. ``cfg_cutoff`` < 1 (approximate) stops classifier-free
         guidance after that fraction of the steps: the unconditional half of the batch is no longer computed.
         ``cache_interval`` N > 1 (approximate, see ``deepcache``) runs the full UNet every N-th step and only its
-        shallow branch, on the deep feature kept from the last full step, in between.
+        shallow branch, on the deep feature kept from the last full step, in between. ``scheduler`` "lcm" runs the
+        model's few-step student (its guidance is folded in: no CFG, ``guidance_scale`` is not used).
         """
         torch = self._torch
         # 1. Check inputs.
@@ -351,7 +403,12 @@ class Engine:
                              f"(expected {(b, h, w, 3)}).")
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"Tile {h}×{w} px is not a multiple of {self.size_multiple} px.")
-        cfg = guidance_scale > 1.0
+        few = scheduler == FEW_STEP_SCHEDULER
+        if few:
+            if not 1 <= steps <= LCM_MAX_STEPS:
+                raise ValueError(f"--steps {steps}: the lcm scheduler takes 1 to {LCM_MAX_STEPS} steps.")
+            self.load_student()
+        cfg = guidance_scale > 1.0 and not few
         # 2. Encode the prompt (cached across tiles).
         cond, uncond = self.encode_prompt(prompt, negative_prompt)
         embeds = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if cfg else cond.expand(b, -1, -1)
@@ -377,26 +434,34 @@ class Engine:
         cache = FeatureCache(self.unet) if cache_interval > 1 else None
         if cache is not None:
             check_supported(self.unet, net)
+        start = latents
         for i, t in enumerate(step_numbers):
             if cfg and i == guided_steps:  # CFG cut-off: from here on, the conditional half only
                 cfg, embeds = False, embeds[b:]
                 cond_image = cond_image[b:] if cond_image is not None else None
+            # lcm: the noise added back between steps, from this tile's own starting noise (see lcm_noise)
+            renoise = lcm_noise(start, i) if few and i + 1 < len(step_numbers) else None
             latents = self._step(sched, t, timesteps[i], latents, embeds, net, cond_image, controlnet_scale,
-                                 guidance_scale, cfg, cache, full=i in full_steps)
+                                 guidance_scale, cfg, cache, full=i in full_steps, student=few,
+                                 renoise=renoise, next_t=step_numbers[i + 1] if renoise is not None else None)
             yield Step(i + 1, len(step_numbers))
         # 6. Decode.
         return self._decode(latents)
 
     def _step(self, sched: Any, step_t: Any, t: Any, latents: Any, embeds: Any, net: Any, cond_image: Any,
-              cn_scale: float, guidance: float, cfg: bool, cache: FeatureCache | None, full: bool = True) -> Any:
+              cn_scale: float, guidance: float, cfg: bool, cache: FeatureCache | None, full: bool = True,
+              student: bool = False, renoise: Any = None, next_t: int | None = None) -> Any:
         """One denoising step: the full UNet (+ ControlNet), or with a ``cache`` and not ``full`` only their
         shallow branch; a full step with a ``cache`` keeps the deep feature in it.
 
         ``step_t`` is the timestep as a number (for the scheduler), ``t`` the same on the device (for the nets).
+        ``student``: the UNet with the model's student on (lcm); ``renoise`` (lcm, not the last step) the noise
+        that takes the step's clean estimate to timestep ``next_t``.
         Runs under the device lock: the networks (and their hooks) are shared with other calls.
         """
         torch = self._torch
         with self.lock, torch.inference_mode():
+            self._use_adapters(student)
             x = torch.cat([latents, latents]) if cfg else latents
             x = sched.scale_model_input(x, step_t)
             if cache is not None and not full:
@@ -418,7 +483,15 @@ class Engine:
             if cfg:
                 eps_uncond, eps_text = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_text - eps_uncond)
-            return sched.step(eps, step_t, latents, return_dict=False)[0]
+            if not student:
+                return sched.step(eps, step_t, latents, return_dict=False)[0]
+            # LCM: the clean estimate (boundary condition), taken to the next timestep with our noise, not the
+            # scheduler's (its own draw is from an unseeded global generator and would differ tile by tile)
+            denoised = sched.step(eps, step_t, latents, generator=torch.Generator().manual_seed(0)).denoised
+            if renoise is None:
+                return denoised
+            alpha = sched.alphas_cumprod[next_t].to(latents.device, latents.dtype)
+            return alpha.sqrt() * denoised + (1 - alpha).sqrt() * renoise
 
     def _decode(self, latents: Any) -> np.ndarray:
         """Latents → RGB uint8, ``decode_batch`` tiles per VAE call (bounds the decoder's memory)."""
@@ -508,6 +581,19 @@ class Engine:
             return torch.cuda.max_memory_allocated(self.device) - base
 
 
+def lcm_noise(start: Any, step: int) -> Any:
+    """The noise LCM adds back after ``step``: the tile's starting noise with its latent channels permuted and
+    sign-flipped by a fixed rule per step. Still N(0, 1), a function of the seed, and the same value at the same
+    place for every tile that covers it (point by point, as the starting noise field), so overlaps agree."""
+    import torch
+
+    rng = np.random.default_rng([23, step])
+    channels = start.shape[1]
+    perm = torch.as_tensor(rng.permutation(channels), device=start.device)
+    signs = torch.as_tensor(rng.choice([-1.0, 1.0], channels), device=start.device, dtype=start.dtype)
+    return start[:, perm] * signs.view(1, -1, 1, 1)
+
+
 def choose_batch(free_bytes: int, tile_bytes: int, *, cap: int = 16, reserve: float = 0.1) -> int:
     """How many tiles of ``tile_bytes`` working memory fit in ``free_bytes`` less a ``reserve`` fraction (≥ 1)."""
     if tile_bytes <= 0:
@@ -524,9 +610,11 @@ _ENGINES_LOCK = threading.Lock()
 def get_engine(
     model: str | Path, *, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False,
     channels_last: bool = False, compile: bool = False, per_device: int | None = None,
+    lora: str | Path | None = None,
 ) -> Engine:
     """The cached Engine for these arguments; ``model`` may be ``"demo"`` (the bundled trained demo model) or
-    ``"tiny-demo"`` (built on first use).
+    ``"tiny-demo"`` (built on first use). ``lora``: a LoRA file (or folder) loaded over the UNet (and ControlNets
+    where it has weights for them); safetensors unless ``allow_pickle``; its hash goes into provenance.
 
     At most ``per_device`` (default ``ENGINES_PER_DEVICE``) engines are kept per device: asking for another
     model drops the least recently used one first and frees its memory (``gc`` and the CUDA cache), so
@@ -542,7 +630,9 @@ def get_engine(
         model = resolve_model(model)  # the bundled folder: one cache entry whether asked by id or by path
     path = Path(model).expanduser()
     where = pick_device(device)
-    key = (str(path.resolve()) if path.exists() else str(model), where, dtype, allow_pickle, channels_last, compile)
+    lora_key = None if lora is None else open_lora(lora, allow_pickle=allow_pickle)  # refused before any load
+    key = (str(path.resolve()) if path.exists() else str(model), where, dtype, allow_pickle, channels_last, compile,
+           lora_key)
     keep = ENGINES_PER_DEVICE if per_device is None else per_device
     with _ENGINES_LOCK:
         if key in _ENGINES:
@@ -554,7 +644,7 @@ def get_engine(
             del dropped
             free_memory(where)
         engine = Engine(model, device=where, dtype=dtype, allow_pickle=allow_pickle, channels_last=channels_last,
-                        compile=compile)
+                        compile=compile, lora=lora)
         _ENGINES[key] = engine
         return engine
 

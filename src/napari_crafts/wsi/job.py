@@ -407,7 +407,7 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
                    progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
                    cancel: threading.Event | None = None, allow_pickle: bool = False,
                    channels_last: bool = False, compile: bool = False, watermark: bool | str = True,
-                   tissue: Any = "auto") -> Path:
+                   tissue: Any = "auto", lora: str | Path | None = None) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
     ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels");
@@ -422,7 +422,9 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     after blending (the pyramid is built from marked level 0); ``watermark=False`` (or the name of the switch
     that turned it off, e.g. "--no-watermark") leaves the pixels alone and records that it was off.
     ``tissue`` ("auto", "all", a mask image or GeoJSON file; ``generation.tissue``) says where the tissue is: tiles
-    without tissue are glass, every tile with tissue is generated, glass is composited around it.
+    without tissue are glass, every tile with tissue is generated, glass is composited around it. ``lora``: a
+    LoRA file every worker loads over the UNet (``model.lora``); ``settings.scheduler`` "lcm" runs the model's
+    few-step student (checked here, before any worker starts).
     """
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
@@ -434,7 +436,8 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
     # 0. The output rule (export.safety), before anything starts: never over an input, replace only our own.
     check_spec(tissue)  # a missing mask file: one line before anything starts
     given = [] if is_choice(tissue) or not isinstance(tissue, (str, Path)) else [tissue]
-    inputs = [source_path] + [p for p in (model, settings.controlnet, *given) if p and Path(p).expanduser().exists()]
+    inputs = [source_path] + [p for p in (model, settings.controlnet, lora, *given)
+                              if p and Path(p).expanduser().exists()]
     check_output(out, kind="ome-zarr", inputs=inputs, overwrite=overwrite, resume=resume, advice="pass --resume to "
                  "continue it")
     if tiff is not None:
@@ -443,7 +446,9 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
         check_output(tiff, kind="ome-tiff", inputs=[*inputs, out], overwrite=overwrite, flag="--tiff")
     # 1. Open the source and describe the model: small files only, no network (errors here cost seconds).
     source = open_source(source_path, mpp=mpp, kind=kind, channels=channels, tissue=tissue)
-    description = ModelDescription.open(model, allow_pickle=allow_pickle)
+    description = ModelDescription.open(model, allow_pickle=allow_pickle, lora=lora)
+    if settings.scheduler == "lcm":
+        description.student()  # declared, and distilled from these weights: one line now, not in each worker
     plan = plan_region(source, Region(0, 0, *source.shape), description, settings)
     if not is_choice(source.tissue):  # a mask file: read (and checked) now, shipped to the workers as a mask
         plan = attach_tissue(plan, source)
@@ -477,7 +482,9 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             say(f"{out} is already complete.")
         else:  # 2. the workers load the model; the record names their device and dtype, where tiles are made
             workers = n_workers or default_workers(description, device, threads_per_worker)
-            options = {"channels_last": channels_last, "compile": compile}
+            options: dict[str, Any] = {"channels_last": channels_last, "compile": compile}
+            if lora is not None:  # the workers load it too (get_engine's lora)
+                options["lora"] = str(Path(lora).expanduser().absolute())
             engine_args = (str(description.path), device, threads_per_worker)
             with _connect(scheduler_address, workers, say) as client:
                 stores = (str(out), str(out / TILE_STORE))
