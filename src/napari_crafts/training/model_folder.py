@@ -15,6 +15,7 @@ import copy
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,14 +66,15 @@ def _half(module: Any, dtype: str) -> Any:
 def save_model_folder(path: str | Path, *, vae: Any, unet: Any, text_encoder: Any, tokenizer: Any,
                       scheduler_config: dict[str, Any], controlnets: dict[str, Any], card: dict[str, Any],
                       readme: str | None = None, dtype: str = "fp32", replace: bool = False,
-                      keep: tuple[str, ...] = ()) -> Path:
+                      keep: tuple[str, ...] = (), extra: Callable[[Path], dict[str, Any]] | None = None) -> Path:
     """Write the model to ``path`` (built in a temporary folder beside it, then moved into place).
 
     ``controlnets`` maps mode → ControlNetModel; ``card`` goes into napari_crafts.json (with our marker and
     the ``controlnets`` map added); ``dtype`` 'fp16' stores half-precision weights (the engine upcasts on CPU).
     An existing folder is refused unless ``replace`` (the caller has checked it is its own output, see
     ``export.safety``); then the old model's parts are replaced, and anything else in it (the marker, the
-    entries named in ``keep``, e.g. ``training``, a file someone put there) stays.
+    entries named in ``keep``, e.g. ``training``, a file someone put there) stays. ``extra(folder)`` writes more
+    of the model into the folder being built (distill: ``student/``) and returns what the card says of it.
     """
     import diffusers
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
@@ -100,7 +102,8 @@ def save_model_folder(path: str | Path, *, vae: Any, unet: Any, text_encoder: An
             folders[mode] = sub
             if i:
                 _half(controlnets[mode], dtype).save_pretrained(tmp / sub, safe_serialization=True)
-        full_card = {**card, "controlnets": folders, TRAINED_BY: TRAINED_BY_VALUE, "weights_dtype": dtype}
+        full_card = {**card, **(extra(tmp) if extra is not None else {}), "controlnets": folders,
+                     TRAINED_BY: TRAINED_BY_VALUE, "weights_dtype": dtype}
         (tmp / MODEL_CARD_FILE).write_text(json.dumps(full_card, indent=2) + "\n")
         if readme is not None:
             (tmp / README).write_text(readme)
@@ -205,7 +208,9 @@ def run_summary(settings: TrainSettings, modes: list[str]) -> str:
             "controlnet": f"ControlNet(s) for {', '.join(modes)} over a frozen base",
             "joint": f"the UNet and ControlNet(s) for {', '.join(modes)} together",
             "base": "the base UNet" + (" and text encoder" if settings.train_text_encoder else "")
-                    + " on captioned images"}[settings.stage]
+                    + " on captioned images",
+            "distill": f"a few-step student (LoRA, rank {settings.lora_rank}) by latent consistency distillation "
+                       f"of the frozen model, guidance {settings.guidance:g} folded in"}[settings.stage]
     return f"Trained with `napari-crafts train --stage {settings.stage}`: {what}."
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-STAGES = ("controlnet", "base", "vae", "unet", "joint")
+STAGES = ("controlnet", "base", "vae", "unet", "joint", "distill")
 #: Where a run's ControlNets start (``TrainSettings.controlnet_init``; ``stage.start_controlnets``).
 CONTROLNET_INITS = ("auto", "unet", "base")
 
@@ -50,6 +50,8 @@ class TrainSettings:
     caption: str | None = None  # one caption for every tile (default: each tile's own)
     save_dtype: str = "fp32"  # fp32 | fp16 | bf16 for the final folder
     device: str | None = None
+    lora_rank: int = 16  # distill: rank of the student's LoRA
+    guidance: float = 7.5  # distill: the teacher's classifier-free guidance, folded into the student
 
     def check(self) -> None:
         if self.stage not in STAGES:
@@ -68,6 +70,11 @@ class TrainSettings:
         if self.controlnet_init not in CONTROLNET_INITS:
             raise TrainingError(f"--controlnet-init must be {', '.join(CONTROLNET_INITS)}, not "
                                 f"'{self.controlnet_init}'.")
+        if self.stage == "distill" and self.ema:
+            raise TrainingError("--ema does not apply to --stage distill: it keeps its own EMA target (decay 0.95) "
+                                "and writes that as the student.")
+        if self.lora_rank < 1 or not 1.0 <= self.guidance <= 30.0:
+            raise TrainingError("--lora-rank must be at least 1 and --guidance between 1 and 30.")
         if self.train_text_encoder and self.stage != "base":
             raise TrainingError("--train-text-encoder applies to --stage base only.")
 

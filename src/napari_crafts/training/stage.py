@@ -125,6 +125,13 @@ class Stage:
             self._cache_latents()
         self.mu_sigma = self._category_stats() if s.cate_weight else (0.0, 1.0)
 
+    def state_tensors(self) -> dict[str, Any]:
+        """Tensors a checkpoint keeps beside the trainable weights (a stage's own state: distill's target)."""
+        return {}
+
+    def after_step(self) -> None:
+        """What a stage does after each optimizer step (distill: the target follows the student)."""
+
     # parameters, by stable names (for checkpoints)
     def named_params(self) -> dict[str, Any]:
         return {f"{m}.{n}": p for m, module in self.modules.items() for n, p in module.named_parameters()

@@ -27,6 +27,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..export.safety import OutputError, check_output, is_disk_full, mark_folder
 from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE
 from .checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import CONTROL_KEYS, PairsSplit, TileArrays, load_arrays, open_pairs
+from .distill import STUDENT_STEPS, DistillStage, write_student
 from .model_folder import (
     TRAIN_FOLDER_CONTENTS,
     TRAINED_BY,
@@ -90,6 +92,8 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
         raise TrainingError("Give the model to start from (--base FOLDER) or --config small to start from scratch.")
     if base is not None and config is not None:
         raise TrainingError("Give either --base or --config, not both.")
+    if settings.stage == "distill" and base is None:
+        raise TrainingError("--stage distill distils an existing model: give it with --base FOLDER.")
     inputs = [dataset, base, config, manifest]
     if resume and not out.exists():
         resume = False
@@ -146,8 +150,10 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
                             f"(VAE factor × 2^(UNet blocks − 1)): rebuild the pairs with --tile-px "
                             f"{max(mult, train_split.tile_px // mult * mult)}.")
     # the output holds the ControlNets this run trains, no others; where each starts: mode → "base" | "unet"
-    controlnet_init = start_controlnets(parts, modes, settings, from_base=base is not None)
-    needs = [m for m in modes if settings.stage in ("controlnet", "joint")]
+    # (distill: the model's own, all kept, unchanged)
+    distill = settings.stage == "distill"
+    controlnet_init = {} if distill else start_controlnets(parts, modes, settings, from_base=base is not None)
+    needs = [m for m in modes if settings.stage in ("controlnet", "joint", "distill")]
     data = load_arrays(train_split, needs)
     val = _validation_data(dataset, settings, modes)
 
@@ -164,7 +170,10 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
         raise TrainingError(f"--mixed-precision {settings.mixed_precision}: {exc} (on CPU use bf16 or no).") from None
     if settings.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise TrainingError("--mixed-precision fp16 needs a GPU; on CPU use --mixed-precision bf16 or no.")
-    stage = Stage(parts, settings, data, modes, accelerator.device, train_split)
+    if distill:
+        stage: Stage = DistillStage(parts, settings, data, modes, accelerator.device, train_split)
+    else:
+        stage = Stage(parts, settings, data, modes, accelerator.device, train_split)
     params = stage.named_params()
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, weight_decay=1e-2)
     optimizer = accelerator.prepare(optimizer)
@@ -178,7 +187,7 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
     checkpoints = list_checkpoints(ckpt_dir)
     if resume and checkpoints:
         step0, path = checkpoints[-1]
-        meta = load_checkpoint(path, params=params, optimizer=optimizer, ema=ema)
+        meta = load_checkpoint(path, params={**params, **stage.state_tensors()}, optimizer=optimizer, ema=ema)
         start, elapsed, validation = step0, float(meta.get("elapsed_s", 0.0)), list(meta.get("validation", []))
         if settings.stage == "vae" and meta.get("scaling_factor"):
             parts.vae.register_to_config(scaling_factor=meta["scaling_factor"])
@@ -186,11 +195,14 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
     log_rows = _read_log(log_path, upto=start) if resume else []
 
     def write_model(path: Path, dtype: str = "fp32", readme: str | None = None, card: dict | None = None) -> None:
+        extra = None
+        if isinstance(stage, DistillStage):
+            extra = partial(write_student, stage)
         with _ema_weights(ema, params):
             save_model_folder(path, vae=parts.vae, unet=parts.unet, text_encoder=parts.text_encoder,
                               tokenizer=parts.tokenizer, scheduler_config=parts.scheduler_config,
                               controlnets=parts.controlnets, card=card or model_card(parts, train_split, settings),
-                              readme=readme, dtype=dtype, replace=True, keep=(TRAINING_DIR,))
+                              readme=readme, dtype=dtype, replace=True, keep=(TRAINING_DIR,), extra=extra)
 
     bar = _progress(settings.steps, start, progress)
     t_start = time.perf_counter()
@@ -221,6 +233,7 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
                     totals[k] = totals.get(k, 0.0) + v / settings.grad_accum
             if ema is not None:
                 ema.step(list(params.values()))
+            stage.after_step()
             dt = time.perf_counter() - t0
             elapsed += dt
             last_loss = loss_sum
@@ -237,7 +250,8 @@ def _train(dataset: str | Path, out: Path, *, settings: TrainSettings, base: str
                     with _ema_weights(ema, params):
                         info["scaling_factor"] = fit_scaling_factor(stage)
                     parts.vae.register_to_config(scaling_factor=info["scaling_factor"])
-                ckpt = save_checkpoint(ckpt_dir, done, params=params, optimizer=optimizer, ema=ema,
+                ckpt = save_checkpoint(ckpt_dir, done, params={**params, **stage.state_tensors()}, optimizer=optimizer,
+                                       ema=ema,
                                        info={**info, "validation": validation}, write_model=write_model,
                                        keep=settings.keep_checkpoints)
                 rows = _validate(ckpt, stage, val, settings, modes, done, ema, params)
@@ -356,6 +370,12 @@ def _modes(settings: TrainSettings, split: PairsSplit, parts: Parts) -> list[str
     if settings.stage in ("vae", "unet", "base"):
         return []
     have = split.modes()
+    if settings.stage == "distill":  # the teacher's ControlNets that the pairs have controls for
+        have = [m for m in have if m in parts.controlnets]
+        if missing := [m for m in settings.modes if m not in have]:
+            raise TrainingError(f"--modes {','.join(missing)}: the base model has no ControlNet for it, or the "
+                                f"pairs no controls; this run can distil with {', '.join(have) or 'no ControlNet'}.")
+        return list(settings.modes) or have
     modes = list(settings.modes) or have
     unknown = [m for m in modes if m not in CONTROL_KEYS]
     if unknown:
@@ -390,9 +410,11 @@ def _validate(ckpt: Path, stage: Stage, val: TileArrays | None, settings: TrainS
     else:
         from .validation import validate_folder
 
-        rows = validate_folder(ckpt / "model", val, modes=modes, out=out, steps=settings.validation_steps,
+        few = settings.stage == "distill"  # the student, as it is used: lcm, its own steps, no CFG
+        rows = validate_folder(ckpt / "model", val, modes=modes, out=out,
+                               steps=STUDENT_STEPS if few else settings.validation_steps,
                                tiles=settings.validation_tiles, seed=settings.seed,
-                               prompt=settings.caption or CRAFTS_MASK_PROMPT)
+                               prompt=settings.caption or CRAFTS_MASK_PROMPT, scheduler="lcm" if few else "default")
     for row in rows:
         row["step"] = step
     (out / "metrics.json").write_text(json.dumps(rows, indent=1))

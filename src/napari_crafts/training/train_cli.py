@@ -4,6 +4,8 @@
     napari-crafts train pairs/ --base path/to/sd15-or-crafts --out my-controlnets
     # fine-tune the base with the CRAFTS alignment losses (captions/categories from the pairs or a manifest)
     napari-crafts train pairs/ --base BASE --stage base --corr-weight 0.1 --cate-weight 0.1 --captions m.csv --out ft
+    # a few-step student of a model (sampled with --scheduler lcm in 2-8 steps)
+    napari-crafts train pairs/ --base MODEL --stage distill --out fast-model
     # a small model from scratch: the autoencoder, then UNet + ControlNets
     napari-crafts train pairs/ --config small --stage vae --out run/vae
     napari-crafts train pairs/ --base run/vae --stage joint --out run/model
@@ -33,7 +35,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     start.add_argument("--config", help="start from a random small model: 'small' or a JSON file of sizes")
     p.add_argument("--stage", choices=STAGES, default=d.stage,
                    help="controlnet: ControlNets over the frozen base (default); base: fine-tune UNet with CRAFTS "
-                        "losses; vae/unet/joint: training from scratch")
+                        "losses; vae/unet/joint: training from scratch; distill: a few-step student (LoRA) of the "
+                        "--base model by latent consistency distillation, used by --scheduler lcm")
     p.add_argument("--modes", default="", help="ControlNet modes, comma-separated (labels,fluorescence); "
                    "default: every control the dataset has")
     p.add_argument("--steps", type=int, default=d.steps)
@@ -69,6 +72,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--no-augment", action="store_true", help="no rotations/flips of the tiles")
     p.add_argument("--vae-crop", type=int, default=d.vae_crop)
     p.add_argument("--kl-weight", type=float, default=d.kl_weight)
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="distill: rank of the student's LoRA")
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help="distill: the teacher's classifier-free guidance scale, folded into the student")
     p.add_argument("--name", help="model name for its card (napari_crafts.json, README.md)")
     p.add_argument("--save-dtype", choices=("fp32", "fp16", "bf16"), default=d.save_dtype)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -93,6 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         snr_gamma=args.snr_gamma, corr_weight=args.corr_weight, cate_weight=args.cate_weight,
         train_text_encoder=args.train_text_encoder, augment=not args.no_augment, vae_crop=args.vae_crop,
         kl_weight=args.kl_weight, caption=args.caption, save_dtype=args.save_dtype, device=args.device,
+        lora_rank=args.lora_rank, guidance=args.guidance,
     )
 
 

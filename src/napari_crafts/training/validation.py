@@ -26,7 +26,7 @@ def pick_tiles(n: int, count: int) -> list[int]:
 
 
 def generate_tiles(engine: Any, controls: np.ndarray | None, *, mode: str, prompt: str, steps: int, seed: int,
-                   count: int | None = None, guidance_scale: float = 7.5) -> np.ndarray:
+                   count: int | None = None, guidance_scale: float = 7.5, scheduler: str = "default") -> np.ndarray:
     """Generate one tile per control (or ``count`` prompt-only tiles) with the engine; RGB uint8 (N, S, S, 3)."""
     n = len(controls) if controls is not None else int(count or 1)
     size = controls.shape[1] if controls is not None else 128
@@ -36,13 +36,14 @@ def generate_tiles(engine: Any, controls: np.ndarray | None, *, mode: str, promp
         noise = np.random.default_rng([seed, i]).standard_normal((1, 4, lat, lat)).astype(np.float32)
         ctrl = controls[i: i + 1] if controls is not None else None
         # pixels as inference makes them: the thread count pinned as generation pins it (model.threads)
-        gen = engine.generate(noise, ctrl, prompt=prompt, steps=steps, mode=mode, guidance_scale=guidance_scale)
+        gen = engine.generate(noise, ctrl, prompt=prompt, steps=steps, mode=mode, guidance_scale=guidance_scale,
+                              scheduler=scheduler)
         out.append(run(pinned(gen))[0])
     return np.stack(out)
 
 
 def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path, steps: int, tiles: int,
-                    seed: int, prompt: str) -> list[dict[str, Any]]:
+                    seed: int, prompt: str, scheduler: str = "default") -> list[dict[str, Any]]:
     """Generate the fixed held-out tiles of every mode (prompt-only when ``modes`` is empty) and score them.
 
     Writes ``out/<mode>.png`` (rows: control, generated, real; the generated tiles watermarked, the file with a
@@ -62,7 +63,8 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
     rows = []
     for mode in modes or ["prompt"]:
         controls = val.controls[mode][idx] if mode != "prompt" else None
-        gen = generate_tiles(engine, controls, mode=mode, prompt=prompt, steps=steps, seed=seed, count=len(idx))
+        gen = generate_tiles(engine, controls, mode=mode, prompt=prompt, steps=steps, seed=seed, count=len(idx),
+                             scheduler=scheduler)
         per_tile = []
         for i in range(len(idx)):
             m = pixel_metrics(gen[i], real[i])
@@ -71,7 +73,8 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
         mean = {k: float(np.nanmean([t[k] for t in per_tile])) for k in per_tile[0]}
         rows.append({"mode": mode, "tiles": len(idx), "metrics": mean})
         record = {**synthetic_header(), "what": "training validation: middle row synthetic, bottom row real",
-                  "model": str(model), "mode": mode, "steps": steps, "seed": seed, "tiles": [int(i) for i in idx]}
+                  "model": str(model), "mode": mode, "steps": steps, "scheduler": scheduler,
+                  "seed": seed, "tiles": [int(i) for i in idx]}
         payload = sign_record(record)
         marked = [watermark_image(tile, payload) if payload is not None else tile for tile in gen]
         strips = [np.concatenate(marked, axis=1), np.concatenate(list(real), axis=1)]
