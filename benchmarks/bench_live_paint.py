@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--strokes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="tile the sample labels N×N (a larger layer)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -57,20 +58,21 @@ def main() -> None:
     import napari_crafts.generation.live as live_module
     from napari_crafts._sample_data import nuclei_sample
 
-    regenerate, work_s = live_module.regenerate, []
+    regenerate, work_s, boxes = live_module.regenerate, [], []
 
     def timed(live, labels, box):  # type: ignore[no-untyped-def]
         """The dock's regeneration, with the CPU time of its thread (all of its work with OMP_NUM_THREADS=1)."""
         t0 = time.thread_time()
         update = yield from regenerate(live, labels, box)
         work_s.append(time.thread_time() - t0)
+        boxes.append([int(v) for v in update.box])
         return update
 
     live_module.regenerate = timed  # the dock imports it when a regeneration starts
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     for data, meta, kind in nuclei_sample():
-        viewer._add_layer_from_data(data, meta, kind)
+        viewer._add_layer_from_data(np.tile(data, (args.repeat, args.repeat)), meta, kind)
     labels = viewer.layers[-1]
     _, w = viewer.window.add_plugin_dock_widget("napari-crafts", "Labels → H&E")
     w._labels_layer.value = labels
@@ -114,6 +116,7 @@ def main() -> None:
     lat = np.asarray(latencies) * 1000
     result = {
         "model": args.model,
+        "labels_px": list(labels.data.shape),
         "strokes": args.strokes,
         "settings": w.live.live.settings.record(),
         "tiles_in_region": len(w.live.live.plan.grid),
@@ -131,6 +134,7 @@ def main() -> None:
             "p90": float(np.percentile(work_s, 90)),
             "count": len(work_s),
         },
+        "updated_boxes": boxes,
         "torch_threads": os.environ.get("OMP_NUM_THREADS", "default (physical cores)"),
         "longest_stall_ms": float(max(stalls)),
         "stalls_over_100ms_at": long,

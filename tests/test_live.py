@@ -225,7 +225,8 @@ WAIT_MS = 120_000
 
 def test_live_paint_in_the_viewer_redraws_only_near_the_edit(labels_widget: Any, nuclei: Any, qtbot: Any) -> None:
     """Tick live, paint with the brush: only the tile under the stroke is redrawn in the output layer (in place);
-    undo brings back the first run's pixels byte for byte; the record lists the redrawn boxes."""
+    undo brings back the first run's pixels byte for byte; a script's assignment + refresh() is followed too; the
+    record lists the redrawn boxes."""
     viewer, w = labels_widget
     labels = viewer.add_labels(nuclei[1][:96, 16:112].copy(), name="nuclei", scale=(MPP, MPP), units=("µm", "µm"))
     w._labels_layer.value = labels
@@ -246,6 +247,13 @@ def test_live_paint_in_the_viewer_redraws_only_near_the_edit(labels_widget: Any,
     labels.undo()  # the labels as they were: the first run's pixels again
     qtbot.waitUntil(lambda: w.live.updates == 2 and w.live._worker is None, timeout=WAIT_MS)
     assert np.array_equal(out.data, first)
+    labels.data[80:86, 80:86] = 901  # a script: assign, then refresh()
+    labels.refresh()
+    qtbot.waitUntil(lambda: w.live.updates == 3 and w.live._worker is None, timeout=WAIT_MS)
+    last = out.metadata["napari_crafts"][LIVE_KEY][-1]
+    assert (last["box_source_px"], last["tiles_generated"]) == ([80, 80, 86, 86], 1)
+    moved = changed_box(first, np.array(out.data))
+    assert moved is not None and moved[0] >= 48 - 12 and moved[1] >= 48 - 12  # tile (1, 1) and the mark's reach
 
 
 def test_live_paint_refuses_bad_input_and_stops_when_its_layer_goes(

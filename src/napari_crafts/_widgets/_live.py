@@ -251,57 +251,56 @@ class LivePaint(Container):
             self._boxes = union(self._boxes, atoms_box(getattr(event, "value", None)))
         self._timer.start()  # (re)start the pause
 
-    def edited_box(self) -> Box | None:
-        """What changed since the last regeneration started (and is now taken as its box); raises GenerationError
-        when the labels can no longer be followed."""
-        layer = self.layer
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        if tuple(data.shape) != tuple(self.live.source.shape):
-            raise GenerationError(LIVE_TEXT["reshaped"].format(name=layer.name, shape=tuple(data.shape)))
-        box, self._boxes = self._boxes, None
-        if self._snapshot is not None and isinstance(data, np.ndarray):
-            found = changed_box(self._snapshot, data)
-            if found is not None:
-                y0, x0, y1, x1 = found
-                self._snapshot[y0:y1, x0:x1] = data[y0:y1, x0:x1]
-            box = union(box, found)
-        return box
+    def edited_box(self, data: Any) -> Box | None:
+        """What changed in ``data`` since the last look (the snapshot is brought up to date there). Runs in the
+        regeneration's worker (a diff of the whole layer is no work for the event loop); one worker at a time."""
+        snapshot = self._snapshot
+        if snapshot is None or not isinstance(data, np.ndarray):
+            return None
+        found = changed_box(snapshot, data)
+        if found is not None:
+            y0, x0, y1, x1 = found
+            snapshot[y0:y1, x0:x1] = data[y0:y1, x0:x1]
+        return found
 
     def flush(self) -> None:
         """The pause after the edits has come: generate again what they changed (or stop the running one first)."""
         from napari.utils.notifications import show_warning
 
-        if self.layer is None or self.live is None:
+        layer = self.layer
+        if layer is None or self.live is None:
             return
         if self._worker is not None:  # superseded: it stops within a step, and its box is merged into the next
             self._cancel.set()
             self._worker.quit()
             return
-        try:
-            box = union(self.edited_box(), self._pending)
-        except GenerationError as exc:
-            show_warning(str(exc))
-            self.stop(str(exc))
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        if tuple(data.shape) != tuple(self.live.source.shape):
+            text = LIVE_TEXT["reshaped"].format(name=layer.name, shape=tuple(data.shape))
+            show_warning(text)
+            self.stop(text)
             return
-        if box is None:
-            return
-        merged = union(box, self._deferred) or box
-        self._pending = self._deferred = None
-        self._start_worker(merged)
+        known = union(union(self._boxes, self._pending), self._deferred)  # paint events' boxes, unfinished ones
+        self._boxes = self._pending = self._deferred = None
+        self._start_worker(data, known)
 
-    def _start_worker(self, box: Box) -> None:
+    def _start_worker(self, data: Any, known: Box | None) -> None:
         from napari.qt.threading import create_worker
 
         from ..generation.live import regenerate
         from ..model.interrupt import cancel_scope
 
-        live, labels = self.live, self.layer.data
+        live = self.live
         self._cancel = event = threading.Event()
-        self._running, self._started_at = box, time.perf_counter()
+        self._running, self._started_at = None, time.perf_counter()
 
         def work() -> Any:
             with cancel_scope(event):
-                return (yield from regenerate(live, labels, box))
+                box = union(known, self.edited_box(data))
+                self._running = box  # until it is committed: redone by the next regeneration if stopped
+                if box is None:
+                    return None
+                return (yield from regenerate(live, data, box))
 
         worker = create_worker(
             work,
@@ -330,7 +329,7 @@ class LivePaint(Container):
     def _on_updated(self, update: Any) -> None:
         self._running = None
         output = self.output
-        if output is None or self.layer is None:
+        if update is None or output is None or self.layer is None:  # nothing changed, or live is off
             return
         y0, x0, y1, x1 = update.box
         if y1 > y0 and x1 > x0:
