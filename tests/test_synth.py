@@ -160,23 +160,23 @@ def test_pairs_masks_are_the_labels_drawn_from(tmp_path: Path, engine: Any, labe
 def test_resume_after_a_kill_is_byte_identical_and_seeds_decide(
     tmp_path: Path, engine: Any, label_tiles: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run killed after 2 of 4 images (one of them with its PNG written but not its record) and resumed writes
+    """A run killed after its 2 images (one of them with its PNG written but not its record) and resumed writes
     the same bytes as an uninterrupted run; another seed draws other pixels."""
     from PIL import Image
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    plan = plan_pairs(label_tiles, count=2, seed=11)
+    plan = plan_pairs(label_tiles, count=1, seed=11)
     whole = make(engine, plan, tmp_path / "whole").out
     killed = tmp_path / "killed"
     assert make(engine, plan, killed, stop_after=2) is None
     assert not (killed / "metadata.jsonl").exists()
-    (killed / "_synth/items/a-001.json").unlink()  # killed between its PNG and its record
+    (killed / "_synth/items/b-000.json").unlink()  # killed between its PNG and its record
     (killed / "images/b-000.png.partial").write_bytes(b"half a PNG")  # and a save cut short
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")  # the resumed run keeps the dataset's own time
     result = make(engine, plan, killed, resume=True)
-    assert result.resumed == 1 and result.kept == 4
+    assert result.resumed == 1 and result.kept == 2
     assert tree(killed) == tree(whole)  # the save cut short was written again and renamed into place
-    other = make(engine, plan_pairs(label_tiles, count=2, seed=12), tmp_path / "other").out
+    other = make(engine, plan_pairs(label_tiles, count=1, seed=12), tmp_path / "other").out
     a, b = (np.asarray(Image.open(root / "images/a-000.png")) for root in (whole, other))
     assert np.abs(a.astype(int) - b).mean() > 1
 
@@ -316,4 +316,35 @@ def test_existing_output_and_resume_of_other_settings(
         ["synth", out, "--model", tiny_model, "--labels", label_tiles, "--count", "3", "--resume", *FAST], capsys
     )
     assert code == 2 and "was started with other" in one_line(err)
+    assert tree(out) == before
+
+
+def test_on_a_dask_cluster_the_dataset_is_the_same(tmp_path: Path, tiny_model: Path, label_tiles: Path) -> None:
+    """synthesize_distributed (what --workers runs), here on an in-process cluster: every image made once, the
+    manifest in plan order, the card complete; run again on the finished dataset it makes nothing."""
+    from distributed import Client
+
+    from napari_crafts._generators import run
+    from napari_crafts.synth.run import synthesize_distributed
+
+    plan = plan_pairs(label_tiles, count=1, seed=2)
+    state = dataset_state(plan, SETTINGS, "tiny", reject_below={}, watermark=True, tissue="all", threads=1)
+    out = check_dataset_output(tmp_path / "set", state, inputs=plan.inputs)
+    created = start_dataset(out, state)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+
+        def again() -> Any:
+            return run(
+                synthesize_distributed(
+                    client, str(tiny_model), plan, out, SETTINGS, created=created, tissue="all", threads=1
+                )
+            )
+
+        result = again()
+        lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+        assert [line["file_name"] for line in lines] == ["images/a-000.png", "images/b-000.png"]
+        assert all((out / line["file_name"]).is_file() and (out / line["mask_file_name"]).is_file() for line in lines)
+        assert result.kept == 2 and len(result.card["model"]["weights_sha256"]) == 64
+        before = tree(out)
+        assert again().resumed == 2
     assert tree(out) == before

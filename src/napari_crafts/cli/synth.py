@@ -104,6 +104,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=d.batch_size, help="tiles per model call (0 = auto)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best here)")
     parser.add_argument(
+        "--workers",
+        type=bounded_int(1, 1024),
+        default=None,
+        help="make the images on a local dask cluster of this many worker processes (default: in this process)",
+    )
+    parser.add_argument(
+        "--scheduler-address", default=None, help="make the images on this dask scheduler's workers instead"
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=bounded_int(1, 1024),
+        default=1,
+        help="torch threads per worker (keep it when resuming: CPU pixels depend on it)",
+    )
+    parser.add_argument(
         "--allow-pickle",
         action="store_true",
         help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust",
@@ -186,6 +201,10 @@ def _synth(args: argparse.Namespace) -> int:
 
         check_scale(args.labels, float(plan.made_from["mpp"]), description.mpp)
     watermark: bool | str = "--no-watermark" if args.no_watermark else True
+    distributed = args.workers is not None or args.scheduler_address is not None
+    from ..model.threads import default_threads
+
+    threads = args.threads_per_worker if distributed else default_threads()
     model_path = Path(resolve(args.model)).expanduser()
     state = dataset_state(
         plan,
@@ -194,6 +213,7 @@ def _synth(args: argparse.Namespace) -> int:
         reject_below=reject,
         watermark=watermark,
         tissue=args.tissue,
+        threads=threads,
     )
     inputs = [*plan.inputs, model_path if model_path.exists() else None]
     out = check_dataset_output(args.out, state, inputs=inputs, overwrite=args.overwrite, resume=args.resume)
@@ -204,19 +224,45 @@ def _synth(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    from ..model.engine import check_device, get_engine
-
-    if args.device:
-        check_device(args.device)
-    engine = get_engine(args.model, device=args.device, allow_pickle=args.allow_pickle)
-    created = start_dataset(out, state, overwrite=args.overwrite, resume=args.resume)
-    meter = Meter()
-    gen = synthesize(
-        engine, plan, out, settings, created=created, reject_below=reject, watermark=watermark, tissue=args.tissue
-    )
     from .._generators import run
+    from ..model.engine import check_device
 
-    result = run(gen, meter.report)
+    if args.device and not args.scheduler_address:  # the workers would run here: refuse now
+        check_device(args.device)
+    if distributed:
+        from ..synth.run import synthesize_distributed
+        from ..wsi.job import _connect
+
+        created = start_dataset(out, state, overwrite=args.overwrite, resume=args.resume)
+        with _connect(args.scheduler_address, args.workers or 1, lambda text: print(text, file=sys.stderr)) as client:
+            meter = Meter()  # from here: the cluster and its workers are up
+            result = run(
+                synthesize_distributed(
+                    client,
+                    args.model,
+                    plan,
+                    out,
+                    settings,
+                    created=created,
+                    reject_below=reject,
+                    watermark=watermark,
+                    tissue=args.tissue,
+                    device=args.device,
+                    threads=threads,
+                    allow_pickle=args.allow_pickle,
+                ),
+                meter.report,
+            )
+    else:
+        from ..model.engine import get_engine
+
+        engine = get_engine(args.model, device=args.device, allow_pickle=args.allow_pickle)
+        created = start_dataset(out, state, overwrite=args.overwrite, resume=args.resume)
+        meter = Meter()
+        gen = synthesize(
+            engine, plan, out, settings, created=created, reject_below=reject, watermark=watermark, tissue=args.tissue
+        )
+        result = run(gen, meter.report)
     card = result.card
     counts = card["counts"]
     print(
@@ -241,8 +287,13 @@ class Meter:
     """Progress and time left on stderr, once per image (at most one line a second, and the last)."""
 
     def __init__(self) -> None:
-        self.made, self.busy, self.shown = 0, 0.0, 0.0
-        self.start = time.perf_counter()
+        self.made, self.shown = 0, 0.0
+        self.start = self.last = time.perf_counter()
+
+    @property
+    def busy(self) -> float:
+        """Seconds from the start of generation to the last image (wall clock: workers make images at once)."""
+        return self.last - self.start
 
     def report(self, event: Any) -> None:
         from ..generation.progress import format_duration
@@ -250,14 +301,12 @@ class Meter:
 
         if not isinstance(event, ItemDone):
             return
-        if not event.resumed:
-            self.made += 1
-            self.busy += event.seconds
-        now = time.perf_counter()
+        self.made += not event.resumed
+        now = self.last = time.perf_counter()
         if now - self.shown < 1.0 and event.done < event.total:
             return
         self.shown = now
-        rate = self.made / self.busy if self.busy > 0 else None
+        rate = self.made / self.busy if self.made else None
         left = f" · about {format_duration((event.total - event.done) / rate)} left" if rate else ""
         speed = f" · {rate:.2f} images/s" if rate else ""
         print(f"synth: {event.done}/{event.total} images{speed}{left}", file=sys.stderr, flush=True)

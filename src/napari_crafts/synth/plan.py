@@ -177,23 +177,31 @@ def _check_total(n: int) -> None:
 
 def read_labels(path: Path, mpp: float | None) -> tuple[np.ndarray, float | None]:
     """A labels file as a 2-D integer array and its pixel size (``mpp`` wins over the file's)."""
+    data = label_pixels(path)
+    if mpp is not None or path.suffix.lower() == ".png":
+        return data, mpp
+    from ..io.slide import SlideError, open_slide
+
+    try:
+        return data, open_slide(path).mpp
+    except SlideError as err:
+        raise SynthError(str(err)) from None
+
+
+def label_pixels(path: Path) -> np.ndarray:
+    """The pixels of a labels file (PNG with Pillow, TIFF with tifffile) as 2-D integer instance labels."""
     from PIL import Image
 
-    if path.suffix.lower() == ".png":
-        with Image.open(path) as img:
-            data = np.asarray(img)
-        file_mpp = None
-    else:
-        import tifffile
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as img:
+                data = np.asarray(img)
+        else:
+            import tifffile
 
-        from ..io.slide import SlideError, open_slide
-
-        try:
-            slide = open_slide(path)
-        except SlideError as err:
-            raise SynthError(str(err)) from None
-        file_mpp = slide.mpp
-        data = np.squeeze(np.asarray(tifffile.imread(path, level=0)))
+            data = np.squeeze(np.asarray(tifffile.imread(path, level=0)))
+    except (OSError, ValueError) as err:
+        raise SynthError(f"--labels {path}: cannot read it as an image ({type(err).__name__}: {err}).") from None
     if data.ndim != 2:
         raise SynthError(
             f"--labels {path}: has shape {data.shape}, not a 2-D labels image (0 = background, 1, 2, … = nuclei)."
@@ -204,14 +212,14 @@ def read_labels(path: Path, mpp: float | None) -> tuple[np.ndarray, float | None
                 f"--labels {path}: holds fractional, negative or NaN values: masks must be integer "
                 "instance labels (0 = background, 1, 2, … = nuclei)."
             )
-        data = data.astype(np.int32)
-    elif data.dtype.kind == "b":
-        data = data.astype(np.uint8)
-    elif data.dtype.kind not in "iu" or (data.dtype.kind == "i" and data.size and data.min() < 0):
+        return data.astype(np.int32)
+    if data.dtype.kind == "b":
+        return data.astype(np.uint8)
+    if data.dtype.kind not in "iu" or (data.dtype.kind == "i" and data.size and data.min() < 0):
         raise SynthError(
             f"--labels {path}: {data.dtype} values are not integer instance labels (0 = background, 1, 2, … = nuclei)."
         )
-    return data, mpp if mpp is not None else file_mpp
+    return data
 
 
 def _label_files(root: Path) -> list[Path]:
@@ -373,13 +381,13 @@ def apply_augment(labels: np.ndarray, ops: tuple[str, ...]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _labels_file(path: str, mpp: float) -> np.ndarray:
-    return read_labels(Path(path), mpp)[0]
+def _labels_file(path: str) -> np.ndarray:
+    return label_pixels(Path(path))
 
 
 def read_mask(item: Item) -> np.ndarray:
     """The exact labels ``item`` is drawn from (its tile, augmented)."""
     assert item.mask is not None
-    data = _labels_file(item.mask.path, item.mask.mpp)
+    data = _labels_file(item.mask.path)
     y, x, h, w = item.mask.box
     return apply_augment(data[y : y + h, x : x + w], item.augment)

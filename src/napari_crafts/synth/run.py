@@ -65,8 +65,12 @@ def dataset_state(
     reject_below: dict[str, float],
     watermark: bool | str,
     tissue: str,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """What a run is asked to make; ``--resume`` goes on only when it is the same."""
+    """What a run is asked to make; ``--resume`` goes on only when it is the same.
+
+    ``threads``: torch threads per image (CPU pixels depend on it by a grey level here and there).
+    """
     return {
         "plan": plan.record(),
         "settings": settings.record(),
@@ -74,6 +78,7 @@ def dataset_state(
         "reject_below": reject_below,
         "watermark": watermark,
         "tissue": tissue,
+        "torch_threads": threads,
     }
 
 
@@ -181,10 +186,10 @@ def synthesize(
         start = time.perf_counter()
         record = yield from _make(
             engine,
-            plan,
             item,
             out,
             settings,
+            size=plan.size,
             created=created,
             reject_below=reject_below,
             watermark=watermark,
@@ -193,17 +198,125 @@ def synthesize(
         write_json(out / ITEMS / f"{item.id}.json", record)  # last: the image is finished
         kept, rejected = kept + bool(record["kept"]), rejected + (not record["kept"])
         yield ItemDone(n, total, item, bool(record["kept"]), record.get("reason"), seconds=time.perf_counter() - start)
-    card = finish_dataset(out, plan, engine, settings, created=created, reject_below=reject_below, watermark=watermark)
+    model = engine.describe(settings.controlnet, model_mode(plan))
+    card = finish_dataset(out, plan, model, settings, created=created, reject_below=reject_below, watermark=watermark)
     return SynthResult(out, kept, rejected, resumed, card)
+
+
+def model_mode(plan: SynthPlan) -> str | None:
+    """The engine mode of a plan's images: labels for pairs, None (prompt only, no ControlNet) for classes."""
+    return "labels" if plan.kind == "pairs" else None
+
+
+def synthesize_distributed(
+    client: Any,
+    model: str,
+    plan: SynthPlan,
+    out: str | os.PathLike[str],
+    settings: GenerationSettings,
+    *,
+    created: str,
+    reject_below: dict[str, float] | None = None,
+    watermark: bool | str = True,
+    tissue: str = "auto",
+    device: str | None = None,
+    threads: int = 1,
+    allow_pickle: bool = False,
+) -> Generator[ItemDone, None, SynthResult]:
+    """:func:`synthesize` on a dask.distributed ``client``: one task per image, the model loaded once per worker
+    (``model`` is what ``get_engine`` takes), each computing with ``threads`` torch threads. Images finish in any
+    order; ``ItemDone.done`` counts them."""
+    from distributed import as_completed
+
+    out = Path(out)
+    (out / ITEMS).mkdir(parents=True, exist_ok=True)
+    reject_below = dict(reject_below or {})
+    kept = rejected = resumed = 0
+    total = len(plan.items)
+    todo = []
+    for item in plan.items:
+        record = finished(out, item)
+        if record is None:
+            todo.append(item)
+            continue
+        resumed += 1
+        kept, rejected = kept + bool(record["kept"]), rejected + (not record["kept"])
+        yield ItemDone(resumed, total, item, bool(record["kept"]), record.get("reason"), resumed=True)
+    options = {
+        "size": plan.size,
+        "settings": settings,
+        "created": created,
+        "reject_below": reject_below,
+        "watermark": watermark,
+        "tissue": tissue,
+    }
+    futures = {
+        client.submit(_item_task, model, device, threads, allow_pickle, item, str(out), pure=False, **options): item
+        for item in todo
+    }
+    described: dict[str, Any] | None = None
+    done = resumed
+    try:
+        for future in as_completed(futures):
+            item = futures[future]
+            record, seconds, described = future.result()
+            done += 1
+            kept, rejected = kept + bool(record["kept"]), rejected + (not record["kept"])
+            yield ItemDone(done, total, item, bool(record["kept"]), record.get("reason"), seconds=seconds)
+    finally:
+        client.cancel(list(futures))  # stopped early (Ctrl-C, an error): no image is left running
+    if described is None:  # every image was made before: the card still names the model, as a worker loads it
+        described = client.submit(
+            _describe_task, model, device, allow_pickle, settings.controlnet, model_mode(plan), pure=False
+        ).result()
+    card = finish_dataset(
+        out, plan, described, settings, created=created, reject_below=reject_below, watermark=watermark
+    )
+    return SynthResult(out, kept, rejected, resumed, card)
+
+
+def _item_task(
+    model: str,
+    device: str | None,
+    threads: int,
+    allow_pickle: bool,
+    item: Item,
+    out: str,
+    *,
+    size: int,
+    settings: GenerationSettings,
+    **options: Any,
+) -> tuple[dict[str, Any], float, dict[str, Any]]:
+    """One image on a worker: (its record, seconds, the model's description); the record is written last."""
+    from .._generators import run
+    from ..model.engine import get_engine
+    from ..model.threads import torch_threads
+
+    engine = get_engine(model, device=device, allow_pickle=allow_pickle)  # cached: loaded once per worker
+    start = time.perf_counter()
+    with torch_threads(threads):
+        record = run(_make(engine, item, Path(out), settings, size=size, **options))
+    write_json(Path(out) / ITEMS / f"{item.id}.json", record)
+    mode = "labels" if item.mask is not None else None
+    return record, time.perf_counter() - start, engine.describe(settings.controlnet, mode)
+
+
+def _describe_task(
+    model: str, device: str | None, allow_pickle: bool, controlnet: str | None, mode: str | None
+) -> dict[str, Any]:
+    from ..model.engine import get_engine
+
+    description: dict[str, Any] = get_engine(model, device=device, allow_pickle=allow_pickle).describe(controlnet, mode)
+    return description
 
 
 def _make(
     engine: Any,
-    plan: SynthPlan,
     item: Item,
     out: Path,
     settings: GenerationSettings,
     *,
+    size: int,
     created: str,
     reject_below: dict[str, float],
     watermark: bool | str,
@@ -236,7 +349,7 @@ def _make(
         source = LabelsSource(labels, name=f"{item.id} (mask {item.mask_name})", mpp=item.mask.mpp, tissue=tissue)
         region = Region(0, 0, *labels.shape)
     else:
-        source, region = None, Region(0, 0, plan.size, plan.size)
+        source, region = None, Region(0, 0, size, size)
     try:
         result = yield from generate_region(engine, source, region, s, watermark=watermark)
     except GenerationError as err:  # e.g. no tissue in this tile: the dataset goes on without it
