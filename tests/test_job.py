@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,37 @@ def test_a_job_cancelled_while_the_model_loads_never_reaches_a_tile(
     gate.set()
     with pytest.raises(StopIteration):
         next(gen)
+
+
+@pytest.mark.parametrize("answer", ["anyway", "fast", "stop"])
+def test_a_long_cpu_run_is_timed_on_its_first_tile_then_goes_on_starts_again_fast_or_stops(
+    answer: str, tiny_model: Path, engine: Any, nuclei: tuple[np.ndarray, np.ndarray], fast: Any,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from napari_crafts.generation import estimate
+    from napari_crafts.generation.job import Restart
+    from napari_crafts.model.interrupt import JobCancelled
+
+    monkeypatch.setattr(estimate, "LONG_RUN_S", 0.0)  # every CPU run is "long" here
+    monkeypatch.setattr(estimate, "FIRST_TILE_S", 1e9)  # the first tile is always timed to its end (not the clock's)
+    source = LabelsSource(nuclei[1][:64, :64], name="nuclei", mpp=MPP)
+    region = Region(0, 0, 64, 40)
+    settings = dataclasses.replace(fast, steps=3)
+    decision = RunDecision()
+    chosen = {"anyway": settings, "fast": estimate.fast_settings(settings, 2), "stop": None}[answer]
+    decision.go(chosen) if chosen is not None else decision.stop()  # answered before it is asked: no waiting
+    events: list[Any] = []
+    gen = run_job(ModelChoice(str(tiny_model)), RegionJob(source, region, settings), decision=decision)
+    if answer == "stop":
+        with pytest.raises(JobCancelled):
+            run(gen, events.append)
+    else:
+        result = run(gen, events.append)
+        direct = run(generate_region(engine, source, region, chosen))
+        assert np.array_equal(result.rgb, direct.rgb)  # the same pixels as a run with those settings alone
+    (asked,) = [e for e in events if isinstance(e, estimate.RunEstimate)]
+    before = events[: events.index(asked)]
+    assert [e for e in before if isinstance(e, TileDone) and not e.skipped]  # timed on a real tile, kept
+    assert asked.long and asked.fast is not None and asked.fast_seconds < asked.seconds
+    assert "timed on the first" in asked.text()
+    assert [type(e) for e in events if isinstance(e, Restart)] == ([Restart] if answer == "fast" else [])

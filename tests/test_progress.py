@@ -9,17 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from napari_crafts.generation.estimate import (
-    _SPEED,
-    RunDecision,
-    RunEstimate,
-    estimate_run,
-    fast_settings,
-    settings_to_run,
-    speed,
-)
+from napari_crafts.generation.estimate import RunDecision, RunEstimate, fast_settings
 from napari_crafts.generation.progress import ProgressClock, format_duration, shown_step
-from napari_crafts.generation.region import GenerationSettings, Progress, Region, plan_region
+from napari_crafts.generation.region import GenerationSettings, Progress, TileDone
 from napari_crafts.io.pixel_size import pixel_size
 from napari_crafts.model.interrupt import JobCancelled, cancel_scope, make_interruptible
 
@@ -53,53 +45,89 @@ class FakeEngine:
         return cls(skip_prk_steps=True) if cls is PNDMScheduler else cls()
 
 
-def test_a_run_is_estimated_from_the_measured_speed_and_the_fast_settings_are_faster():
-    engine = FakeEngine()
-    _SPEED[(id(engine), 512, True, True)] = (10.0, 2.0)  # 10 s per pass and 2 s per decode at 512 px
-    settings = GenerationSettings()
-    plan = plan_region(None, Region(0, 0, 1024, 1024), engine, settings)
-    est = estimate_run(engine, plan, settings, control=True)
-    assert est.tiles == 9 and est.seconds == pytest.approx(9 * (51 * 10.0 + 2.0))  # PNDM: 51 passes for 50 steps
-    assert est.long and est.text() == "about 1 h 17 min on the CPU (9 tiles × 50 steps at 512 px)"
-    fast = fast_settings(settings)
+def first_tile_events(glass: int, tiles: int, passes: int) -> list[tuple[float, object]]:
+    """(seconds after the last event, event) of a run's start: ``glass`` glass tiles, then the first model tile:
+    its first pass 5 s (set-up), then 2 s a pass, then a 3-s decode."""
+    events: list[tuple[float, object]] = [(0.0, TileDone(i + 1, tiles, (0, 0, 1, 1), None, skipped=True))
+                                          for i in range(glass)]
+    events += [(5.0 if k == 1 else 2.0, Progress(glass, tiles, k, passes)) for k in range(1, passes + 1)]
+    return [*events, (3.0, TileDone(glass + 1, tiles, (0, 0, 1, 1), None))]
+
+
+def timed(events: list[tuple[float, object]], clock: list[float]):  # noqa: ANN201
+    """A run's generator whose events arrive after the given seconds of the (patched) clock."""
+    for dt, event in events:
+        clock[0] += dt
+        yield event
+    return "result"
+
+
+def test_a_run_is_estimated_from_its_own_first_tile_and_the_fast_settings_are_faster(monkeypatch):
+    from napari_crafts.generation import estimate
+
+    clock = [100.0]
+    monkeypatch.setattr(estimate.time, "perf_counter", lambda: clock[0])
+    engine, settings = FakeEngine(), GenerationSettings(steps=5, scheduler="ddim")  # 5 DDIM passes
+    monkeypatch.setattr(estimate, "FIRST_TILE_S", 60.0)
+    seen: list[object] = []
+    gen = estimate.measure_first_tile(timed(first_tile_events(2, 11, 5), clock), engine, settings, per_call=1)
+    with pytest.raises(StopIteration) as done:
+        while True:
+            seen.append(next(gen))
+    first = done.value.value
+    assert len(seen) == 2 + 5 + 1  # every event passed on
+    # 2 s a pass (the first, with its set-up, left out); the 3-s decode timed; glass counted out: 9 model tiles
+    assert (first.per_pass, first.decode, first.model_tiles, first.decode_measured) == (2.0, 3.0, 9, True)
+    est = estimate.estimate_run(engine, first, settings, 512)
+    assert est.seconds == pytest.approx(9 * (5 * 2.0 + 3.0)) and est.tiles == 9
+    assert est.text() == "about 2 min on the CPU (9 tiles × 5 steps at 512 px, timed on the first)"
+    fast = fast_settings(GenerationSettings())
     assert (fast.scheduler, fast.steps, fast.cfg_cutoff, fast.cache_interval, fast.tile_size, fast.overlap) == (
-        "unipc", 10, 0.5, 2, 512, settings.overlap) and not fast.exact  # an 8× autoencoder keeps its 64² latents
+        "unipc", 10, 0.5, 2, 512, GenerationSettings().overlap) and not fast.exact  # 8× autoencoder: 64² latents
     assert fast_settings(GenerationSettings(steps=4, tile_size=128, overlap=8)).steps == 4  # never more work
-    assert fast_settings(settings, vae_scale_factor=2).tile_size == 128  # a 2× autoencoder: 64² latents
-    # 256 px is extrapolated from the probes at 64 and 128 px (here: pixels × 4 per doubling, attention-like)
-    _SPEED[(id(engine), 64, True, True)] = (0.1, 0.01)
-    _SPEED[(id(engine), 128, True, True)] = (0.4, 0.04)
-    per_pass, decode = speed(engine, 256, control=True, guidance=True)
-    assert per_pass == pytest.approx(1.6) and decode == pytest.approx(0.16)
+    assert fast_settings(GenerationSettings(), vae_scale_factor=2).tile_size == 128  # a 2× autoencoder: 64² latents
+    both = estimate.estimate_run(engine, first, GenerationSettings(), 512, fast=fast, fast_tiles=9, fast_model_tile=256)
+    # exact: PNDM's 51 passes; fast: 10 UniPC passes, half unguided (0.5), every other one shallow (a third), and
+    # a quarter of the pixels per pass and decode (256-px tiles)
+    assert both.seconds == pytest.approx(9 * (51 * 2.0 + 3.0))
+    fast_passes = 3 * 1 + 2 * (1 / 3) + 2 * 0.5 + 3 * (0.5 / 3)
+    assert both.fast_seconds == pytest.approx(9 * 0.25 * (fast_passes * 2.0 + 3.0))
+    assert both.fast_text().startswith("UniPC, 10 steps, guidance for the first 50%, feature reuse, 512-px tiles")
     assert RunEstimate(30.0, 1, 10, 256, "cuda").long is False  # only CPU runs are asked about
 
 
-def test_a_long_run_waits_for_the_answer_and_cancel_ends_the_wait():
-    engine = FakeEngine()
-    for px, speeds in ((512, (10.0, 2.0)), (256, (1.0, 0.5))):  # measured before (no probe here)
-        _SPEED[(id(engine), px, True, True)] = speeds
-    settings = GenerationSettings()
-    decision = RunDecision()
-    gen = settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, 512, 512), engine, s), settings,
-                          control=True, decision=decision)
-    assert next(gen).text.startswith("estimating")
-    estimate = next(gen)
-    assert isinstance(estimate, RunEstimate) and estimate.fast == fast_settings(settings)
-    # 10 UniPC passes, half unguided, every other one shallow: 5.2 full passes + a decode, against 51 + a decode
-    # (512-px tiles stay: 10 s a pass). Passes 0-4 guided, 5-9 half batch (0.5); odd ones shallow (a third)
-    assert estimate.fast_seconds == pytest.approx(10.0 * (3 * 1 + 2 * (1 / 3) + 2 * 0.5 + 3 * (0.5 / 3)) + 2.0)
-    assert estimate.fast_text().startswith("UniPC, 10 steps, guidance for the first 50%, feature reuse, 512-px tiles")
-    decision.go(fast_settings(settings))
+def test_a_long_first_tile_is_estimated_from_its_first_passes_and_a_short_run_just_ends(monkeypatch):
+    from napari_crafts.generation import estimate
+
+    clock = [0.0]
+    monkeypatch.setattr(estimate.time, "perf_counter", lambda: clock[0])
+    engine, settings = FakeEngine(), GenerationSettings(steps=50, scheduler="ddim")  # 50 × 2 s > FIRST_TILE_S
+    gen = estimate.measure_first_tile(timed(first_tile_events(0, 4, 50), clock), engine, settings, per_call=2)
+    seen = []
     with pytest.raises(StopIteration) as done:
-        next(gen)
-    assert done.value.value.scheduler == "unipc"
+        while True:
+            seen.append(next(gen))
+    first = done.value.value
+    assert len(seen) == estimate.MEASURE_PASSES  # it did not wait for the tile's 50 passes
+    assert (first.per_pass, first.decode, first.decode_measured) == (2.0, estimate.DECODE_PASSES * 2.0, False)
+    assert estimate.estimate_run(engine, first, settings, 512).seconds == pytest.approx(2 * (50 * 2.0 + 4.0))
+    gen = estimate.measure_first_tile(timed(first_tile_events(0, 1, 1), clock), engine, settings, per_call=1)
+    with pytest.raises(StopIteration) as done:
+        while True:
+            next(gen)
+    assert done.value.value == ("done", "result")  # a one-pass run ended before it could be timed
+
+
+def test_a_waiting_decision_is_answered_or_cancelled():
+    decision = RunDecision()
+    decision.go(fast_settings(GenerationSettings()))
+    assert decision.wait().scheduler == "unipc"
     cancel = threading.Event()
-    gen = settings_to_run(engine, lambda s: plan_region(None, Region(0, 0, 512, 512), engine, s), settings,
-                          control=True, decision=RunDecision(cancel))
-    next(gen), next(gen)
     cancel.set()
-    with pytest.raises(JobCancelled):
-        next(gen)
+    assert RunDecision(cancel).wait(poll=0.01) is None
+    stopped = RunDecision()
+    stopped.stop()
+    assert stopped.wait() is None
 
 
 def test_cancel_interrupts_a_network_inside_a_step_only_in_its_own_thread():

@@ -438,9 +438,10 @@ def start_job(viewer: Any, runner: JobRunner, model: ModelChoice, job: RegionJob
               controls: GenerationControls | None = None, on_done: Callable[[Any], None] | None = None) -> Any:
     """Run ``job`` (``generation.job.run_job``: the one run layer) in the background into ``output``.
 
-    On a CPU a long run waits for the user's answer in ``offer`` (run anyway, or the fast settings, which
-    ``controls`` then show and the output's name says). Tiles shown during the run are previews; the result is
-    watermarked unless the job says otherwise. ``named``: what the output layer's name is made from.
+    On a CPU a long run (timed on its first tile) waits for the user's answer in ``offer``: run anyway (the
+    first tile is kept), or the fast settings, which ``controls`` then show and the output's name says. Tiles
+    shown during the run are previews; the result is watermarked unless the job says otherwise. ``named``: what
+    the output layer's name is made from.
     """
     from ..generation.estimate import RunDecision
     from ..generation.job import run_job
@@ -459,9 +460,7 @@ def start_job(viewer: Any, runner: JobRunner, model: ModelChoice, job: RegionJob
             if controls is not None:
                 controls.apply(chosen)
             output.name = output_name(named, chosen.exact)
-            options.clock.steps = chosen.steps
-            runner.status("running with the fast settings…")
-            decision.go(chosen)
+            decision.go(chosen)  # the run starts again with them (``Restart``: the runner resets its counts)
 
         offer.ask(estimate, lambda: decision.go(settings), fast)
 

@@ -189,7 +189,8 @@ class JobRunner(Container):
     def _on_yielded(self, event: Any) -> None:
         from ..evaluation.plip_eval import EvalProgress
         from ..generation.estimate import RunEstimate
-        from ..generation.progress import Stage
+        from ..generation.job import Restart
+        from ..generation.progress import ProgressClock, Stage
         from ..generation.region import (  # light: batch (dask) stays out of the UI thread
             BatchProgress,
             Progress,
@@ -204,6 +205,13 @@ class JobRunner(Container):
                                                           else "tiles embedded (PLIP)"))
         elif isinstance(event, Stage):
             self.status(event.text)
+        elif isinstance(event, Restart):  # the fast settings were chosen after the first tile: start again
+            self._tiles, self._glass = (0, 0), 0
+            self._job.clock = ProgressClock(event.settings.steps, images=self._job.clock.images)
+            if self.output is not None:
+                self.output.data[...] = 0  # the exact tile(s) shown so far are superseded
+                self.output.refresh()
+            self.status("running with the fast settings…")
         elif isinstance(event, RunEstimate):
             if event.long and self._job.on_long_run is not None:
                 self.status("waiting for your answer: run anyway, or use the fast settings?")

@@ -1,31 +1,36 @@
-"""How long a run will take, said before it starts; and the fast settings to offer when that is long (Qt-free).
+"""How long a CPU run will take, measured on its own first tile; and the fast settings to offer when that is long
+(Qt-free).
 
-On a CPU a default run (50 steps, 512-px tiles) can take many minutes per tile. ``estimate_run`` times one
-network pass at one or two small tile sizes (once per engine and size; a real run's measured speed replaces
-it), extrapolates to the run's tile size, and multiplies by the passes the run needs. It is an estimate: it
-says so, and the widgets show the measured remaining time once the run goes.
+On a CPU a default run (50 steps, 512-px tiles) can take many minutes per tile. Probing small tiles and
+extrapolating was measured wrong by 6× (a fixed cost per network pass dominates small tiles), so the run itself is
+the probe: ``measure_first_tile`` passes the run's events on while it times the network passes of the first tile
+the model draws and, when that tile is short (``FIRST_TILE_S``), the whole tile with its decode; ``estimate_run``
+scales that to the run (the model's tiles only: glass is counted out) and to the fast settings. The user decides
+while the run waits (``RunDecision``); the tile made meanwhile is kept when they run anyway.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.interrupt import JobCancelled, current_cancel
-from .progress import Stage, format_duration
-from .region import GenerationSettings, Plan, Progress
+from ..model.interrupt import current_cancel
+from .progress import format_duration
+from .region import GenerationSettings, Progress
 
-#: A CPU run estimated longer than this (seconds) is offered the fast settings before it starts.
+#: A CPU run estimated longer than this (seconds) is offered the fast settings before it goes on.
 LONG_RUN_S = 120.0
-#: Tile sizes (model px) the speed is measured at when the run's own tile is larger.
-PROBE_PX = (64, 128)
-#: Runs of at most this many network passes of a 64-px tile (tiles × passes × (tile/64)²) are not estimated.
-SMALL_RUN = 100
+#: A first tile expected to take at most this long (seconds) is timed to its end, decode included; a longer one is
+#: timed for ``MEASURE_PASSES`` network passes, its decode counted as ``DECODE_PASSES`` passes.
+FIRST_TILE_S = 20.0
+#: Network passes timed before a long first tile is estimated (the first pays one-off set-up and is not counted).
+MEASURE_PASSES = 3
+#: A decode not yet timed, in network passes (the demo model's 512-px decode measured ~2 UNet passes with CFG).
+DECODE_PASSES = 2.0
 #: Fast settings for a CPU: fewer steps with a multistep scheduler, guidance for the first half only, feature
 #: reuse. Approximate (recorded as such in the provenance, and the layer name says so).
 FAST_SETTINGS = GenerationSettings(scheduler="unipc", steps=10, cfg_cutoff=0.5, cache_interval=2)
@@ -33,11 +38,6 @@ FAST_SETTINGS = GenerationSettings(scheduler="unipc", steps=10, cfg_cutoff=0.5, 
 #: autoencoder: 128 px); at 64² they stay (an 8× autoencoder's 512 px: smaller tiles would cost more tiles and
 #: overlap for less fidelity: measured with the demo model, docs/demo_model.md).
 FAST_LATENT_SIDE = 64
-
-# (engine id, tile px, control, guidance) → (seconds per network pass, seconds per tile decode)
-_SPEED: dict[tuple[int, int, bool, bool], tuple[float, float]] = {}
-_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True)
 class RunEstimate:
@@ -60,7 +60,7 @@ class RunEstimate:
     def text(self) -> str:
         where = "on the CPU" if self.device == "cpu" else f"on {self.device}"
         return (f"about {format_duration(self.seconds)} {where} ({self.tiles} tile{'s' * (self.tiles != 1)} × "
-                f"{self.steps} steps at {self.model_tile} px)")
+                f"{self.steps} steps at {self.model_tile} px, timed on the first)")
 
     def fast_text(self) -> str:
         """What the fast settings are, and how long they would take."""
@@ -98,73 +98,81 @@ def network_passes(engine: Any, settings: GenerationSettings) -> int:
     return len(sched.timesteps)
 
 
-def estimate_run(engine: Any, plan: Plan, settings: GenerationSettings, *, control: bool,
-                 tiles: int | None = None) -> RunEstimate:
-    """The expected seconds of rendering ``tiles`` (default: every tile of ``plan``) with ``settings``."""
-    n = len(plan.grid) if tiles is None else tiles
-    guidance = settings.guidance_scale > 1.0 and settings.scheduler != "lcm"  # lcm: the student, no CFG
-    per_pass, decode = speed(engine, plan.model_tile, control=control, guidance=guidance, prompt=settings.prompt)
+def pass_weights(engine: Any, settings: GenerationSettings) -> list[float]:
+    """Each network pass of a tile, in full guided passes: an unguided pass runs half the batch; a shallow
+    (feature-reuse) pass is taken as a third of a full one; the few-step student runs without guidance."""
     passes = network_passes(engine, settings)
-    guided = round(settings.cfg_cutoff * passes) if guidance else 0
-    # unguided passes run half the batch; a shallow (feature-reuse) pass is taken as a third of a full one
-    weights = [(1.0 if i < guided or not guidance else 0.5) for i in range(passes)]
+    guidance = settings.guidance_scale > 1.0 and settings.scheduler != "lcm"
+    guided = round(settings.cfg_cutoff * passes) if guidance else passes
+    weights = [1.0 if i < guided else 0.5 for i in range(passes)]
     if settings.cache_interval > 1:
         weights = [w if i % settings.cache_interval == 0 else w / 3 for i, w in enumerate(weights)]
-    seconds = n * (per_pass * sum(weights) + decode)
-    return RunEstimate(seconds, n, settings.steps, plan.model_tile, str(engine.device))
+    return weights
 
 
-def record_speed(engine: Any, tile_px: int, seconds_per_pass: float, *, control: bool, guidance: bool) -> None:
-    """Keep the speed a real run measured, for the next estimate (replaces a probe's)."""
-    with _LOCK:
-        old = _SPEED.get((id(engine), tile_px, control, guidance))
-        _SPEED[(id(engine), tile_px, control, guidance)] = (seconds_per_pass, old[1] if old else 0.0)
+@dataclass(frozen=True)
+class FirstTile:
+    """What the first tile the model drew took: seconds per full network pass (of the batch it was in), and the
+    decode (measured, or ``DECODE_PASSES`` passes when the tile was too long to wait for); the tiles of the run
+    the model draws (glass and tiles outside tissue counted out), and how many it draws per call."""
+
+    per_pass: float
+    decode: float
+    model_tiles: int
+    per_call: int
+    decode_measured: bool
 
 
-def speed(engine: Any, tile_px: int, *, control: bool, guidance: bool, prompt: str = "") -> tuple[float, float]:
-    """(seconds per network pass, seconds per tile decode) at ``tile_px``: measured, or extrapolated."""
-    key = (id(engine), tile_px, control, guidance)
-    with _LOCK:
-        if key in _SPEED:
-            return _SPEED[key]
-    if tile_px <= PROBE_PX[-1]:
-        measured = _probe(engine, tile_px, control, guidance, prompt)
-    else:
-        (p0, d0), (p1, d1) = (speed(engine, px, control=control, guidance=guidance, prompt=prompt)
-                              for px in _probe_sizes(engine))
-        ratio = (tile_px / _probe_sizes(engine)[1]) ** 2  # pixels
-        # convolutions scale with the pixels, attention faster: the exponent measured between the probes, ≥ 1
-        grow = math.log(max(p1, 1e-9) / max(p0, 1e-9)) / math.log(4.0)
-        measured = (p1 * ratio ** min(2.0, max(1.0, grow)), d1 * ratio)
-    with _LOCK:
-        _SPEED.setdefault(key, measured)
-        return _SPEED[key]
+def measure_first_tile(work: Generator[Any, None, Any], engine: Any, settings: GenerationSettings, *,
+                       per_call: int) -> Generator[Any, None, FirstTile | tuple[str, Any]]:
+    """Pass ``work``'s events on while timing the first tile the model draws (see the module).
+
+    Returns a ``FirstTile``, or ``("done", result)`` when ``work`` ended before (a run of one short tile).
+    """
+    weights = pass_weights(engine, settings)
+    times: list[float] = []
+    last: float | None = None
+    glass = 0
+    while True:
+        try:
+            event = next(work)
+        except StopIteration as stop:
+            return "done", stop.value
+        yield event
+        now = time.perf_counter()
+        if isinstance(event, Progress):
+            if last is not None and event.step > 1:
+                times.append((now - last) / weights[min(event.step, len(weights)) - 1])
+            last = now
+            model_tiles = event.tiles - glass
+            if len(times) >= MEASURE_PASSES - 1:
+                per_pass = sorted(times)[len(times) // 2]
+                if per_pass * sum(weights) > FIRST_TILE_S:  # too long to wait for: estimate from the passes
+                    return FirstTile(per_pass, DECODE_PASSES * per_pass, model_tiles, per_call, False)
+        elif getattr(event, "skipped", False):
+            glass += 1
+        elif hasattr(event, "rgb") and last is not None and times:  # the first model tile is finished
+            per_pass = sorted(times)[len(times) // 2]
+            return FirstTile(per_pass, now - last, event.tiles - glass, per_call, True)
 
 
-def _probe_sizes(engine: Any) -> tuple[int, int]:
-    m = int(engine.size_multiple)
-    small = max(m, PROBE_PX[0] // m * m)
-    return small, 2 * small
+def estimate_run(engine: Any, first: FirstTile, settings: GenerationSettings, model_tile: int, *,
+                 fast: GenerationSettings | None = None, fast_tiles: int | None = None,
+                 fast_model_tile: int | None = None) -> RunEstimate:
+    """The whole run's seconds from ``first`` (tiles × passes, decode per call); with ``fast``, the same for the
+    fast settings (``fast_tiles`` of ``fast_model_tile`` px: the pass and the decode scale with the pixels)."""
 
+    def seconds(s: GenerationSettings, tiles: int, scale: float) -> float:
+        calls = -(-tiles // first.per_call)
+        return calls * scale * (first.per_pass * sum(pass_weights(engine, s)) + first.decode)
 
-def _probe(engine: Any, px: int, control: bool, guidance: bool, prompt: str) -> tuple[float, float]:
-    """Time one network pass (the second of two DDIM steps: the first pays one-off set-up costs) and one decode
-    of a ``px`` tile."""
-    import numpy as np
-
-    latent = px // engine.vae_scale_factor
-    noise = np.zeros((1, 4, latent, latent), np.float32)
-    image = np.zeros((1, px, px, 3), np.uint8) if control else None
-    engine.encode_prompt(prompt)  # the run encodes it too; keep it out of the timing
-    gen = engine.generate(noise, image, prompt=prompt, steps=2, scheduler="ddim",
-                          guidance_scale=7.5 if guidance else 1.0)
-    next(gen)
-    t0 = time.perf_counter()
-    next(gen)
-    t1 = time.perf_counter()
-    for _ in gen:  # the decode runs when the generator finishes
-        pass
-    return t1 - t0, time.perf_counter() - t1
+    total = seconds(settings, first.model_tiles, 1.0)
+    estimate = RunEstimate(total, first.model_tiles, settings.steps, model_tile, str(engine.device))
+    if fast is None:
+        return estimate
+    scale = ((fast_model_tile or model_tile) / model_tile) ** 2
+    quick = seconds(fast, fast_tiles if fast_tiles is not None else first.model_tiles, scale)
+    return dataclasses.replace(estimate, fast=fast, fast_seconds=quick)
 
 
 class RunDecision:
@@ -191,58 +199,3 @@ class RunDecision:
             if cancel is not None and cancel.is_set():
                 return None
         return self._settings
-
-
-def is_small(plan: Plan, passes: int, tiles: int) -> bool:
-    """Too little work to be worth measuring the speed for (see ``SMALL_RUN``)."""
-    return tiles * passes * (plan.model_tile / 64) ** 2 <= SMALL_RUN
-
-
-def settings_to_run(engine: Any, plan_for: Callable[[GenerationSettings], Plan], settings: GenerationSettings, *,
-                    control: bool, copies: int = 1, decision: RunDecision | None = None
-                    ) -> Generator[Stage | RunEstimate, None, GenerationSettings]:
-    """On a CPU, estimate the run (yields the ``RunEstimate``) and, when it is long, wait for ``decision``.
-
-    ``plan_for(settings)`` plans the region; ``copies`` images of it are made. Returns the settings to run with
-    (the user may pick the fast ones); raises JobCancelled when the user declines. Small runs and GPU runs go
-    ahead without asking.
-    """
-    plan = plan_for(settings)
-    n = len(plan.grid) * copies
-    if decision is None or str(engine.device) != "cpu" or is_small(plan, network_passes(engine, settings), n):
-        return settings
-    yield Stage("estimating how long this run takes…")
-    estimate = estimate_run(engine, plan, settings, control=control, tiles=n)
-    fast = fast_settings(settings, int(engine.vae_scale_factor), student=bool(engine.card.student))
-    fast_plan = plan_for(fast)
-    quick = estimate_run(engine, fast_plan, fast, control=control, tiles=len(fast_plan.grid) * copies)
-    estimate = dataclasses.replace(estimate, fast=fast, fast_seconds=quick.seconds)
-    yield estimate
-    if not estimate.long:
-        return settings
-    chosen = decision.wait()
-    if chosen is None:
-        raise JobCancelled("not started")
-    return chosen
-
-
-def measured(gen: Generator[Any, None, Any], engine: Any, tile_px: int, *, control: bool,
-             guidance: bool) -> Generator[Any, None, Any]:
-    """Pass ``gen``'s events through, timing the network passes; their mean speed is kept for later estimates."""
-    times: list[float] = []
-    last: tuple[float, int, int] | None = None
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(event, Progress):
-                now = time.perf_counter()
-                if last is not None and last[1:] == (event.tiles_done, event.step - 1):
-                    times.append(now - last[0])
-                last = (now, event.tiles_done, event.step)
-            yield event
-    finally:
-        if times:
-            record_speed(engine, tile_px, sum(times) / len(times), control=control, guidance=guidance)

@@ -4,16 +4,17 @@
 
 1. the heavy imports, in a daemon thread (a job stopped meanwhile ends within 0.1 s, ``background_imports``);
 2. the engine (``get_engine``; its networks made stoppable inside a step; the model remembered for the list);
-3. one plan per settings tried, the long-run estimate on a CPU and the user's answer (``settings_to_run``);
-4. generation (``generate_region``, or ``prompt_images`` for a stack of images from text) with its watermark and
-   provenance, timed so that the next estimate starts from the measured speed (``measured``).
+3. generation (``generate_region``, or ``prompt_images`` for a stack of images from text) with its watermark and
+   provenance, planned once;
+4. on a CPU, the long-run estimate, measured on the run's own first tile (``estimate.measure_first_tile``), and
+   the user's answer: go on (the first tile is kept), or start again with the fast settings (``Restart``).
 
 It yields the events every caller maps in one place: ``Stage`` (what it does now), ``RunEstimate`` (a CPU run's
-estimate: when ``long`` the caller asks the user and answers the ``RunDecision``), ``Progress`` (a denoising
-step), ``TileDone`` (a tile's pixels) and, for stacks, the same events with their image as ``plane``; None now and
-then while imports run (nothing to show). It returns the ``RegionResult``. Cancelling is one channel: the
-``threading.Event`` of the ``model.interrupt.cancel_scope`` the caller runs it in (networks stop inside a step,
-a waiting decision gives up).
+estimate: when ``long`` the caller asks the user and answers the ``RunDecision``), ``Restart`` (the fast settings
+were chosen: the run starts again), ``Progress`` (a denoising step), ``TileDone`` (a tile's pixels) and, for
+stacks, the same events with their image as ``plane``; None now and then while imports run (nothing to show). It
+returns the ``RegionResult``. Cancelling is one channel: the ``threading.Event`` of the
+``model.interrupt.cancel_scope`` the caller runs it in (networks stop inside a step, a waiting decision gives up).
 
 The whole-slide path (``wsi.job.generate_slide``) renders with the same ``render_tiles`` on dask workers.
 """
@@ -25,12 +26,13 @@ import functools
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .._generators import mapped
-from .estimate import RunDecision, measured, settings_to_run
+from ..model.interrupt import JobCancelled
+from .estimate import FirstTile, RunDecision, estimate_run, fast_settings, measure_first_tile
 from .progress import Stage
 from .region import (
     GenerationError,
@@ -42,6 +44,7 @@ from .region import (
     TileDone,
     generate_region,
     plan_region,
+    tiles_per_call,
 )
 from .sources import ControlSource
 
@@ -153,10 +156,18 @@ def load_engine(model: ModelChoice, *, mode: str | None = None, controlnet: str 
     return engine
 
 
+@dataclass(frozen=True)
+class Restart:
+    """The run starts again with ``settings`` (the user chose the fast ones after the first tile): what was shown
+    so far is superseded."""
+
+    settings: GenerationSettings
+
+
 def run_job(
     model: ModelChoice, job: RegionJob, *, decision: RunDecision | None = None, engine: Any = None
 ) -> Generator[Any, None, RegionResult]:
-    """Load the model, decide the settings (asking ``decision`` when a CPU run is long), generate: see the module.
+    """Load the model, generate, and on a CPU ask ``decision`` when the run is long: see the module.
 
     Without ``decision`` a long run goes ahead with ``job.settings`` (scripts, the CLI). ``engine``: one already
     loaded for ``model`` (skips steps 1–2).
@@ -167,26 +178,39 @@ def run_job(
         yield from background_imports()
         engine = load_engine(model, mode=mode, controlnet=settings.controlnet)
     yield Stage(f"model loaded ({engine.device}); preparing the first tile…")
-    plans: dict[GenerationSettings, Plan] = {}
 
-    def plan_for(s: GenerationSettings) -> Plan:  # each settings tried is planned once
-        if s not in plans:
-            plans[s] = plan_region(source, job.region, engine, s)
-        return plans[s]
+    def start(s: GenerationSettings) -> tuple[Plan, Generator[Any, None, RegionResult]]:
+        plan = plan_region(source, job.region, engine, s)
+        if source is None:
+            return plan, prompt_images(engine, s, job.images, job.region.height, job.region.width,
+                                       watermark=job.watermark)
+        return plan, generate_region(engine, source, job.region, s, watermark=job.watermark, plan=plan)
 
-    chosen = yield from settings_to_run(
-        engine, plan_for, settings, control=source is not None, copies=job.images, decision=decision
-    )
-    plan = plan_for(chosen)
-    if source is None:
-        work = prompt_images(engine, chosen, job.images, job.region.height, job.region.width, watermark=job.watermark)
-    else:
-        work = generate_region(engine, source, job.region, chosen, watermark=job.watermark, plan=plan)
-    return (
-        yield from measured(
-            work, engine, plan.model_tile, control=source is not None, guidance=chosen.guidance_scale > 1.0
-        )
-    )
+    plan, work = start(settings)
+    if decision is None or str(engine.device) != "cpu":
+        return (yield from work)
+    per_call = tiles_per_call(engine, source, plan, settings)
+    first = yield from measure_first_tile(work, engine, settings, per_call=per_call)
+    if not isinstance(first, FirstTile):  # the run ended with its first tile
+        return cast(RegionResult, first[1])
+    fast = fast_settings(settings, int(engine.vae_scale_factor), student=bool(engine.card.student))
+    fast_plan = plan_region(source, job.region, engine, fast)
+    share = first.model_tiles / (len(plan.grid) * job.images)  # the model's share of the tiles (no glass)
+    estimate = estimate_run(engine, first, settings, plan.model_tile, fast=fast,
+                            fast_tiles=max(1, round(len(fast_plan.grid) * job.images * share)),
+                            fast_model_tile=fast_plan.model_tile)
+    yield estimate
+    if not estimate.long:
+        return (yield from work)
+    chosen = decision.wait()
+    if chosen is None:
+        work.close()
+        raise JobCancelled("cancelled after the first tile")
+    if chosen == settings:
+        return (yield from work)
+    work.close()
+    yield Restart(chosen)
+    return (yield from start(chosen)[1])
 
 
 def prompt_images(
