@@ -123,8 +123,8 @@ def test_writers_store_the_marked_pixels_as_they_are(region: tuple[RegionResult,
 
 def test_stack_images_keep_their_own_records(engine: Any, tmp_path: Path) -> None:
     """Prompt → H&E stacks: each image is marked with its own record, which the writer stores with stack_index."""
-    from napari_crafts.generation.job import prompt_images
     from napari_crafts._writer import save_layer_data
+    from napari_crafts.generation.job import prompt_images
 
     settings = GenerationSettings(steps=1, tile_size=64, overlap=16, prompt="tissue", seed=2)
     with torch_threads(1):

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .._plural import plural
-from ..model.card import CRAFTS_MASK_PROMPT
 from ._errors import ArgumentParser, UsageError, bounded_int, positive_float, run_command
+from ._settings import add_settings, settings_from_args, settings_of
+
+__all__ = ["build_parser", "main", "settings_from_args"]
 
 #: Commands whose parser (``configure_parser``) and entry point (``main``) live in their own module.
 COMMANDS = {
@@ -42,31 +44,8 @@ COMMANDS = {
 }
 #: The demo's steps when none are given (CPU; the paper: 50).
 DEMO_STEPS = 6
-#: The flag of each GenerationSettings field, for messages about out-of-range values.
-SETTINGS_FLAGS = {
-    "prompt": "--prompt", "negative_prompt": "--negative-prompt", "seed": "--seed", "steps": "--steps",
-    "guidance_scale": "--guidance", "scheduler": "--scheduler", "tile_size": "--tile-size", "overlap": "--overlap",
-    "batch_size": "--batch", "controlnet": "--controlnet", "cfg_cutoff": "--cfg-cutoff",
-    "cache_interval": "--cache-interval",
-}
-
-
-def settings_from_args(**fields: Any) -> Any:
-    """GenerationSettings from command-line values; an invalid one is a UsageError naming its flag. ``steps``
-    None: the scheduler's default (lcm: ``LCM_DEFAULT_STEPS``; others: ``default_steps``, else the settings')."""
-    from ..generation.region import GenerationSettings, SettingsError
-    from ..model.engine import FEW_STEP_SCHEDULER, LCM_DEFAULT_STEPS
-
-    default_steps = fields.pop("default_steps", GenerationSettings().steps)
-    if fields.get("steps") is None:
-        fields["steps"] = LCM_DEFAULT_STEPS if fields.get("scheduler") == FEW_STEP_SCHEDULER else default_steps
-    try:
-        return GenerationSettings(**fields)
-    except SettingsError as err:
-        flag = SETTINGS_FLAGS.get(err.field, err.field)
-        raise UsageError(f"{flag} {err.value}: must be {err.valid}.") from None
-
-
+#: The generation settings the demo takes on its command line.
+DEMO_SETTINGS = ("prompt", "seed", "steps", "scheduler", "tile_size", "overlap", "batch_size")
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -85,10 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.device:  # before anything is written
         check_device(args.device)
-    settings = settings_from_args(
-        prompt=args.prompt, seed=args.seed, steps=args.steps, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch, scheduler=args.scheduler, default_steps=DEMO_STEPS,
-    )
+    settings = settings_of(args, *DEMO_SETTINGS, default_steps=DEMO_STEPS)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a folder for the demo's output.")
@@ -164,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="napari-crafts", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     from ..model.catalog import default_model
-    from ..model.engine import SCHEDULERS
     from . import generate as batch_cli
 
     demo = sub.add_parser("demo", help="offline demo on real nuclei labels with the bundled demo model")
@@ -172,15 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=default_model(),
                       help="diffusers folder or hub id; 'demo': the bundled model trained on CMU-1, 'tiny-demo': "
                            "the tiny random test model (default: %(default)s)")
-    demo.add_argument("--prompt", default=CRAFTS_MASK_PROMPT)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=None,
-                      help=f"denoising steps (paper: 50; demo default {DEMO_STEPS} for CPU; lcm: 4)")
-    demo.add_argument("--scheduler", choices=SCHEDULERS, default="default",
-                      help="'default' = the model's own; 'lcm' = its few-step student (train --stage distill)")
-    demo.add_argument("--tile-size", type=int, default=128, help="tile side in model px (paper: 512)")
-    demo.add_argument("--overlap", type=int, default=32)
-    demo.add_argument("--batch", type=int, default=4)
+    add_settings(demo, *DEMO_SETTINGS, steps=None, tile_size=128, overlap=32, batch_size=4,
+                 notes={"steps": f"Default here: {DEMO_STEPS} (for a CPU; lcm: 4)."})
     demo.add_argument("--size", type=bounded_int(16, 512), default=512,
                       help="side of the labels crop to render (≤ 512)")
     demo.add_argument("--mpp", type=positive_float, default=0.25, help="pixel size assumed for the labels (µm/px)")

@@ -8,17 +8,18 @@ import os
 from pathlib import Path
 
 from ..export import open_ome_zarr
-from ..generation.region import GenerationSettings
 from ..generation.tiling import TileGrid, seam_score
 from ..io.slide import KINDS
-from ..model.card import CRAFTS_MASK_PROMPT
-from ..model.engine import SCHEDULERS
 from ._errors import UsageError, bounded_int, positive_float, run_command
+from ._settings import add_settings, settings_of
 
 #: Names of single files (not folders): an OUTPUT named so is refused (generate writes an OME-Zarr folder).
 FILE_SUFFIXES = (".tif", ".tiff", ".btf", ".png", ".jpg", ".jpeg", ".svs", ".ndpi", ".qptiff", ".json", ".csv")
 #: Side of the level-0 sample the CLI reports a seam score on.
 SEAM_SAMPLE = 2048
+#: The generation settings ``generate`` takes on its command line (their flags: ``generation.settings``).
+GENERATE_SETTINGS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "cfg_cutoff",
+                     "cache_interval", "tile_size", "overlap", "batch_size", "controlnet")
 LORA_HELP = ("a LoRA for the UNet (and ControlNet, where it has weights for it): a .safetensors file or a folder "
              "holding one (diffusers, peft or kohya layout); pickle only with --allow-pickle; its SHA-256 goes into "
              "the provenance")
@@ -51,35 +52,15 @@ def seam_line(border: float, interior: float) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The ``napari-crafts generate`` arguments."""
-    d = GenerationSettings()
     parser.add_argument("source", help="nuclear labels or fluorescence: (OME-)TIFF, OME-Zarr, SVS/NDPI/…, or "
                         "nuclei polygons as GeoJSON (QuPath export, level-0 pixels; needs --mpp)")
     parser.add_argument("output", help="OME-Zarr folder to write (e.g. slide_synthetic.ome.zarr)")
     parser.add_argument("--model", required=True,
                         help="diffusers folder or hub id of the CRAFTS model ('tiny-demo': tiny random test model)")
-    parser.add_argument("--controlnet", default=None, help="ControlNet folder or hub id (default: the model's own)")
     parser.add_argument("--lora", default=None, metavar="PATH", help=LORA_HELP)
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
-    parser.add_argument("--prompt", default=CRAFTS_MASK_PROMPT, help="text prompt (default: the CRAFTS prompt)")
-    parser.add_argument("--negative-prompt", default=d.negative_prompt)
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"global seed (default {d.seed})")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"denoising steps (default {d.steps}; with --scheduler lcm 4, at most 50)")
-    parser.add_argument("--guidance", type=float, default=d.guidance_scale,
-                        help=f"classifier-free guidance scale (default {d.guidance_scale})")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
-                        help="'default' = the model's own (exact); others for fewer steps (approximate); 'lcm' = the "
-                             "model's few-step student (train --stage distill), 2-8 steps, no CFG")
-    parser.add_argument("--cfg-cutoff", type=float, default=d.cfg_cutoff, metavar="FRACTION",
-                        help="guidance only for this fraction of the steps (default 1 = exact; less is approximate)")
-    parser.add_argument("--cache-interval", type=int, default=d.cache_interval, metavar="N",
-                        help="full UNet every N steps, its shallow branch between (default 1 = exact; "
-                        "2-5 is faster and approximate)")
-    parser.add_argument("--tile-size", type=int, default=d.tile_size, help=f"tile side in model px ({d.tile_size})")
-    parser.add_argument("--overlap", type=int, default=d.overlap, help=f"tile overlap in model px ({d.overlap})")
-    parser.add_argument("--batch", type=int, default=d.batch_size,
-                        help="tiles per model call (default 0 = auto: as many as fit in free GPU memory; 1 on CPU)")
+    add_settings(parser, *GENERATE_SETTINGS, steps=None, notes={"steps": "Default: 50; lcm: 4."})
     parser.add_argument("--mpp", type=positive_float, default=None,
                         help="source pixel size in µm/px (overrides the file's)")
     parser.add_argument("--kind", choices=[k for k in KINDS if k != "rgb"], default=None,
@@ -122,14 +103,8 @@ def main(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from ..model.engine import check_device
     from ..wsi.job import generate_slide
-    from . import settings_from_args
 
-    settings = settings_from_args(  # every number is checked before anything starts
-        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
-        guidance_scale=args.guidance, scheduler=args.scheduler, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch, controlnet=args.controlnet, cfg_cutoff=args.cfg_cutoff,
-        cache_interval=args.cache_interval,
-    )
+    settings = settings_of(args, *GENERATE_SETTINGS)  # every number is checked before anything starts
     named = Path(args.output)
     is_source = named.resolve() == Path(args.source).resolve()  # the output rule says that, first and louder
     if named.suffix.lower() in FILE_SUFFIXES and not named.is_dir() and not is_source:  # a folder is written

@@ -167,7 +167,7 @@ def _synth(args: argparse.Namespace) -> int:
     from ..model.description import ModelDescription
     from ..synth import plan_classes, plan_pairs
     from ..synth.run import check_dataset_output, dataset_state, start_dataset, synthesize
-    from . import settings_from_args
+    from ._settings import settings_from_args
 
     if args.count < 1:
         raise UsageError(f"--count {args.count}: give at least 1 image per class (or per mask).")

@@ -14,8 +14,6 @@ resampled back, so the output has exactly the source's pixel grid and overlays i
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +22,11 @@ import numpy as np
 
 from .._generators import mapped, run  # noqa: F401  (run: this module's API; drives any of our generators)
 from .._types import DescribesModel, GenerationEngine, ModelGeometry, PromptModel
-from ..model.card import CONTROL_ENCODINGS, CRAFTS_MASK_PROMPT, NUCLEI_V1, TISSUE_ENCODINGS
+from ..model.card import CONTROL_ENCODINGS, NUCLEI_V1, TISSUE_ENCODINGS
 from ..model.threads import pinned
 from ..provenance import make_provenance
 from .conditioning import LABELS_ENCODING_TEXT
+from .settings import GenerationSettings, SettingsError  # noqa: F401  (SettingsError: this module's API)
 from .sources import ControlSource, resize
 from .tiling import Stitcher, Tile, TileGrid, blend_order, noise_field
 from .tissue import RunTasks, TissueMask, composite, is_choice, resolve_tissue
@@ -48,92 +47,6 @@ class GenerationError(Exception):
 
     Not a RuntimeError: superqt's workers take a RuntimeError for a deleted Qt object and stay silent.
     """
-
-
-class SettingsError(ValueError):
-    """A generation setting out of range: names the field (``field``), the value and what is valid."""
-
-    def __init__(self, field: str, value: Any, valid: str) -> None:
-        self.field, self.value, self.valid = field, value, valid
-        super().__init__(f"{field} must be {valid}, got {value!r}.")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickles (dask) with its three fields
-        return SettingsError, (self.field, self.value, self.valid)
-
-
-#: Valid ranges (inclusive) of the integer settings; the CLI and the widgets share them.
-SETTINGS_INT_RANGES = {
-    "seed": (0, 2**63 - 1), "steps": (1, 1000), "tile_size": (32, 4096), "overlap": (0, 2048),
-    "batch_size": (0, 256), "cache_interval": (1, 1000),
-}
-#: Valid ranges of the float settings: (low, high, low excluded); NaN and infinities are never valid.
-SETTINGS_FLOAT_RANGES = {
-    "guidance_scale": (0.0, 100.0, False), "controlnet_scale": (0.0, 10.0, False), "cfg_cutoff": (0.0, 1.0, True),
-}
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    prompt: str = CRAFTS_MASK_PROMPT
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 50
-    guidance_scale: float = 7.5
-    controlnet_scale: float = 1.0
-    scheduler: str = "default"
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 0  # tiles per model call; 0 = auto (as many as fit in free GPU memory; 1 on CPU)
-    skip_empty: bool = True
-    controlnet: str | None = None
-    cfg_cutoff: float = 1.0  # < 1: no guidance after this fraction of the steps (approximate, faster)
-    cache_interval: int = 1  # > 1: full UNet every N steps, shallow branch between (approximate, faster)
-
-    def __post_init__(self) -> None:
-        """Refuse values no run can use (SettingsError names the field, the value and the valid range)."""
-        from ..model.engine import FEW_STEP_SCHEDULER, LCM_MAX_STEPS, SCHEDULERS
-
-        for name, (lo, hi) in SETTINGS_INT_RANGES.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= int(value) <= hi:
-                raise SettingsError(name, value, f"an integer from {lo} to {hi}")
-        if self.overlap > self.tile_size // 2:
-            half = self.tile_size // 2
-            raise SettingsError("overlap", self.overlap, f"an integer from 0 to half the tile size ({half})")
-        for name, (low, high, open_low) in SETTINGS_FLOAT_RANGES.items():
-            number = getattr(self, name)
-            real = isinstance(number, numbers.Real) and not isinstance(number, bool)
-            x = float(number) if real else math.nan
-            if not math.isfinite(x) or not (low < x if open_low else low <= x) or x > high:
-                raise SettingsError(name, number, f"a number {'>' if open_low else '≥'} {low:g} and ≤ {high:g}")
-        if self.scheduler not in SCHEDULERS:
-            raise SettingsError("scheduler", self.scheduler, "one of " + ", ".join(SCHEDULERS))
-        if self.scheduler == FEW_STEP_SCHEDULER and self.steps > LCM_MAX_STEPS:
-            raise SettingsError("steps", self.steps, f"an integer from 1 to {LCM_MAX_STEPS} with the lcm scheduler "
-                                "(the student's schedule has 50 steps; 2-8 is its range)")
-        for name in ("prompt", "negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                raise SettingsError(name, getattr(self, name), "text")
-
-    @property
-    def exact(self) -> bool:
-        """True when this is the model's own 50-step-style math; False for the fast, approximate modes."""
-        return self.scheduler == "default" and self.cfg_cutoff >= 1.0 and self.cache_interval <= 1
-
-    def record(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "exact": self.exact, "approximation": self.approximation}
-
-    @property
-    def approximation(self) -> str | None:
-        """What makes these settings approximate, in words (None when exact)."""
-        if self.exact:
-            return None
-        if self.scheduler == "lcm":  # the model's few-step student: its guidance is folded in, no CFG at run time
-            return (f"approximate (fast mode): the model's few-step student (LCM), {self.steps} steps, no "
-                    "classifier-free guidance at run time (the student's is folded in)")
-        reuse = f", full UNet every {self.cache_interval} steps (feature reuse)" if self.cache_interval > 1 else ""
-        return (f"approximate (fast mode): scheduler '{self.scheduler}', CFG for the first {self.cfg_cutoff:.0%} "
-                f"of the steps{reuse}")
 
 
 @dataclass(frozen=True)
