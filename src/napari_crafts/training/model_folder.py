@@ -25,8 +25,8 @@ from ..model.card import CONTROL_ENCODINGS, CRAFTS_MASK_PROMPT, MODEL_CARD_FILE,
 
 if TYPE_CHECKING:
     from .data import PairsSplit
+    from .parts import Parts
     from .settings import TrainSettings
-    from .stage import Parts
 
 #: Key in napari_crafts.json that says who made the model (information: what may be replaced is decided by the
 #: folder marker of ``export.safety``).

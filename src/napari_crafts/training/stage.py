@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,8 @@ import numpy as np
 from ..model.card import MODEL_CARD_FILE
 from . import losses
 from .data import PairsSplit, TileArrays, batch_indices, dihedral
+from .parts import Parts
 from .settings import TrainingError, TrainSettings
-
-
-@dataclass
-class Parts:
-    """The networks of a model folder, in memory."""
-
-    vae: Any
-    unet: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler_config: dict[str, Any]
-    controlnets: dict[str, Any] = field(default_factory=dict)
-    card: dict[str, Any] = field(default_factory=dict)
 
 
 def load_parts(path: str | Path, *, allow_pickle: bool = False) -> Parts:
