@@ -23,6 +23,9 @@ MODES = [
     ("unipc 20 steps", FAST_STEPS, 1, 1.0),
     ("feature reuse, full UNet every 3 steps", NOMINAL_STEPS, 3, 1.0),
     ("unipc 20 steps + reuse every 2 + CFG for 50%", FAST_STEPS, 2, 0.5),
+    # the few-step student (--scheduler lcm): no CFG; its LoRA run unfused adds 2r/(in+out) of each adapted layer
+    # (rank 64 on SD1.5's 320-1280 channels: 2-10 % of those layers), not counted here
+    *((f"lcm {n} steps (student, no CFG)", n, 1, 0.0) for n in (2, 4, 8)),
 ]
 
 

@@ -188,3 +188,14 @@ def test_a_student_of_another_base_is_one_line(tiny_model, lora, tmp_path, victi
     code, _, err = run_cli(["generate", victim, out, "--model", model, "--scheduler", "lcm"], capsys)
     assert code == 2 and "is not the student the card declares" in one_line(err)
     assert not out.exists()
+
+
+def test_the_fast_settings_run_the_student_when_the_model_has_one():
+    from napari_crafts.generation.estimate import fast_settings
+    from napari_crafts.generation.region import GenerationSettings
+
+    asked = GenerationSettings(steps=50, tile_size=512, overlap=64)
+    fast = fast_settings(asked, 8, student=True)
+    assert (fast.scheduler, fast.steps, fast.cfg_cutoff, fast.cache_interval) == ("lcm", 4, 1.0, 1)
+    assert not fast.exact and "few-step student" in str(fast.approximation)
+    assert fast_settings(asked, 8).scheduler == "unipc"  # no student: as before

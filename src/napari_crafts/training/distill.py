@@ -128,11 +128,14 @@ class DistillStage(Stage):
                 self.target[name].copy_(held)
 
     def student_state(self) -> dict[str, Any]:
-        """The target's LoRA (what the folder ships) as diffusers' layout: ``unet.<layer>.lora_A.weight``."""
+        """The target's LoRA (what the folder ships) as diffusers' layout: ``unet.<layer>.lora_A.weight``, in the
+        run's ``save_dtype`` (as the model's other weights)."""
+        torch = self.torch
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.s.save_dtype, torch.float32)
         out = {}
         for name, t in self.target.items():
             layer = name.removeprefix("student.").replace(".default.", ".").replace(".default", "")
-            out[f"unet.{layer}"] = t.detach().float().cpu().contiguous()
+            out[f"unet.{layer}"] = t.detach().to(dtype).cpu().contiguous()
         return out
 
     # -- one micro-batch ------------------------------------------------------------------------------------
