@@ -161,7 +161,8 @@ COMPARE_MEANING = (
 
 # -- Live paint (Labels → H&E) -----------------------------------------------------------------------------------
 TOOLTIPS["live"] = (
-    "Live paint: generate the region once with the fast settings, then every edit of the labels (brush, fill, "
+    "Live paint: generate the region once with the fastest settings the model offers (its few-step student when "
+    "it declares one, else the fast settings), then every edit of the labels (brush, fill, "
     "erase, undo/redo, a script's refresh()) redraws only the tiles under it, 250 ms after the last edit. The rest "
     "stays as it was (unless the tissue extent changes: then the invisible watermark is redone everywhere); the "
     "result equals a fresh run on the edited labels with the same settings. The record lists each redrawn box.")

@@ -34,7 +34,6 @@ import numpy as np
 from ..export.watermark import CHUNK, Payload, embed_watermark, sign_record, watermark_image
 from .region import (
     GenerationError,
-    GenerationSettings,
     Plan,
     Progress,
     Region,
@@ -46,6 +45,7 @@ from .region import (
     render_tiles_adaptive,
     tiles_per_call,
 )
+from .settings import GenerationSettings
 from .tiling import Tile, blend_order, blend_window
 from .tissue import READ_BLOCK, TissueMask, is_choice, labels_cells_task, tissue_from_cells
 
@@ -324,11 +324,12 @@ def regenerate(live: LiveRegion, labels: Any, box: Box) -> Generator[Progress, N
 
 
 def live_settings(engine: Any, settings: GenerationSettings) -> GenerationSettings:
-    """The settings live paint runs with: the fastest the model offers (``estimate.fast_settings``: fewer steps,
-    a multistep scheduler, guidance for the first half, feature reuse), from ``settings``' prompt, seed and tiles."""
+    """The settings live paint runs with: the fastest the model offers (``estimate.fast_settings``: its few-step
+    student when its card declares one, else fewer steps with a multistep scheduler, guidance for the first half
+    and feature reuse), from ``settings``' prompt, seed and tiles."""
     from .estimate import fast_settings
 
-    return fast_settings(settings, engine.vae_scale_factor)
+    return fast_settings(settings, int(engine.vae_scale_factor), student=bool(engine.card.student))
 
 
 def run_live(
