@@ -416,6 +416,24 @@ def warn_unknown_mpp(layer: Any, mpp: float | None, model: ModelChoice) -> tuple
     return (f"'{layer.name}' has no pixel size",)
 
 
+def start_from_dock(dock: Any, prepare: Callable[[], Any]) -> Any:
+    """What a dock's Generate does: ``prepare()`` returns (layer, source, region) to run over, or a worker it has
+    started itself (the Labels dock's background path); an input it refuses raises GenerationError or ValueError,
+    said in one line. The dock has ``controls``, ``offer``, ``runner`` and ``_viewer``."""
+    from napari.utils.notifications import show_error
+
+    try:
+        prepared = prepare()
+        if not isinstance(prepared, tuple):
+            return prepared
+        layer, source, region = prepared
+        job, model = dock.controls.job(source, region), dock.controls.model_choice()
+    except (GenerationError, ValueError) as exc:
+        show_error(str(exc))
+        return None
+    return start_region_job(dock._viewer, dock.runner, layer, job, model, offer=dock.offer, controls=dock.controls)
+
+
 def start_region_job(viewer: Any, runner: JobRunner, layer: Any, job: RegionJob, model: ModelChoice, *,
                      offer: LongRunOffer | None = None, controls: GenerationControls | None = None) -> Any:
     """Add a transparent output layer exactly over ``job.region`` of ``layer`` and run ``job`` into it

@@ -138,7 +138,7 @@ class Compare(DockContainer):
         # Compute, Cancel, progress and status: the generation widgets' runner
         self.runner = JobRunner("Compute", BUTTON_TOOLTIPS["compute"])
         self._compute_button = self.runner.run_button
-        self._results = Label(value="", label="metrics")
+        self._results = Label(value="", label="")  # the metrics and what they mean: the dock's whole width
         self._toggle_button = PushButton(text="Toggle synthetic", tooltip=COMPARE_TOOLTIPS["toggle"])
         self._opacity_slider = FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, label="synthetic opacity",
                                            tooltip=COMPARE_TOOLTIPS["opacity"])

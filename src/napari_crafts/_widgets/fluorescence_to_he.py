@@ -18,7 +18,7 @@ from ._controls import (
     RegionControls,
     SaveButton,
     spin,
-    start_region_job,
+    start_from_dock,
 )
 from ._layers import job_data, output_units, place_over, record
 from ._regions import layer_plane
@@ -183,14 +183,9 @@ class FluorescenceToHE(DockContainer):
                                     units=output_units(layer))
 
     def generate(self) -> Any:
-        from napari.utils.notifications import show_error
+        """Start generation; returns the worker (None when the input was refused with a message)."""
+        return start_from_dock(self, self._prepare)
 
-        try:
-            source, layer = self.source()
-            region = self.where.region(layer, self._viewer, source.shape)
-            job, model = self.controls.job(source, region), self.controls.model_choice()
-        except (GenerationError, ValueError) as exc:
-            show_error(str(exc))
-            return None
-        return start_region_job(self._viewer, self.runner, layer, job, model, offer=self.offer,
-                                controls=self.controls)
+    def _prepare(self) -> tuple[Any, Any, Any]:
+        source, layer = self.source()
+        return layer, source, self.where.region(layer, self._viewer, source.shape)

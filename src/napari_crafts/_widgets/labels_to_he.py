@@ -21,7 +21,7 @@ from ._controls import (
     SaveButton,
     layer_box,
     spin,
-    start_region_job,
+    start_from_dock,
 )
 from ._layers import job_data, output_units, place_over
 from ._live import LivePaint
@@ -69,31 +69,29 @@ class LabelsToHE(DockContainer):
 
     def generate(self) -> Any:
         """Start generation; returns the worker (None when the input was refused with a message)."""
-        from napari.utils.notifications import show_error, show_info
+        return start_from_dock(self, self._prepare)
+
+    def _prepare(self) -> Any:
+        """(layer, source, region) of a Generate click, or the background job's worker."""
+        from napari.utils.notifications import show_info
 
         from ..generation.sources import LabelsSource
 
-        try:
-            layer = self._labels_layer.value
-            if layer is None:
-                raise GenerationError(NO_LABELS)
-            plane, note = layer_plane(layer, self._viewer)
-            if note:
-                show_info(note)
-            if self.where.mpp_origin != "typed here":
-                self.where.take_mpp_from(layer)  # its scale may have changed since it was chosen
-            if self._background.value:
-                return self.start_background(layer, plane)
-            region = self.where.region(layer, self._viewer, plane.shape)
-            # the job reads a copy made now, never the layer: painting or removing it cannot touch the run
-            source = LabelsSource(job_data(plane), name=layer.name, mpp=self.where.mpp,
-                                  tissue=self.tissue.spec(layer, plane.shape))
-            job, model = self.controls.job(source, region), self.controls.model_choice()
-        except (GenerationError, ValueError) as exc:
-            show_error(str(exc))
-            return None
-        return start_region_job(self._viewer, self.runner, layer, job, model, offer=self.offer,
-                                controls=self.controls)
+        layer = self._labels_layer.value
+        if layer is None:
+            raise GenerationError(NO_LABELS)
+        plane, note = layer_plane(layer, self._viewer)
+        if note:
+            show_info(note)
+        if self.where.mpp_origin != "typed here":
+            self.where.take_mpp_from(layer)  # its scale may have changed since it was chosen
+        if self._background.value:
+            return self.start_background(layer, plane)
+        region = self.where.region(layer, self._viewer, plane.shape)
+        # the job reads a copy made now, never the layer: painting or removing it cannot touch the run
+        source = LabelsSource(job_data(plane), name=layer.name, mpp=self.where.mpp,
+                              tissue=self.tissue.spec(layer, plane.shape))
+        return layer, source, region
 
     def start_background(self, layer: Any, plane: Any) -> Any:
         """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
