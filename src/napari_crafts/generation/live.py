@@ -187,15 +187,16 @@ class LiveRegion:
         grid = self.plan.grid
         return blend_window(grid, box, blend_order(grid.tiles_touching(*box), glass), tiles.__getitem__)
 
-    def _marked(self, blend: np.ndarray, box: Box, payload: Payload | None) -> tuple[np.ndarray, Box]:
-        """(the final image, the box of it that changed) after ``box`` of ``blend`` changed."""
-        rgb = self._rgb.copy()
+    def _mark(self, box: Box, payload: Payload | None) -> Box:
+        """Bring the final image up to date after ``box`` of the blend changed (in place); the box that changed."""
+        blend, rgb = self._blend, self._rgb
         if payload is None:  # the watermark is off
             rgb[box[0] : box[2], box[1] : box[3]] = blend[box[0] : box[2], box[1] : box[3]]
-            return rgb, box
+            return box
         H, W = blend.shape[:2]
         if payload != self._payload:  # a new record hash: every chunk carries the new payload
-            return watermark_image(blend, payload), (0, 0, H, W)
+            rgb[...] = watermark_image(blend, payload)
+            return 0, 0, H, W
         cy0, cx0 = box[0] // CHUNK * CHUNK, box[1] // CHUNK * CHUNK
         cy1, cx1 = min(H, -(-box[2] // CHUNK) * CHUNK), min(W, -(-box[3] // CHUNK) * CHUNK)
         for y in range(cy0, cy1, CHUNK):  # the writers' chunk grid (``watermark_image``), these chunks only
@@ -203,7 +204,7 @@ class LiveRegion:
                 rgb[y : y + CHUNK, x : x + CHUNK] = embed_watermark(
                     blend[y : y + CHUNK, x : x + CHUNK], payload, origin=(y, x)
                 )
-        return rgb, (cy0, cx0, cy1, cx1)
+        return cy0, cx0, cy1, cx1
 
     def _notes(self, plan: Plan, glass: set[Tile], empty: dict[Tile, bool]) -> list[str]:
         """The run's notes, as ``generate_region`` says them (the held-nuclei count from what is known)."""
@@ -257,8 +258,7 @@ class LiveRegion:
             min(r.height, max(t.y + t.size for t in affected)),
             min(r.width, max(t.x + t.size for t in affected)),
         )
-        blend = self._blend.copy()
-        blend[footprint[0] : footprint[2], footprint[1] : footprint[3]] = self._stitch(footprint, tiles, glass)
+        pixels = self._stitch(footprint, tiles, glass)
         notes = self._notes(plan, glass, empty)
         record = region_provenance(
             self.engine,
@@ -269,7 +269,6 @@ class LiveRegion:
             settings_extra={"tiles_skipped_empty": len(glass), "tiles_per_call": batch},
         )
         payload = sign_record(record, self.watermark)
-        rgb, changed_box = self._marked(blend, footprint, payload)
         edits = (
             self.edits
             if box is None
@@ -285,13 +284,16 @@ class LiveRegion:
             ]
         )
         record[LIVE_KEY] = edits
-        # commit: nothing above changed the live state, so a regeneration stopped before here changed nothing
+        # commit (no yield from here on): a regeneration stopped before this line changed nothing
+        self._blend[footprint[0] : footprint[2], footprint[1] : footprint[3]] = pixels
+        changed_box = self._mark(footprint, payload)
         self.plan, self._cells, self._empty, self._tiles, self._glass = plan, cells, empty, tiles, glass
-        self._blend, self._rgb, self._payload = blend, rgb, payload
+        self._payload = payload
         self.provenance, self.notes, self.edits = record, notes, edits
         self.tiles_generated, self.tiles_skipped = len(grid) - len(glass), len(glass)
         y0, x0, y1, x1 = changed_box
-        return LiveUpdate(changed_box, rgb[y0:y1, x0:x1].copy(), len(todo), len(affected) - len(todo), record, notes)
+        rgb = self._rgb[y0:y1, x0:x1].copy()
+        return LiveUpdate(changed_box, rgb, len(todo), len(affected) - len(todo), record, notes)
 
 
 def start_live(
