@@ -254,6 +254,17 @@ def test_live_paint_in_the_viewer_redraws_only_near_the_edit(labels_widget: Any,
     assert (last["box_source_px"], last["tiles_generated"]) == ([80, 80, 86, 86], 1)
     moved = changed_box(first, np.array(out.data))
     assert moved is not None and moved[0] >= 48 - 12 and moved[1] >= 48 - 12  # tile (1, 1) and the mark's reach
+    # a newer edit supersedes a running regeneration (stopped within a step, its box merged into the next): the
+    # layer then holds exactly a fresh run's pixels on the labels as they are
+    labels.paint((20, 80), 902)
+    w.live.flush()
+    qtbot.waitUntil(lambda: w.live._worker is not None, timeout=WAIT_MS)
+    labels.paint((80, 20), 903)
+    w.live.flush()
+    qtbot.waitUntil(lambda: w.live._worker is None and not w.live._timer.isActive(), timeout=WAIT_MS)
+    live = w.live.live
+    source = LabelsSource(np.array(labels.data), name="nuclei", mpp=MPP)
+    assert np.array_equal(out.data, run(generate_region(live.engine, source, Region(0, 0, 96, 96), live.settings)).rgb)
 
 
 def test_live_paint_refuses_bad_input_and_stops_when_its_layer_goes(
