@@ -97,8 +97,8 @@ def throughput(images: int, steps: int) -> dict[str, Any]:
         plans = {
             # 256 px at the demo's 0.5 µm/px: one 256-px model tile per image
             "classes (256 px)": (plan_classes(str(csv), count=images // 2, size=256), 256),
-            # 256-px DSB tiles at 0.25 µm/px: one 128-px model tile per image
-            "pairs (256 px masks at 0.25 µm/px)": (
+            # 128-px DSB label tiles at 0.25 µm/px: one 64-px model tile per image (the demo is 0.5 µm/px)
+            "pairs (128-px masks at 0.25 µm/px)": (
                 plan_pairs(MASK, count=max(1, images // 16), tile_px=128, mpp=0.25),
                 128,
             ),
