@@ -19,7 +19,7 @@ from magicgui.widgets import CheckBox, Container, Label, PushButton
 from qtpy.QtCore import QTimer
 
 from ..generation.region import GenerationError, Progress
-from ._runner import JobOptions, add_output_layer, unwrap
+from ._runner import JobOptions, _WindowClosed, add_output_layer, unwrap
 from ._text import BUTTON_TOOLTIPS, LIVE_TEXT, TOOLTIPS, output_name
 
 #: ms without edits before the edited tiles are generated again.
@@ -84,6 +84,7 @@ class LivePaint(Container):
         self._running: Box | None = None
         self._cancel = threading.Event()
         self._started_at = 0.0
+        self._window_watch: Any = None
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -167,6 +168,7 @@ class LivePaint(Container):
         )
         for event in (layer.events.paint, layer.events.labels_update, layer.events.set_data, layer.events.data):
             event.connect(self._on_edit)
+        self._watch_window()
         self.say(LIVE_TEXT["starting"])
         options = JobOptions(
             watch=[layer], clock=ProgressClock(10), notes_shown=notes_shown, on_finished=self._first_run_ended
@@ -178,6 +180,15 @@ class LivePaint(Container):
             on_done=self._first_run_done,
             options=options,
         )
+
+    def _watch_window(self) -> None:
+        """Live off when the viewer's main window closes (a regeneration stops within a step: exit does not wait)."""
+        window = self.native
+        while window.parentWidget() is not None:
+            window = window.parentWidget()
+        if window.isWindow() and self._window_watch is None:
+            self._window_watch = _WindowClosed(window, lambda: self.stop(LIVE_TEXT["off"], first_run=False))
+            window.installEventFilter(self._window_watch)
 
     def _first_run_done(self, live: Any) -> None:
         self.live = live
