@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from magicgui.widgets import (
     TextEdit,
     create_widget,
 )
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QSizePolicy
 
 from ..generation.job import ModelChoice, RegionJob
 from ..generation.region import GenerationError, GenerationSettings, Region
@@ -48,10 +51,14 @@ from ._text import (
 
 
 class DockContainer(Container):
-    """A dock widget that scrolls when it is taller than the window (laptop screens).
+    """A dock widget that scrolls when it is taller than the window (laptop screens), is never cut off on the
+    right, and lines up the labels of all its groups in one column.
 
     magicgui's ``scrollable`` Container puts its widgets in a QScrollArea, but ``native`` (what napari docks) is
     the inner widget, so napari would dock the widgets without the scroll area: ``native`` is the scroll area here.
+    That scroll area has no horizontal scroll bar and magicgui sets its width once, before the dock is styled and
+    before a slide's long layer names arrive: it follows the widgets' minimum width here (``_DockFit``), with room
+    for the vertical scroll bar, so a taller dock grows its scroll bar beside the widgets, not over them.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -59,10 +66,90 @@ class DockContainer(Container):
         inner = self._widget._mgui_get_native_widget()
         inner._magic_widget = self  # as magicgui marks a container's widget
         inner.layout().addStretch(1)  # widgets keep their height at the top; the space left stays below
+        for box in _nested(self, ComboBox):
+            narrow(box, keep=True)  # layer lists: a slide's long name must not widen the dock
+        self._fit = _DockFit(self.root_native_widget, inner, self.align_labels)
+        self.align_labels()
 
     @property
     def native(self) -> Any:
         return self.root_native_widget
+
+    def align_labels(self) -> None:
+        """One label column for the whole dock: a group (a nested container) takes no label column of its own,
+        a row without a label uses the whole width, and every label is as wide as the widest one (the folded
+        Advanced ones included, so opening Advanced moves nothing)."""
+        from magicgui.widgets._concrete import _LabeledWidget
+
+        rows = []
+        for widget in _nested(self, object):
+            row = widget._labeled_widget()
+            if isinstance(widget, Container) and not isinstance(widget, _LabeledWidget):
+                widget.margins = (0, 0, 0, 0)  # a group is not indented
+            if row is None:
+                continue
+            if isinstance(widget, Label):  # a text takes the row's width (magicgui's is fixed: the row centres it)
+                widget.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            if str(widget.label).strip():
+                rows.append(row)
+            else:
+                row._label_widget.visible = False
+        widest = max((row._label_widget.native.sizeHint().width() for row in rows), default=0)
+        for row in rows:
+            row._label_widget.native.setFixedWidth(widest)
+
+
+def _nested(container: Container, kind: type) -> list[Any]:
+    """The widgets of ``kind`` inside ``container``, at any depth (not the labels magicgui adds)."""
+    from magicgui.widgets._concrete import _LabeledWidget
+
+    found = []
+    for widget in container:
+        if isinstance(widget, kind):
+            found.append(widget)
+        if isinstance(widget, Container) and not isinstance(widget, _LabeledWidget):
+            found += _nested(widget, kind)
+    return found
+
+
+class _DockFit(QObject):
+    """Keeps a dock's scroll area as wide as its widgets need plus the vertical scroll bar, and lines the labels
+    up again once napari's style sheet (the font) reaches them."""
+
+    def __init__(self, scroll: Any, inner: Any, align: Callable[[], None]) -> None:
+        super().__init__(scroll)
+        self._scroll, self._inner, self._align = scroll, inner, align
+        inner.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        kind = event.type()
+        # (an exception here would abort Python under PyQt6: a widget deleted while its dock closes is let go)
+        with contextlib.suppress(RuntimeError):
+            if kind in (QEvent.Type.StyleChange, QEvent.Type.FontChange, QEvent.Type.Show):
+                self._align()
+            if kind in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+                scroll = self._scroll
+                width = max(self._inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+                            + 2 * scroll.frameWidth(), _title_width(scroll))
+                if scroll.minimumWidth() != width:
+                    scroll.setMinimumWidth(width)
+        return False
+
+
+#: napari's dock title bar: its close, hide and float buttons and margins beside the title (px).
+TITLE_BUTTONS = 110
+
+
+def _title_width(widget: Any) -> int:
+    """The width napari's title bar needs for the title of the dock that holds ``widget`` (0: not docked)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is None:
+        return 0
+    return int(dock.fontMetrics().horizontalAdvance(dock.windowTitle())) + TITLE_BUTTONS
 
 
 def spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: str = "") -> Any:
@@ -76,13 +163,15 @@ def wrapped(label: Label) -> Label:
     return label
 
 
-def narrow(box: ComboBox, chars: int = 14) -> None:
-    """Let a combo box with long entries shrink to ``chars`` characters, so the dock stays narrow."""
+def narrow(box: ComboBox, chars: int = 14, *, keep: bool = False) -> None:
+    """Let a combo box with long entries shrink to ``chars`` characters, so the dock stays narrow (``keep``: unless
+    it was narrowed already)."""
     from qtpy.QtWidgets import QComboBox
 
     native = box.native
-    if isinstance(native, QComboBox):
-        native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+    if isinstance(native, QComboBox) and not (keep and native.sizeAdjustPolicy() == policy):
+        native.setSizeAdjustPolicy(policy)
         native.setMinimumContentsLength(chars)
 
 
@@ -101,10 +190,11 @@ class ModelPicker(Container):
         narrow(self._choice_box)
         self._browse = PushButton(text="Browse…", tooltip=TOOLTIPS["browse"])
         self._hub = LineEdit(value="", label="or hub id", tooltip=TOOLTIPS["hub"])
-        row: Container[Any] = Container(widgets=[self._choice_box, self._browse], layout="horizontal", labels=False,
-                                        label="model")
+        # Browse… beside the hub id, not the list: the list keeps the field's width and the dock stays narrow
+        row: Container[Any] = Container(widgets=[self._hub, self._browse], layout="horizontal", labels=False,
+                                        label="or hub id")
         row.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[row, self._hub], labels=True)
+        super().__init__(widgets=[self._choice_box, row], labels=True)
         self.margins = (0, 0, 0, 0)
         self._browse.changed.connect(self.browse)
         self.value = default_model()
@@ -168,8 +258,8 @@ class GenerationControls(Container):
         self._negative = LineEdit(value=d.negative_prompt, label="negative prompt", tooltip=TOOLTIPS["negative_prompt"])
         self._scheduler = ComboBox(choices=SCHEDULERS, value=d.scheduler, label="scheduler",
                                    tooltip=TOOLTIPS["scheduler"])
-        self._cfg_cutoff = spin("CFG for first (fraction)", d.cfg_cutoff, 0.0, 1.0, 0.05, key="cfg_cutoff")
-        self._cache_interval = spin("full UNet every N steps", d.cache_interval, 1, 10, key="cache_interval")
+        self._cfg_cutoff = spin("CFG cut-off", d.cfg_cutoff, 0.0, 1.0, 0.05, key="cfg_cutoff")  # as the CLI says
+        self._cache_interval = spin("cache interval", d.cache_interval, 1, 10, key="cache_interval")
         self._tile = spin("tile size", d.tile_size, 64, 2048, 64, key="tile_size")
         self._overlap = spin("overlap", d.overlap, 0, 512, 8, key="overlap")
         self._batch = spin("batch (0 = auto)", d.batch_size, 0, 64, key="batch_size")

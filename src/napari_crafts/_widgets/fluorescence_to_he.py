@@ -28,6 +28,12 @@ from ._tissue import TissueChoice
 
 #: More planes than this along the chosen axis means it is not the channel axis.
 MAX_CHANNELS = 64
+#: A channel's name as its role's label: at most this many characters (the whole name is in the tooltip).
+ROLE_LABEL_CHARS = 16
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= ROLE_LABEL_CHARS else name[: ROLE_LABEL_CHARS - 1] + "…"
 
 
 class FluorescenceToHE(DockContainer):
@@ -39,7 +45,9 @@ class FluorescenceToHE(DockContainer):
         self._channel_layers = Select(choices=self._image_layers, label="channels", tooltip=TOOLTIPS["channels"])
         self._channel_layers.max_height = 110
         self._channel_axis = spin("channel axis", 0, 0, 3, key="channel_axis")
-        self._roles: Container[ComboBox] = Container(labels=True, label="roles")
+        self._channel_axis.visible = False  # shown when one layer with a channel axis is chosen
+        # one row per channel, labelled by its name, in the dock's label column (a group: no label of its own)
+        self._roles: Container[ComboBox] = Container(labels=True, label="")
         self._low = spin("low %", PERCENTILES[0], 0.0, 50.0, 0.1, key="percentiles")
         self._high = spin("high %", PERCENTILES[1], 50.0, 100.0, 0.1, key="percentiles")
         self._preview = PushButton(text="Preview control image", tooltip=BUTTON_TOOLTIPS["preview"])
@@ -96,8 +104,11 @@ class FluorescenceToHE(DockContainer):
         names = self.channel_names()
         guessed = guess_roles(names) if names else {}
         for i, name in enumerate(names):
-            self._roles.append(ComboBox(choices=ROLES, value=guessed.get(i, "other"), label=name[:24],
-                                        tooltip=TOOLTIPS["roles"]))
+            self._roles.append(ComboBox(choices=ROLES, value=guessed.get(i, "other"), label=_short(name),
+                                        tooltip=f"Role of '{name}'. {TOOLTIPS['roles']}"))
+        chosen = list(layers or [])
+        self._channel_axis.visible = len(chosen) == 1 and self._is_stack(chosen[0])  # else it means nothing
+        self.align_labels()  # the channel names join the dock's label column
         if layers:
             self.where.take_mpp_from(layers[0])
 
