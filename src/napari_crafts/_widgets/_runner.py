@@ -170,7 +170,11 @@ class JobRunner(Container):
         self._activity = progress(total=0, desc=ACTIVITY.format(what=what))  # 0: busy until the first count
 
     def _show_progress(self, done: int, total: int) -> None:
-        """``done`` of ``total`` (tiles × steps, tiles, chunks) in the dock's bar and the activity panel."""
+        """``done`` of ``total`` (tiles × steps, tiles, chunks) in the dock's bar and the activity panel.
+
+        napari's activity bar runs the event loop when it is set (``QtLabeledProgressBar.setValue`` calls
+        ``processEvents``), which delivers the worker's later signals (``returned``: "done") inside the handler
+        that calls this: handlers call it last, so that nothing they write afterwards is older than those."""
         self._progress.max, self._progress.value = max(1, total), min(done, max(1, total))
         bar = self._activity
         if bar is None:
@@ -200,9 +204,9 @@ class JobRunner(Container):
         if self._stopped:
             return
         if isinstance(event, EvalProgress):  # Compare: tiles scored, then embedded
-            self._show_progress(event.done, event.total)
             self.status(f"{event.done}/{event.total} " + ("tiles scored" if event.stage == "tiles"
                                                           else "tiles embedded (PLIP)"))
+            self._show_progress(event.done, event.total)  # last: it may run the event loop (_show_progress)
         elif isinstance(event, Stage):
             self.status(event.text)
         elif isinstance(event, Restart):  # the fast settings were chosen after the first tile: start again
@@ -219,13 +223,13 @@ class JobRunner(Container):
             else:
                 self.status(f"estimated: {event.text()}")
         elif isinstance(event, BatchProgress):
-            if event.what == "tiles":
-                self._show_progress(event.done, event.total)
-                self._tiles = (event.done, event.total)
             self.status(f"background job: {event.done}/{event.total} {event.what}")
+            if event.what == "tiles":
+                self._tiles = (event.done, event.total)
+                self._show_progress(event.done, event.total)
         elif isinstance(event, Progress):
-            self._show_progress(event.tiles_done * event.steps + event.step, event.tiles * event.steps)
             self.status(self._job.clock.update(event))
+            self._show_progress(event.tiles_done * event.steps + event.step, event.tiles * event.steps)
         elif isinstance(event, TileDone) and event.skipped:
             # Glass (no tissue) comes first and is not the model's work: it stays clear until the result fills
             # it, so a cancelled run keeps only drawn tiles, in the order the model drew them (no white blocks).
