@@ -199,3 +199,22 @@ def test_the_fast_settings_run_the_student_when_the_model_has_one():
     assert (fast.scheduler, fast.steps, fast.cfg_cutoff, fast.cache_interval) == ("lcm", 4, 1.0, 1)
     assert not fast.exact and "few-step student" in str(fast.approximation)
     assert fast_settings(asked, 8).scheduler == "unipc"  # no student: as before
+
+
+def test_lcm_runs_a_users_consistency_lora_when_the_model_declares_no_student(tiny_model, lora, engine):
+    """As with the public LCM-LoRA over SD1.5-derived weights: --lora PATH --scheduler lcm."""
+    from napari_crafts.model.description import ModelDescription
+    from napari_crafts.model.engine import Engine
+
+    ModelDescription.open(tiny_model, lora=lora).check_few_step()  # accepted (the model declares no student)
+    with pytest.raises(LoraError, match="declares none"):
+        ModelDescription.open(tiny_model).check_few_step()
+    styled = Engine(tiny_model, lora=lora)
+    noise = np.random.default_rng(4).standard_normal((1, 4, 32, 32)).astype(np.float32)
+
+    def lcm(e: object) -> np.ndarray:
+        return run(e.generate(noise, None, prompt="nuclei", steps=2, mode="prompt", scheduler="lcm"))  # type: ignore[attr-defined]
+
+    assert np.array_equal(lcm(styled), lcm(styled))
+    with pytest.raises(LoraError, match="declares none"):
+        lcm(engine)

@@ -363,7 +363,8 @@ class ModelDescription:
         declared = self.card.student
         if not declared:
             raise LoraError(f"--scheduler lcm needs a few-step student, and model '{self.ref}' declares none: "
-                            "make one with `napari-crafts train PAIRS --base MODEL --stage distill --out FAST`, or "
+                            "make one with `napari-crafts train PAIRS --base MODEL --stage distill --out FAST`, give "
+                            "a consistency LoRA made for these weights with --lora (e.g. LCM-LoRA for SD1.5), or "
                             "use another scheduler.")
         path = self.path / declared["lora"]
         if self.single_file or not path.is_file() or path.resolve().parent.parent != self.path.resolve():
@@ -377,6 +378,16 @@ class ModelDescription:
                             f"{declared['base_sha256'][:12]}…, this model {self.weights_sha256[:12]}…): distil this "
                             "model again with --stage distill.")
         return LoraFile(path, declared["sha256"])
+
+    @property
+    def lora_is_student(self) -> bool:
+        """lcm with no declared student runs on the user's ``--lora`` alone (e.g. the public LCM-LoRA for SD1.5)."""
+        return self.lora is not None and not self.card.student
+
+    def check_few_step(self) -> None:
+        """What ``--scheduler lcm`` will run is there: the declared student (checked), or the user's LoRA."""
+        if not self.lora_is_student:
+            self.student()
 
     # -- provenance -------------------------------------------------------------------------------------------
     def describe(self, controlnet: str | Path | None = None, mode: str | None = "labels",

@@ -407,7 +407,8 @@ class Engine:
         if few:
             if not 1 <= steps <= LCM_MAX_STEPS:
                 raise ValueError(f"--steps {steps}: the lcm scheduler takes 1 to {LCM_MAX_STEPS} steps.")
-            self.load_student()
+            if not self.model.lora_is_student:  # else the user's LoRA (always on) is the consistency model
+                self.load_student()
         cfg = guidance_scale > 1.0 and not few
         # 2. Encode the prompt (cached across tiles).
         cond, uncond = self.encode_prompt(prompt, negative_prompt)
