@@ -37,7 +37,7 @@ from napari_crafts.generation.tissue import auto_from_labels
 from napari_crafts.io.slide import SlideError, SlideRef, open_slide
 from napari_crafts.model.engine import weights_sha256
 from napari_crafts.wsi import job as batch
-from napari_crafts.wsi.job import TILE_STORE, SlideArray, generate_slide
+from napari_crafts.wsi.job import TILE_STORE, SlideArray, SlideOptions, generate_slide
 
 FAST = dict(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=2)
 SETTINGS = GenerationSettings(**FAST)  # 5×5 tiles of 64 px (stride 48) over 256², rendered two per model call
@@ -78,8 +78,7 @@ def source(labels: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path
 def straight(source: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted run on a default local cluster of one worker, with a TIFF copy."""
     out = tmp_path_factory.mktemp("straight") / "slide.ome.zarr"
-    result = generate_slide(source, out, model=tiny_model, settings=SETTINGS, n_workers=1, chunk=128,
-                            tiff=out.with_suffix(".tif"), progress=False)
+    result = generate_slide(source, out, model=tiny_model, settings=SETTINGS, options=SlideOptions(n_workers=1, chunk=128, tiff=out.with_suffix(".tif")), progress=False)
     assert result == out
     return out
 
@@ -159,8 +158,7 @@ def test_level0_equals_generate_region_in_memory(straight: Path, labels: np.ndar
 @pytest.mark.slow
 def test_two_workers_give_byte_identical_chunks(straight: Path, source: Path, tiny_model: Path,
                                                 tmp_path: Path) -> None:
-    out = generate_slide(source, tmp_path / "two.ome.zarr", model=tiny_model, settings=SETTINGS, n_workers=2,
-                         chunk=128, progress=False)
+    out = generate_slide(source, tmp_path / "two.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(n_workers=2, chunk=128), progress=False)
     assert chunk_files(out) == chunk_files(straight)
 
 
@@ -168,9 +166,9 @@ def test_two_workers_give_byte_identical_chunks(straight: Path, source: Path, ti
 def test_killed_run_resumes_to_byte_identical_chunks(straight: Path, source: Path, tiny_model: Path,
                                                      tmp_path: Path) -> None:
     out = tmp_path / "killed.ome.zarr"
-    code = (f"from napari_crafts.wsi.job import generate_slide; from napari_crafts.generation.region import GenerationSettings; "
+    code = (f"from napari_crafts.wsi.job import SlideOptions, generate_slide; from napari_crafts.generation.region import GenerationSettings; "
             f"generate_slide({str(source)!r}, {str(out)!r}, model={str(tiny_model)!r}, "
-            f"settings=GenerationSettings(**{FAST!r}), n_workers=1, chunk=128, progress=False)")
+            f"settings=GenerationSettings(**{FAST!r}), options=SlideOptions(n_workers=1, chunk=128), progress=False)")
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own process group: the kill takes its workers too
@@ -190,8 +188,7 @@ def test_killed_run_resumes_to_byte_identical_chunks(straight: Path, source: Pat
     assert 3 <= tiles_before < 21
     assert foreign_files(out, kind="ome-zarr") == []  # a killed run's store: all of it is ours (export.safety)
 
-    generate_slide(source, out, model=tiny_model, settings=SETTINGS, n_workers=1, chunk=128, resume=True,
-                   progress=False)
+    generate_slide(source, out, model=tiny_model, settings=SETTINGS, options=SlideOptions(n_workers=1, chunk=128, resume=True), progress=False)
     assert read_provenance(out)["complete"] is True and not (out / TILE_STORE).exists()
     assert chunk_files(out) == chunk_files(straight)
 
@@ -202,7 +199,7 @@ def test_killed_run_resumes_to_byte_identical_chunks(straight: Path, source: Pat
 def test_existing_output_is_refused_naming_resume_and_overwrite(straight: Path, source: Path, tiny_model: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
-        generate_slide(source, straight, model=tiny_model, settings=SETTINGS, chunk=128, progress=False)
+        generate_slide(source, straight, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=128), progress=False)
     code, _, err = cli([str(source), str(straight), "--model", str(tiny_model), "--chunk", "128"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--resume" in err and "Traceback" not in err
 
@@ -212,12 +209,11 @@ def test_resume_with_other_seed_is_refused_and_finished_output_is_left_alone(str
     before = chunk_files(straight)
     other = GenerationSettings(**{**FAST, "seed": 8})
     with pytest.raises(ValueError, match="provenance 'seed' differs"):
-        generate_slide(source, straight, model=tiny_model, settings=other, chunk=128, resume=True, progress=False)
+        generate_slide(source, straight, model=tiny_model, settings=other, options=SlideOptions(chunk=128, resume=True), progress=False)
     with pytest.raises(ValueError, match="torch_threads_per_worker"):  # CPU pixels depend on the thread count
-        generate_slide(source, straight, model=tiny_model, settings=SETTINGS, chunk=128, resume=True,
-                       threads_per_worker=2, progress=False)
+        generate_slide(source, straight, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=128, resume=True, threads_per_worker=2), progress=False)
     # the same settings: nothing left to do, no cluster started, nothing rewritten
-    generate_slide(source, straight, model=tiny_model, settings=SETTINGS, chunk=128, resume=True, progress=False)
+    generate_slide(source, straight, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=128, resume=True), progress=False)
     assert chunk_files(straight) == before
 
 
@@ -254,16 +250,14 @@ def test_disk_full_says_free_space_and_resume(source: Path, tiny_model: Path, tm
 
     monkeypatch.setattr(OmeZarrWriter, "write_chunk", full)  # the in-process worker runs this class
     with pytest.raises(batch.DiskFull, match="disk full while writing .*free space and rerun with --resume"):
-        generate_slide(source, tmp_path / "out.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=128,
-                       scheduler_address=inproc, progress=False)
+        generate_slide(source, tmp_path / "out.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=128, scheduler_address=inproc), progress=False)
 
 
 @pytest.mark.slow
 def test_labels_without_nuclei_are_refused_and_leave_nothing(tmp_path: Path, tiny_model: Path, inproc: str) -> None:
     src = write_labels(tmp_path / "blank.tif", np.zeros((100, 100), np.uint16))
     with pytest.raises(GenerationError, match="blank.tif has no nuclei"):
-        generate_slide(src, tmp_path / "out.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=128,
-                       scheduler_address=inproc, progress=False)
+        generate_slide(src, tmp_path / "out.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=128, scheduler_address=inproc), progress=False)
     assert not (tmp_path / "out.ome.zarr").exists()
 
 
@@ -293,8 +287,7 @@ def test_fluorescence_source_matches_generate_region(nuclei: tuple[np.ndarray, n
     tifffile.imwrite(src, img[None], metadata={"axes": "CYX", "Channel": {"Name": ["DAPI"]}},
                      resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
     settings = GenerationSettings(**{**FAST, "batch_size": 1})
-    out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, chunk=64,
-                         kind="channels", scheduler_address=inproc, progress=False)
+    out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, options=SlideOptions(chunk=64, kind="channels", scheduler_address=inproc), progress=False)
     prov = read_provenance(out)
     assert prov["mode"] == "fluorescence" and prov["model"]["controlnet"] == "controlnet_fluorescence"
     from napari_crafts.generation.sources import FluorescenceSource
@@ -348,11 +341,9 @@ def test_geojson_nuclei_generate_like_the_labels_they_rasterise_to(labels: np.nd
     assert code == 2 and "GeoJSON does not say the slide's pixel size; pass it with --mpp" in err
     assert not (tmp_path / "x.ome.zarr").exists()
     # unmarked: the two records differ (source path), so their watermarks would differ
-    out = generate_slide(geo, tmp_path / "geo.ome.zarr", model=tiny_model, settings=SETTINGS, mpp=MPP, chunk=64,
-                         scheduler_address=inproc, progress=False, watermark=False)
+    out = generate_slide(geo, tmp_path / "geo.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(mpp=MPP, chunk=64, scheduler_address=inproc, watermark=False), progress=False)
     raster = write_labels(tmp_path / "raster.tif", GeoJSONLabels(geo)[...])
-    ref = generate_slide(raster, tmp_path / "ref.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=64,
-                         scheduler_address=inproc, progress=False, watermark=False)
+    ref = generate_slide(raster, tmp_path / "ref.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=64, scheduler_address=inproc, watermark=False), progress=False)
     np.testing.assert_array_equal(level_arrays(out)[0], level_arrays(ref)[0])
     prov = read_provenance(out)
     assert prov["source"]["path"].endswith("nuclei.geojson") and prov["source"]["mpp_from"] == "--mpp"

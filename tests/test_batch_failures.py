@@ -18,7 +18,7 @@ import pytest
 import zarr.storage._local as local_store  # LocalStore writes every file through its _put
 
 from napari_crafts.export import PROGRESS_GROUP, read_provenance
-from napari_crafts.wsi.job import TILE_STORE, DiskFull, generate_slide
+from napari_crafts.wsi.job import TILE_STORE, DiskFull, SlideOptions, generate_slide
 from test_batch import SETTINGS, chunk_files, inproc, write_labels  # noqa: F401 (inproc is a fixture)
 
 CHUNK = 64  # 160² px: 3×3 tiles of 64 px (stride 48) in batches of 2, 3×3 level-0 chunks, 3 levels
@@ -41,9 +41,7 @@ def undisturbed(source: Path, tiny_model: Path, inproc: str,  # noqa: F811
                 tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The reference: one run that nothing interrupts."""
     events: list[tuple[str, int, int]] = []
-    out = generate_slide(source, tmp_path_factory.mktemp("undisturbed") / "slide.ome.zarr", model=tiny_model,
-                         settings=SETTINGS, chunk=CHUNK, scheduler_address=inproc, progress=False,
-                         on_progress=lambda *event: events.append(event))
+    out = generate_slide(source, tmp_path_factory.mktemp("undisturbed") / "slide.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=CHUNK, scheduler_address=inproc), progress=False, on_progress=lambda *event: events.append(event))
     assert read_provenance(out)["complete"] is True
     return Run(out, events)
 
@@ -87,9 +85,7 @@ def test_worker_killed_while_rendering_is_replaced_and_output_is_unchanged(sourc
                         return
                 time.sleep(0.02)
 
-        result = generate_slide(source, out, model=tiny_model, settings=SETTINGS, chunk=CHUNK,
-                                scheduler_address=cluster.scheduler_address, progress=False,
-                                on_progress=kill_a_rendering_worker)
+        result = generate_slide(source, out, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=CHUNK, scheduler_address=cluster.scheduler_address), progress=False, on_progress=kill_a_rendering_worker)
         workers_after = client.run(os.getpid)
 
     assert killed, "the worker was never caught executing a render task: nothing was killed"
@@ -133,8 +129,7 @@ def test_disk_full_mid_run_names_resume_and_resume_completes_unchanged(source: P
     monkeypatch.setattr(local_store, "_put", put)
     with pytest.raises(DiskFull, match=r"^disk full while writing .*full\.ome\.zarr; free space and rerun "
                                            r"with --resume\.$") as failure:
-        generate_slide(source, out, model=tiny_model, settings=SETTINGS, chunk=CHUNK, scheduler_address=inproc,
-                       progress=False)
+        generate_slide(source, out, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=CHUNK, scheduler_address=inproc), progress=False)
     cause = failure.value.__cause__
     assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
     assert read_provenance(out)["complete"] is False
@@ -144,8 +139,7 @@ def test_disk_full_mid_run_names_resume_and_resume_completes_unchanged(source: P
     fill_after.clear()  # space freed
     full.clear()
     written.clear()
-    result = generate_slide(source, out, model=tiny_model, settings=SETTINGS, chunk=CHUNK, scheduler_address=inproc,
-                            resume=True, progress=False)
+    result = generate_slide(source, out, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=CHUNK, scheduler_address=inproc, resume=True), progress=False)
     assert first not in written and second in written  # kept what was marked done, redid the rest
     assert result == out and read_provenance(out)["complete"] is True and not (out / TILE_STORE).exists()
     assert chunk_files(out) == chunk_files(undisturbed.path)  # every level, byte for byte

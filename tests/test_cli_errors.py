@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -393,10 +394,9 @@ def test_glass_chunks_are_written_in_batches_with_the_same_bytes(
 
     monkeypatch.setattr(job._Job, "wait", counting)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        run = dict(
-            model=tiny_model, settings=settings, chunk=64, scheduler_address=cluster.scheduler_address, progress=False
-        )
-        batched = job.generate_slide(src, tmp_path / "batched.ome.zarr", **run)  # type: ignore[arg-type]
+        options = job.SlideOptions(chunk=64, scheduler_address=cluster.scheduler_address)
+        run = dict(model=tiny_model, settings=settings, progress=False)
+        batched = job.generate_slide(src, tmp_path / "batched.ome.zarr", options=options, **run)  # type: ignore[arg-type]
         # stopped after level 0, then resumed: the reduced levels are batched too
         from napari_crafts.export import OmeZarrWriter
 
@@ -407,12 +407,14 @@ def test_glass_chunks_are_written_in_batches_with_the_same_bytes(
             m.setattr(job._Job, "submit_pyramid", lambda self: None)
             m.setattr(OmeZarrWriter, "finish", stop)
             with pytest.raises(KeyboardInterrupt):
-                job.generate_slide(src, tmp_path / "resumed.ome.zarr", **run)  # type: ignore[arg-type]
-        resumed = job.generate_slide(src, tmp_path / "resumed.ome.zarr", resume=True, **run)  # type: ignore[arg-type]
+                job.generate_slide(src, tmp_path / "resumed.ome.zarr", options=options, **run)  # type: ignore[arg-type]
+        resumed = job.generate_slide(  # type: ignore[arg-type]
+            src, tmp_path / "resumed.ome.zarr", options=dataclasses.replace(options, resume=True), **run
+        )
         monkeypatch.setattr(
             job, "_glass_classes", lambda w, g, m: [np.full(w.grid(i), None, object) for i in range(w.levels)]
         )
-        each = job.generate_slide(src, tmp_path / "each.ome.zarr", **run)  # type: ignore[arg-type]
+        each = job.generate_slide(src, tmp_path / "each.ome.zarr", options=options, **run)  # type: ignore[arg-type]
     (batched_tasks, chunks), _, (resumed_tasks, pyramid_chunks), (each_tasks, same_chunks) = tasks
     assert pyramid_chunks == 36 + 9 + 4 + 1 and resumed_tasks <= 10  # 10: 7 chunks above nuclei, 3 glass tasks
     assert chunks == same_chunks == 144 + 36 + 9 + 4 + 1 and each_tasks == chunks

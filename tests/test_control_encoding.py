@@ -22,6 +22,7 @@ from napari_crafts.generation.sources import LabelsSource
 from napari_crafts.model.card import MODEL_CARD_FILE
 from napari_crafts.model.description import ModelDescription, ModelLoadError
 from napari_crafts.model.engine import Engine
+from napari_crafts.wsi.job import SlideOptions
 
 
 def test_nuclei_tissue_v1_draws_glass_tissue_nuclei_and_borders_at_the_tissue_value() -> None:
@@ -206,16 +207,7 @@ def test_whole_slide_with_a_tissue_encoding_model_equals_generate_region(tiny_mo
     Image.fromarray(tissue.astype(np.uint8) * 255).save(mask)
     settings = GenerationSettings(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=1)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        out = generate_slide(
-            src,
-            tmp_path / "he.ome.zarr",
-            model=folder,
-            settings=settings,
-            chunk=64,
-            tissue=mask,
-            scheduler_address=cluster.scheduler_address,
-            progress=False,
-        )
+        out = generate_slide(src, tmp_path / "he.ome.zarr", model=folder, settings=settings, options=SlideOptions(chunk=64, tissue=mask, scheduler_address=cluster.scheduler_address), progress=False)
     prov = read_provenance(out)
     assert prov["model"]["control_encoding"] == NUCLEI_TISSUE_V1
     with torch_threads(1):

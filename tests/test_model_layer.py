@@ -22,7 +22,7 @@ from napari_crafts.generation.tiling import noise_field
 from napari_crafts.model import engine as engine_module
 from napari_crafts.model.description import ModelDescription, ModelLoadError, PickleRefused, Runtime
 from napari_crafts.model.engine import Engine, get_engine
-from napari_crafts.wsi.job import common_runtime
+from napari_crafts.wsi.job import SlideOptions, common_runtime
 
 SETTINGS = GenerationSettings(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=3, batch_size=1)
 
@@ -76,8 +76,7 @@ def test_whole_slide_provenance_holds_the_workers_device_and_dtype(tiny_model: P
     monkeypatch.setattr(engine_module, "pick_dtype", lambda device, dtype=None: torch.bfloat16)  # … in bfloat16
     settings = dataclasses.replace(SETTINGS, steps=1)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, chunk=64,
-                             scheduler_address=cluster.scheduler_address, progress=False)
+        out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, options=SlideOptions(chunk=64, scheduler_address=cluster.scheduler_address), progress=False)
     record = read_provenance(out)["model"]
     assert (record["device"], record["dtype"]) == ("cpu", "bfloat16")
     assert "torch_threads_per_worker" in read_provenance(out)  # CPU: the thread count is part of the record

@@ -30,6 +30,7 @@ from napari_crafts.generation.tissue import (
     mask_from_array,
     mask_from_file,
 )
+from napari_crafts.wsi.job import SlideOptions
 
 MPP = 0.5  # CMU-1's 0.499 µm/px, as the demo model's
 
@@ -337,9 +338,7 @@ def test_whole_slide_with_a_geojson_mask_equals_generate_region(tmp_path: Path, 
          "properties": {"objectType": "annotation", "classification": {"name": "Tissue"}}}]}))
     settings = GenerationSettings(steps=2, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=1)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, chunk=64,
-                             tissue=tmp_path / "tissue.geojson", scheduler_address=cluster.scheduler_address,
-                             progress=False)
+        out = generate_slide(src, tmp_path / "he.ome.zarr", model=tiny_model, settings=settings, options=SlideOptions(chunk=64, tissue=tmp_path / "tissue.geojson", scheduler_address=cluster.scheduler_address), progress=False)
     prov = read_provenance(out)
     assert "GeoJSON tissue.geojson: 1 classified tissue/region annotation" in prov["source"]["tissue"]["how"]
     with torch_threads(1):

@@ -25,6 +25,7 @@ from napari_crafts.generation.region import (
 )
 from napari_crafts.generation.sources import LabelsSource
 from napari_crafts.model.threads import torch_threads
+from napari_crafts.wsi.job import SlideOptions
 
 SIZE, MPP = 256, 0.25
 SETTINGS = GenerationSettings(steps=1, tile_size=64, overlap=16, prompt="nuclei", seed=7, batch_size=4)
@@ -170,8 +171,7 @@ def test_whole_slide_chunks_are_marked_after_blending(labels: np.ndarray, region
     tifffile.imwrite(src, labels, resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
     out, tif = tmp_path / "he.ome.zarr", tmp_path / "he.ome.tif"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        generate_slide(src, out, model=tiny_model, settings=SETTINGS, chunk=64, tiff=tif,
-                       scheduler_address=cluster.scheduler_address, progress=False)
+        generate_slide(src, out, model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=64, tiff=tif, scheduler_address=cluster.scheduler_address), progress=False)
     record = read_provenance(out)
     group = zarr.open_group(out, mode="r")
     level0, level1 = (np.asarray(group[str(lv)]).transpose(1, 2, 0) for lv in (0, 1))
@@ -192,7 +192,7 @@ def test_whole_slide_refuses_chunks_off_the_cell_grid(labels: np.ndarray, tiny_m
     tifffile.imwrite(src, labels[:64, :64])
     with pytest.raises(ValueError, match=r"--chunk 18: the watermark needs chunks on its 4-px cell grid: use a "
                                          r"multiple of 4 \(e.g. 16\)"):
-        generate_slide(src, tmp_path / "o.ome.zarr", model=tiny_model, settings=SETTINGS, chunk=18, progress=False)
+        generate_slide(src, tmp_path / "o.ome.zarr", model=tiny_model, settings=SETTINGS, options=SlideOptions(chunk=18), progress=False)
     assert not (tmp_path / "o.ome.zarr").exists()
 
 

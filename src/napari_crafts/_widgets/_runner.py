@@ -193,13 +193,8 @@ class JobRunner(Container):
     def _on_yielded(self, event: Any) -> None:
         from ..evaluation.plip_eval import EvalProgress
         from ..generation.estimate import RunEstimate
-        from ..generation.job import Restart
-        from ..generation.progress import ProgressClock, Stage
-        from ..generation.region import (  # light: batch (dask) stays out of the UI thread
-            BatchProgress,
-            Progress,
-            TileDone,
-        )
+        from ..generation.events import BatchProgress, Progress, Restart, Stage, TileDone
+        from ..generation.progress import ProgressClock
 
         if self._stopped:
             return

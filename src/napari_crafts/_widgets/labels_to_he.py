@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ class LabelsToHE(DockContainer):
 
     def start_background(self, layer: Any, plane: Any) -> Any:
         """Hand the region to the whole-slide path (dask.distributed → OME-Zarr); open the result when done."""
-        from ..wsi.job import background_job
+        from ..wsi.job import SlideOptions, background_job
 
         out = str(self._batch_output.value or "").strip()
         if not out or out == ".":
@@ -103,15 +104,14 @@ class LabelsToHE(DockContainer):
         region = self.where.region(layer, self._viewer, plane.shape, limit=False)
         source_path = _as_file(layer, plane, region, Path(out).with_suffix(".labels.tif"), self.where.mpp)
         settings, model = self.controls.settings(), self.controls.model_choice()
-        kwargs = dict(model=model.model, device=model.device, settings=settings,
-                      mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value),
-                      allow_pickle=model.allow_pickle, watermark=self.controls.watermark(),
-                      tissue=_region_tissue(self.tissue.spec(layer, plane.shape), plane.shape, region))
-        if model.model == TINY_MODEL_ID:
-            kwargs["model"] = str(ensure_tiny_model())
+        if model.model == TINY_MODEL_ID:  # the workers read a folder
+            model = dataclasses.replace(model, model=str(ensure_tiny_model()))
+        options = SlideOptions(mpp=self.where.mpp, kind="labels", n_workers=int(self._workers.value),
+                               watermark=self.controls.watermark(),
+                               tissue=_region_tissue(self.tissue.spec(layer, plane.shape), plane.shape, region))
 
         def job() -> Generator[Any, None, Any]:
-            return (yield from background_job(source_path, out, **kwargs))
+            return (yield from background_job(source_path, out, model, settings, options))
 
         def opened(path: Any) -> None:
             from .._reader import read_slide

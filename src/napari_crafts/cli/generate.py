@@ -101,8 +101,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from ..generation.job import ModelChoice
     from ..model.engine import check_device
-    from ..wsi.job import generate_slide
+    from ..wsi.job import SlideOptions, generate_slide
 
     settings = settings_of(args, *GENERATE_SETTINGS)  # every number is checked before anything starts
     named = Path(args.output)
@@ -116,15 +117,14 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"note: nothing to resume at {args.output} (no earlier run there): starting a new run.", flush=True)
     if args.device and not args.scheduler_address:  # the workers would run here: refuse now, not in each worker
         check_device(args.device)
-    out = generate_slide(
-        args.source, args.output, model=args.model, settings=settings, mpp=args.mpp, kind=args.kind,
-        channels=args.channels,
-        scheduler_address=args.scheduler_address, n_workers=args.workers,
-        threads_per_worker=args.threads_per_worker, device=args.device, chunk=args.chunk, resume=args.resume,
-        overwrite=args.overwrite, tiff=args.tiff, allow_pickle=args.allow_pickle,
-        channels_last=args.channels_last, compile=args.compile,
-        watermark="--no-watermark" if args.no_watermark else True, tissue=args.tissue, lora=args.lora,
+    model = ModelChoice(args.model, device=args.device, allow_pickle=args.allow_pickle, lora=args.lora)
+    options = SlideOptions(
+        mpp=args.mpp, kind=args.kind, channels=args.channels, tissue=args.tissue,
+        scheduler_address=args.scheduler_address, n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+        channels_last=args.channels_last, compile=args.compile, chunk=args.chunk, resume=args.resume,
+        overwrite=args.overwrite, tiff=args.tiff, watermark="--no-watermark" if args.no_watermark else True,
     )
+    out = generate_slide(args.source, args.output, model, settings, options)
     print(seam_line(*sample_seam_score(out)))
     print(f"synthetic H&E: {out}" + (f" and {args.tiff}" if args.tiff else ""))
     return 0

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model.interrupt import current_cancel
+from .events import Progress
 from .progress import format_duration
-from .region import GenerationSettings, Progress
+from .settings import GenerationSettings
 
 #: A CPU run estimated longer than this (seconds) is offered the fast settings before it goes on.
 LONG_RUN_S = 120.0

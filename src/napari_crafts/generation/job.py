@@ -33,7 +33,7 @@ import numpy as np
 from .._generators import mapped
 from ..model.interrupt import JobCancelled
 from .estimate import FirstTile, RunDecision, estimate_run, fast_settings, measure_first_tile
-from .progress import Stage
+from .events import Restart, Stage
 from .region import (
     GenerationError,
     GenerationSettings,
@@ -61,13 +61,15 @@ class ModelChoice:
     """Which model runs, and where: what the engine is given.
 
     ``model``: a folder, a hub id or a built-in id (``demo``, ``tiny-demo``); ``ref``: what the user chose, as the
-    model list shows it (remembered there once it loads; defaults to ``model``).
+    model list shows it (remembered there once it loads; defaults to ``model``). The whole-slide path takes the
+    same choice (``wsi.job.generate_slide``).
     """
 
     model: str
     ref: str = ""
     device: str | None = None
     allow_pickle: bool = False
+    lora: str | None = None  # a LoRA loaded over the UNet (``model.lora``)
 
     @classmethod
     def chosen(cls, ref: str, *, device: str | None = None, allow_pickle: bool = False) -> ModelChoice:
@@ -147,21 +149,13 @@ def load_engine(model: ModelChoice, *, mode: str | None = None, controlnet: str 
     from ..model.engine import get_engine
     from ..model.interrupt import make_interruptible
 
-    engine = get_engine(model.model, device=model.device, allow_pickle=model.allow_pickle)
+    engine = get_engine(model.model, device=model.device, allow_pickle=model.allow_pickle, lora=model.lora)
     nets = [engine.unet, engine.vae, engine.text_encoder]
     if mode is not None and mode != "prompt":
         nets.append(engine.controlnet(controlnet, mode))
     make_interruptible(*nets)
     remember_model(model.name)
     return engine
-
-
-@dataclass(frozen=True)
-class Restart:
-    """The run starts again with ``settings`` (the user chose the fast ones after the first tile): what was shown
-    so far is superseded."""
-
-    settings: GenerationSettings
 
 
 def run_job(

@@ -13,12 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Stage:
-    """What a job is doing between steps ("model loaded on cpu", "estimating how long this takes…")."""
-
-    text: str
+from .events import Stage  # noqa: F401  (this module's API since 0.2)
 
 
 def format_duration(seconds: float) -> str:

@@ -26,6 +26,7 @@ from ..model.card import CONTROL_ENCODINGS, NUCLEI_V1, TISSUE_ENCODINGS
 from ..model.threads import pinned
 from ..provenance import make_provenance
 from .conditioning import LABELS_ENCODING_TEXT
+from .events import BatchProgress, Progress, TileDone  # noqa: F401  (BatchProgress: this module's API)
 from .settings import GenerationSettings, SettingsError  # noqa: F401  (SettingsError: this module's API)
 from .sources import ControlSource, resize
 from .tiling import Stitcher, Tile, TileGrid, blend_order, noise_field
@@ -202,35 +203,6 @@ def glass_tiles(source: ControlSource | None, plan: Plan, settings: GenerationSe
     if len(glass) == len(grid):
         raise GenerationError(no_tissue_message(source, plan.tissue, "this region"))
     return glass
-
-
-@dataclass(frozen=True)
-class Progress:
-    tiles_done: int
-    tiles: int
-    step: int
-    steps: int
-
-
-@dataclass(frozen=True)
-class TileDone:
-    """A tile finished: ``box`` (y0, x0, y1, x1) in region pixels now reads ``rgb`` (blended so far)."""
-
-    tiles_done: int
-    tiles: int
-    box: tuple[int, int, int, int]
-    rgb: np.ndarray
-    skipped: bool = False
-    plane: tuple[int, ...] = ()  # leading index in a stacked output (several images), else ()
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """``done`` of ``total`` tiles (or chunks) of a whole-slide run (``wsi.job.generate_slide``) are finished."""
-
-    what: str
-    done: int
-    total: int
 
 
 @dataclass

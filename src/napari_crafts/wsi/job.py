@@ -54,6 +54,7 @@ from ..export.safety import (
     remove_private,
 )
 from ..export.watermark import CELL, PERIOD, Payload, embed_watermark, sign_record
+from ..generation.job import ModelChoice
 from ..generation.region import (
     BatchProgress,
     GenerationError,
@@ -86,7 +87,8 @@ class DiskFull(GenerationError):
     """The disk filled up while writing; what finished is kept (free space and resume)."""
 
 
-def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -> Generator[BatchProgress, None, Path]:
+def background_job(source_path: str | Path, output: str | Path, model: ModelChoice, settings: GenerationSettings,
+                   options: SlideOptions) -> Generator[BatchProgress, None, Path]:
     """``generate_slide`` in a thread, as a generator of BatchProgress that returns the output path.
 
     Closing the generator (napari's Cancel) stops the run at its next finished task; it can be resumed.
@@ -98,8 +100,8 @@ def background_job(source_path: str | Path, output: str | Path, **kwargs: Any) -
 
     def run() -> None:
         try:
-            events.put(("done", generate_slide(source_path, output, progress=False, cancel=stop,
-                                               on_progress=lambda *a: events.put(("progress", a)), **kwargs)))
+            events.put(("done", generate_slide(source_path, output, model, settings, options, progress=False,
+                                               cancel=stop, on_progress=lambda *a: events.put(("progress", a)))))
         except BaseException as exc:  # noqa: BLE001 -- not swallowed: re-raised in the caller's thread
             events.put(("error", exc))
 
@@ -399,33 +401,58 @@ class _LeaveInterruptsToClient(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def generate_slide(source_path: str | Path, output: str | Path, *, model: str | Path, settings: GenerationSettings,
-                   mpp: float | None = None, kind: str | None = None, channels: str | None = None,
-                   scheduler_address: str | None = None,
-                   n_workers: int | None = None, threads_per_worker: int = 1, device: str | None = None,
-                   chunk: int = 512, resume: bool = False, overwrite: bool = False, tiff: Path | None = None,
-                   progress: bool = True, on_progress: Callable[[str, int, int], None] | None = None,
-                   cancel: threading.Event | None = None, allow_pickle: bool = False,
-                   channels_last: bool = False, compile: bool = False, watermark: bool | str = True,
-                   tissue: Any = "auto", lora: str | Path | None = None) -> Path:
+@dataclass(frozen=True)
+class SlideOptions:
+    """How a whole-slide run reads its source, where it runs and what it writes (``generate_slide``).
+
+    Source: ``mpp`` overrides (or supplies) its pixel size, ``kind`` its kind ("labels" or "channels"),
+    ``channels`` gives fluorescence channels their roles ("DAPI=nuclear,FITC=cytoplasm"; default: guessed),
+    ``tissue`` ("auto", "all", a mask image or GeoJSON file, an array; ``generation.tissue``) where the tissue is.
+    Workers: a local cluster of ``n_workers`` processes (default: one per GPU, else by cores and memory), or the
+    dask scheduler at ``scheduler_address``; each uses ``threads_per_worker`` torch threads; ``channels_last`` and
+    ``compile`` are their ``Engine`` options (speed, not maths). Output: ``chunk``-px OME-Zarr chunks; ``resume``
+    continues an interrupted run (same settings, checked); ``overwrite`` replaces an earlier output of ours;
+    ``tiff`` also writes a pyramidal OME-TIFF there; ``watermark`` True, or the name of the switch that turned it
+    off (recorded).
+    """
+
+    mpp: float | None = None
+    kind: str | None = None
+    channels: str | None = None
+    tissue: Any = "auto"
+    scheduler_address: str | None = None
+    n_workers: int | None = None
+    threads_per_worker: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    chunk: int = 512
+    resume: bool = False
+    overwrite: bool = False
+    tiff: Path | None = None
+    watermark: bool | str = True
+
+
+def generate_slide(source_path: str | Path, output: str | Path, model: ModelChoice | str | Path,
+                   settings: GenerationSettings, options: SlideOptions = SlideOptions(), *, progress: bool = True,
+                   on_progress: Callable[[str, int, int], None] | None = None,
+                   cancel: threading.Event | None = None) -> Path:
     """Generate synthetic H&E for the whole of level 0 of ``source_path`` into a pyramidal OME-Zarr ``output``.
 
-    ``mpp`` overrides (or supplies) the source's pixel size, ``kind`` its kind ("labels" or "channels");
-    ``channels`` gives fluorescence channels their roles ("DAPI=nuclear,FITC=cytoplasm"; default: guessed).
-    Workers: a local cluster of ``n_workers`` processes (default: one per GPU, else by cores and memory), or
-    the dask scheduler at ``scheduler_address``. Each worker loads the model once and uses
-    ``threads_per_worker`` torch threads. ``resume`` continues an interrupted run (same settings, checked);
-    ``overwrite`` replaces an existing output. ``tiff`` also writes a pyramidal OME-TIFF there at the end.
-    ``on_progress(what, done, total)`` hears of finished "tiles" and "chunks"; setting ``cancel`` stops the run
-    at the next finished task (raising ``Cancelled``; resume later with ``resume=True``). ``channels_last`` and
-    ``compile`` are the workers' ``Engine`` options (speed, not maths). Every level-0 chunk is watermarked
-    after blending (the pyramid is built from marked level 0); ``watermark=False`` (or the name of the switch
-    that turned it off, e.g. "--no-watermark") leaves the pixels alone and records that it was off.
-    ``tissue`` ("auto", "all", a mask image or GeoJSON file; ``generation.tissue``) says where the tissue is: tiles
-    without tissue are glass, every tile with tissue is generated, glass is composited around it. ``lora``: a
-    LoRA file every worker loads over the UNet (``model.lora``); ``settings.scheduler`` "lcm" runs the model's
-    few-step student (checked here, before any worker starts).
+    ``model``: the run layer's ``ModelChoice`` (or a folder / id): every worker loads it once (with its LoRA);
+    ``settings.scheduler`` "lcm" runs the model's few-step student (checked here, before any worker starts).
+    ``options``: the source, the workers and the output (``SlideOptions``). ``on_progress(what, done, total)``
+    hears of finished "tiles" and "chunks"; setting ``cancel`` stops the run at the next finished task (raising
+    ``Cancelled``; resume later with ``resume=True``). Every level-0 chunk is watermarked after blending (the
+    pyramid is built from marked level 0) unless ``options.watermark`` says it was turned off. Tiles without
+    tissue are glass, every tile with tissue is generated, glass is composited around it.
     """
+    choice = model if isinstance(model, ModelChoice) else ModelChoice(str(model))
+    model, device, allow_pickle, lora = choice.model, choice.device, choice.allow_pickle, choice.lora
+    mpp, kind, channels, tissue = options.mpp, options.kind, options.channels, options.tissue
+    scheduler_address, n_workers, threads_per_worker = (options.scheduler_address, options.n_workers,
+                                                         options.threads_per_worker)
+    chunk, resume, overwrite, tiff, watermark = (options.chunk, options.resume, options.overwrite, options.tiff,
+                                                 options.watermark)
     say = print if progress else (lambda *args, **kwargs: None)
     out = Path(output).expanduser().absolute()
     if threads_per_worker < 1:
@@ -482,14 +509,14 @@ def generate_slide(source_path: str | Path, output: str | Path, *, model: str | 
             say(f"{out} is already complete.")
         else:  # 2. the workers load the model; the record names their device and dtype, where tiles are made
             workers = n_workers or default_workers(description, device, threads_per_worker)
-            options: dict[str, Any] = {"channels_last": channels_last, "compile": compile}
+            engine_options: dict[str, Any] = {"channels_last": options.channels_last, "compile": options.compile}
             if lora is not None:  # the workers load it too (get_engine's lora)
-                options["lora"] = str(Path(lora).expanduser().absolute())
+                engine_options["lora"] = str(Path(lora).expanduser().absolute())
             engine_args = (str(description.path), device, threads_per_worker)
             with _connect(scheduler_address, workers, say) as client:
                 stores = (str(out), str(out / TILE_STORE))
                 client.register_plugin(ModelPlugin(*engine_args[:2], threads_per_worker, stores, allow_pickle,
-                                                   options))
+                                                   engine_options))
                 runtime = _workers_runtime(client, *engine_args)
                 # the tissue extent, read on the workers (an auto mask reads level 0 once, like the scan)
                 plan = attach_tissue(plan, source, partial(run_tasks, client, uuid.uuid4().hex[:8], progress))
