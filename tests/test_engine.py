@@ -108,7 +108,7 @@ def test_schedulers_and_their_errors(engine, tiny_model):
     made = {name: engine.make_scheduler(name) for name in SCHEDULERS}
     assert {name: type(s).__name__ for name, s in made.items()} == {
         "default": "PNDMScheduler", "ddim": "DDIMScheduler", "unipc": "UniPCMultistepScheduler",
-        "dpm++": "DPMSolverMultistepScheduler"}
+        "dpm++": "DPMSolverMultistepScheduler", "lcm": "LCMScheduler"}
     for s in made.values():  # the model's betas, whatever the solver
         assert (s.config.beta_schedule, s.config.beta_start, s.config.beta_end) == ("scaled_linear", 0.00085, 0.012)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_model)
