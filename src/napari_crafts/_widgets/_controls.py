@@ -152,6 +152,25 @@ def _title_width(widget: Any) -> int:
     return int(dock.fontMetrics().horizontalAdvance(dock.windowTitle())) + TITLE_BUTTONS
 
 
+def setting_box(name: str) -> Any:
+    """The dock's control of generation setting ``name``, made from its one declaration (``generation.settings``):
+    label, tooltip, default, valid range and increment (a spin box's range is the core's, within Qt's int32)."""
+    from ..generation.settings import INTEGER, SETTINGS
+
+    s, value = SETTINGS[name], getattr(GenerationSettings(), name)
+    if name == "scheduler":
+        return ComboBox(choices=SCHEDULERS, value=value, label=s.label, tooltip=s.help)
+    if name == "prompt":
+        return TextEdit(value=value, label=s.label, tooltip=s.help)
+    if s.lo is None or s.hi is None:
+        return LineEdit(value=value or "", label=s.label, tooltip=s.help)
+    if INTEGER[name]:
+        return SpinBox(value=value, min=int(s.lo), max=min(int(s.hi), 2**31 - 1), step=int(s.step), label=s.label,
+                       tooltip=s.help)
+    low = s.lo + s.step if s.low_open else s.lo  # the smallest valid value the box can show
+    return FloatSpinBox(value=value, min=low, max=s.hi, step=s.step, label=s.label, tooltip=s.help)
+
+
 def spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: str = "") -> Any:
     cls = FloatSpinBox if isinstance(value, float) else SpinBox
     return cls(value=value, min=lo, max=hi, step=step, label=label, tooltip=TOOLTIPS.get(key, ""))
@@ -246,23 +265,16 @@ class GenerationControls(Container):
     """Model and diffusion settings shared by the generation widgets; the less used ones under "Advanced"."""
 
     def __init__(self, prompt: str = CRAFTS_MASK_PROMPT, *, controlnet: bool = True) -> None:
-        d = GenerationSettings()
         self._default_prompt = prompt
         self._model = ModelPicker()
-        self._prompt = TextEdit(value=prompt, label="prompt", tooltip=TOOLTIPS["prompt"])
+        self._prompt = setting_box("prompt")
+        self._prompt.value = prompt
         self._prompt.max_height = 64
-        self._seed = spin("seed", d.seed, 0, 2**31 - 1, key="seed")
-        self._steps = spin("steps", d.steps, 1, 500, key="steps")
-        self._cfg = spin("guidance (CFG)", d.guidance_scale, 1.0, 30.0, 0.5, key="guidance_scale")
-        self._controlnet = LineEdit(value="", label="ControlNet", tooltip=TOOLTIPS["controlnet"])
-        self._negative = LineEdit(value=d.negative_prompt, label="negative prompt", tooltip=TOOLTIPS["negative_prompt"])
-        self._scheduler = ComboBox(choices=SCHEDULERS, value=d.scheduler, label="scheduler",
-                                   tooltip=TOOLTIPS["scheduler"])
-        self._cfg_cutoff = spin("CFG cut-off", d.cfg_cutoff, 0.0, 1.0, 0.05, key="cfg_cutoff")  # as the CLI says
-        self._cache_interval = spin("cache interval", d.cache_interval, 1, 10, key="cache_interval")
-        self._tile = spin("tile size", d.tile_size, 64, 2048, 64, key="tile_size")
-        self._overlap = spin("overlap", d.overlap, 0, 512, 8, key="overlap")
-        self._batch = spin("batch (0 = auto)", d.batch_size, 0, 64, key="batch_size")
+        self._seed, self._steps, self._cfg = (setting_box(n) for n in ("seed", "steps", "guidance_scale"))
+        self._controlnet, self._negative, self._scheduler = (setting_box(n) for n in ("controlnet", "negative_prompt",
+                                                                                     "scheduler"))
+        self._cfg_cutoff, self._cache_interval = setting_box("cfg_cutoff"), setting_box("cache_interval")
+        self._tile, self._overlap, self._batch = (setting_box(n) for n in ("tile_size", "overlap", "batch_size"))
         self._device = ComboBox(choices=["auto", "cuda", "mps", "cpu"], value="auto", label="device",
                                 tooltip=TOOLTIPS["device"])
         self._allow_pickle = CheckBox(value=False, text="allow pickle weights", tooltip=TOOLTIPS["allow_pickle"])

@@ -25,23 +25,6 @@ TOOLTIPS = {
     "fast": "Fewer steps with a multistep scheduler, guidance for the first half, feature reuse and smaller tiles: "
     "much faster on a CPU, approximate (recorded in the provenance and the layer name).",
     "save": "Save the synthetic layer with its provenance record: OME-TIFF (.ome.tif), OME-Zarr (.ome.zarr) or PNG.",
-    "controlnet": "Optional ControlNet folder or hub id; empty = the model folder's own controlnet/.",
-    "prompt": "Text prompt (CLIP reads at most 77 tokens; longer prompts are cut and you are told).",
-    "negative_prompt": "What to steer away from (used with guidance > 1).",
-    "seed": "Same inputs + same seed = same pixels. Each tile's noise derives from the seed and its slide position.",
-    "steps": "Denoising steps (the paper uses 50).",
-    "guidance_scale": "Classifier-free guidance (the paper uses 7.5).",
-    "tile_size": "Tile side in the model's pixels (the paper's models use 512).",
-    "overlap": "Overlap between neighbouring tiles in the model's pixels; blended to hide seams.",
-    "batch_size": "Tiles per model call. 0 = auto: as many as fit in free GPU memory (measured once per tile "
-    "size; 1 on CPU, where batching does not pay). Halved automatically when the GPU runs out of memory.",
-    "scheduler": "'default' is the model's own scheduler (exact); others are for fewer steps (fast mode: "
-    "approximate, and recorded as such in the provenance).",
-    "cfg_cutoff": "1 = guidance on every step (exact). Below 1: guidance stops after that fraction of the steps, "
-    "which skips half the work for the rest (fast mode: approximate, recorded in the provenance).",
-    "cache_interval": "1 = the full network on every step (exact). N > 1: the full UNet every N steps and only its "
-    "shallow layers in between, reusing the deep features (DeepCache; fast mode: approximate, recorded in the "
-    "provenance).",
     "region": "Which part of the labels to render.",
     "shapes": "Shapes layer whose last rectangle bounds the region.",
     "mpp": "Pixel size of the input in µm/px: from the file, the Pixel size widget, or the layer's scale when its unit "
