@@ -195,3 +195,23 @@ def test_every_dock_fits_1366x768_with_a_slide_and_results(
 
     problems = measure(laptop, qtbot, advanced=advanced, prepare=prepare)
     assert not problems, report(problems)
+
+
+@pytest.mark.parametrize("name", ["Labels → H&E", "Prompt → H&E"])
+def test_the_long_run_offer_shows_every_line_of_its_times(laptop: Any, qtbot: Any, name: str) -> None:
+    """Issue 20, item 10: the offer's first and last lines (the ones with the times) were cut off."""
+    from napari_crafts.generation.estimate import RunEstimate, fast_settings
+    from napari_crafts.generation.settings import GenerationSettings
+
+    _, dock = laptop.window.add_plugin_dock_widget("napari-crafts", name)
+    estimate = RunEstimate(1234.0, 9, 50, 512, "cpu", fast=fast_settings(GenerationSettings()), fast_seconds=40.0)
+    dock.offer.ask(estimate, lambda: None, lambda: None)
+    _settle(qtbot)
+    label = dock.offer._text.native
+    assert label.isVisible() and "about 21 min" in label.text() and "about 40 s" in label.text()
+    needed = label.heightForWidth(label.width())
+    assert label.height() >= needed, (label.height(), needed, label.width())  # every line of the text shows
+    assert not clipped(dock), clipped(dock)
+    viewport = _viewport(dock)
+    bottom = label.mapTo(viewport, label.rect().bottomRight())
+    assert bottom.x() <= viewport.width()  # and nothing of it past the right edge

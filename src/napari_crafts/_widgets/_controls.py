@@ -177,9 +177,31 @@ def spin(label: str, value: float, lo: float, hi: float, step: float = 1, key: s
 
 
 def wrapped(label: Label) -> Label:
-    """A label whose long text wraps to the dock's width instead of widening the dock."""
-    label.native.setWordWrap(True)
+    """A label whose long text wraps to the dock's width instead of widening the dock, always as tall as its lines
+    need at its width (``_FitHeight``)."""
+    native = label.native
+    native.setWordWrap(True)
+    native.installEventFilter(_FitHeight(native))
+    label.changed.connect(lambda *_: _fit_height(native))
     return label
+
+
+def _fit_height(label: Any) -> None:
+    """Make a word-wrapped QLabel at least as tall as its text at its present width."""
+    need = label.heightForWidth(label.width()) if label.width() > 0 else -1
+    if need > 0 and label.minimumHeight() != need:
+        label.setMinimumHeight(need)
+
+
+class _FitHeight(QObject):
+    """Refits a word-wrapped label (``_fit_height``) whenever it is resized or shown. A layout inside a scroll area
+    asks a wrapped label for its height before it has given it its width, so without this a long text (the
+    long-run offer's times) lost its first and last lines."""
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt's name
+        if event.type() in (QEvent.Type.Resize, QEvent.Type.Show):
+            _fit_height(obj)
+        return False
 
 
 def narrow(box: ComboBox, chars: int = 14, *, keep: bool = False) -> None:
