@@ -218,3 +218,34 @@ def test_lcm_runs_a_users_consistency_lora_when_the_model_declares_no_student(ti
     assert np.array_equal(lcm(styled), lcm(styled))
     with pytest.raises(LoraError, match="declares none"):
         lcm(engine)
+
+
+def test_the_demo_takes_a_lora_and_records_it(tiny_model, lora, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, _, err = run_cli(
+        ["demo", "--out", out, "--model", tiny_model, "--lora", tmp_path / "none.safetensors"], capsys
+    )
+    assert code == 2 and "no such file or folder" in one_line(err) and not out.exists()
+    code, _, _ = run_cli(
+        [
+            "demo",
+            "--out",
+            out,
+            "--model",
+            tiny_model,
+            "--lora",
+            lora,
+            "--steps",
+            "1",
+            "--size",
+            "64",
+            "--tile-size",
+            "64",
+            "--overlap",
+            "0",
+        ],
+        capsys,
+    )
+    assert code == 0
+    record = json.loads((out / "provenance.json").read_text())["model"]["lora"]
+    assert record["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest()

@@ -75,14 +75,14 @@ def _demo(args: argparse.Namespace) -> int:
                                 ("json", "provenance.json"))}
     name = "nuclei labels (DSB 2018)"
     # a pixel size no run can use is refused before the model loads (its description is a few small files)
-    description = ModelDescription.open(args.model, allow_pickle=args.allow_pickle)
+    description = ModelDescription.open(args.model, allow_pickle=args.allow_pickle, lora=args.lora)
     check_scale(name, args.mpp, description.mpp)
     if settings.scheduler == "lcm":
-        description.student()  # the model declares a student, distilled from these weights
+        description.check_few_step()  # a student the model declares (of these weights), or --lora
     _, labels = load_nuclei()
     labels = labels[: args.size, : args.size]
     print(f"model: {args.model} (loading…)", flush=True)
-    choice = ModelChoice(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    choice = ModelChoice(args.model, device=args.device, allow_pickle=args.allow_pickle, lora=args.lora)
     engine = load_engine(choice, mode="labels")
     source = LabelsSource(labels, name=name, mpp=args.mpp)
     region = Region(0, 0, *labels.shape)
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None)
     demo.add_argument("--allow-pickle", action="store_true",
                       help="also load pickle weights (.bin/.ckpt), which can run code: only for sources you trust")
+    demo.add_argument("--lora", default=None, metavar="PATH", help=batch_cli.LORA_HELP)
     demo.add_argument("--verbose", action="store_true", help="show every step, and tracebacks of errors")
     demo.set_defaults(func=_demo)
 
