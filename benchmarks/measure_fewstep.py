@@ -111,10 +111,10 @@ def dsb(engine: Any, out: Path) -> dict[str, Any]:
 def heldout(engine: Any, pairs: Path, tiles: int, out: Path) -> dict[str, Any]:
     from napari_crafts.evaluation.metrics import pixel_metrics, ssim
     from napari_crafts.training.data import load_arrays, open_pairs
-    from napari_crafts.training.validation import generate_tiles, pick_tiles
+    from napari_crafts.training.validation import generate_tiles, spread_indices
 
     test = load_arrays(open_pairs(pairs, "test"), ["labels"])
-    idx = pick_tiles(len(test), tiles)
+    idx = spread_indices(len(test), tiles)
     controls, real = test.controls["labels"][idx], test.he[idx]
     prompt = engine.card.prompt
     made = {

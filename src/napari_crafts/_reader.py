@@ -95,7 +95,7 @@ def slide_layer_data(slide: Slide) -> LayerDataTuple:
 
 
 #: Colours (0-1 RGB) for channels whose file gives none: blue for the nuclear stain, then these in turn.
-CHANNEL_COLORS = ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (1.0, 1.0, 0.0), (1.0, 0.0, 1.0), (0.0, 1.0, 1.0))
+CHANNEL_LAYER_RGB = ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (1.0, 1.0, 0.0), (1.0, 0.0, 1.0), (0.0, 1.0, 1.0))
 #: Side of the window of the coarsest level that contrast limits are computed on (read once, on open).
 CONTRAST_SAMPLE = 1024
 
@@ -111,7 +111,7 @@ def channel_colormap(name: str, color: Any, index: int) -> Any:
     elif guess_role(name) == "nuclear":
         rgb = (0.0, 0.0, 1.0)
     else:
-        rgb = CHANNEL_COLORS[index % len(CHANNEL_COLORS)]
+        rgb = CHANNEL_LAYER_RGB[index % len(CHANNEL_LAYER_RGB)]
     return Colormap([(0.0, 0.0, 0.0, 1.0), (*rgb, 1.0)], name=f"{name} ({', '.join(f'{c:.2f}' for c in rgb)})")
 
 

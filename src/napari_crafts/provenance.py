@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 #: Key of the record in an OME-Zarr's attributes and in an OME-TIFF's MapAnnotation.
@@ -74,6 +76,60 @@ def record_from_ome_xml(ome_xml: str) -> dict[str, Any] | None:
                         return None
                     return record if isinstance(record, dict) else None
     return None
+
+
+#: What ``read_record`` returns for a PNG text chunk of ours that is not a JSON object.
+UNREADABLE = {"unreadable": "the 'napari_crafts' text chunk is not a JSON record"}
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The provenance record a file or folder of ours holds, read from its content (never its name), pixels left
+    unread: an OME-Zarr's attributes (zarr v2 or v3), an OME-TIFF's MapAnnotation, a PNG's text chunk (``UNREADABLE``
+    when that chunk is not a JSON object). None when it holds none or cannot be read; a symbolic link is never read.
+    The one reader behind ``export.read_provenance``, ``export.check`` and the output rule (``export.safety``)."""
+    p = Path(path)
+    if p.is_symlink() or not p.exists():
+        return None
+    if p.is_dir():
+        attrs = _json_file(p / ".zattrs")
+        if attrs is None:  # zarr v3: the attributes inside zarr.json
+            meta = _json_file(p / "zarr.json")
+            attrs = meta.get("attributes") if isinstance(meta, dict) else None
+        record = attrs.get(PROVENANCE_KEY) if isinstance(attrs, dict) else None
+        return dict(record) if isinstance(record, dict) else None
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                xml = tif.ome_metadata or ""
+            return record_from_ome_xml(xml) if xml else None
+        if head == b"\x89PNG\r\n\x1a\n":
+            from PIL import Image
+
+            with Image.open(p) as img:
+                text = dict(getattr(img, "text", None) or {})
+            if PROVENANCE_KEY not in text:
+                return None
+            try:
+                record = json.loads(text[PROVENANCE_KEY])
+            except ValueError:
+                record = None
+            return record if isinstance(record, dict) else dict(UNREADABLE)
+    except Exception:  # noqa: BLE001 - a damaged or foreign file holds no record of ours
+        return None
+    return None
+
+
+def _json_file(path: Path, limit: int = 64 * 2**20) -> Any:
+    try:
+        if path.stat().st_size > limit:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def json_record(provenance: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ._text import BUTTON_TOOLTIPS, PREFERRED_READER, SLIDE_PATTERNS
 NO_LAYER_CHOSEN = "Choose one or more layers in the list first (click, Ctrl/Shift-click for several)."
 
 
-class PixelSize(DockContainer):
+class PixelSizeWidget(DockContainer):
     """A list of layers (the active one preselected), a µm/px value, and "Set pixel size"."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:

@@ -14,14 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import tifffile
-import zarr
-from zarr.errors import NodeNotFoundError
-
-from ..provenance import PROVENANCE_KEY, record_from_ome_xml
+from ..provenance import PROVENANCE_KEY, read_record
 from .ome_tiff import TIFF_NAMESPACE, ome_zarr_to_tiff, write_pyramidal_tiff
 from .ome_zarr import (
-    CHANNEL_COLORS,
+    OMERO_CHANNEL_HEX,
     PROGRESS_GROUP,
     RESUME_VOLATILE_KEYS,
     OmeZarrWriter,
@@ -34,7 +30,7 @@ from .ome_zarr import (
 from .pyramid import DOWNSAMPLING, default_levels, level_shapes, mean_downsample_2x
 
 __all__ = [
-    "CHANNEL_COLORS", "DOWNSAMPLING", "PROGRESS_GROUP", "PROVENANCE_KEY", "RESUME_VOLATILE_KEYS", "TIFF_NAMESPACE",
+    "OMERO_CHANNEL_HEX", "DOWNSAMPLING", "PROGRESS_GROUP", "PROVENANCE_KEY", "RESUME_VOLATILE_KEYS", "TIFF_NAMESPACE",
     "OmeZarrWriter", "create_ome_zarr", "default_levels", "forget_cached", "is_complete", "level_shapes",
     "mean_downsample_2x", "ome_zarr_to_tiff", "open_ome_zarr", "open_ome_zarr_for_resume", "read_provenance",
     "save_ome_zarr", "write_pyramidal_tiff",
@@ -42,19 +38,9 @@ __all__ = [
 
 
 def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The provenance dict stored in a napari-crafts OME-Zarr or TIFF; None if there is none."""
-    spath = os.fspath(path)
-    if not os.path.exists(spath):
-        return None
-    if os.path.isdir(spath):
-        try:
-            prov = zarr.open_group(spath, mode="r").attrs.get(PROVENANCE_KEY)
-        except (FileNotFoundError, NodeNotFoundError):
-            return None
-        return dict(prov) if isinstance(prov, dict) else None
-    with tifffile.TiffFile(spath) as tif:
-        xml = tif.ome_metadata
-    return record_from_ome_xml(xml) if xml else None
+    """The provenance dict stored in a napari-crafts OME-Zarr, OME-TIFF or PNG; None if there is none
+    (``provenance.read_record``, the one reader)."""
+    return read_record(path)
 
 
 def is_complete(path: str | os.PathLike[str]) -> bool:

@@ -12,7 +12,6 @@ an error wins, the report says which images were read). No Qt, no torch.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..provenance import read_record
 from . import watermark as wm
 
 #: Files read with Pillow (whole image in memory; a PNG cannot be read window by window).
@@ -105,39 +105,16 @@ def _open_pillow(p: Path) -> tuple[str, tuple[int, int], Reader, dict[str, Any] 
 
     with Image.open(p) as img:
         fmt = (img.format or p.suffix.lstrip(".")).lower()
-        text = dict(getattr(img, "text", None) or {})
         arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
-    record = _text_record(text)
-    return fmt, (arr.shape[0], arr.shape[1]), lambda y, x, h, w: arr[y : y + h, x : x + w], record
-
-
-def _text_record(text: dict[str, Any]) -> dict[str, Any] | None:
-    """The record in a PNG's text chunks (key "napari_crafts", JSON); None when there is none."""
-    if "napari_crafts" not in text:
-        return None
-    try:
-        record = json.loads(text["napari_crafts"])
-    except ValueError:
-        record = None
-    return record if isinstance(record, dict) else {"unreadable": "the 'napari_crafts' text chunk is not a JSON record"}
+    return fmt, (arr.shape[0], arr.shape[1]), lambda y, x, h, w: arr[y : y + h, x : x + w], read_record(p)
 
 
 def file_record(path: str | Path) -> dict[str, Any] | None:
     """The provenance record stored in an image file (PNG text chunk, OME-TIFF MapAnnotation, OME-Zarr attributes),
-    pixels left unread; None when the file holds none or cannot be read (e.g. a napari layer's source file, which
-    napari's own reader opened without our metadata)."""
-    from PIL import Image
-
-    from . import read_provenance
-
+    pixels left unread (``provenance.read_record``); None when the file holds none or cannot be read (e.g. a napari
+    layer's source file, which napari's own reader opened without our metadata)."""
     p = Path(path)
-    try:
-        if p.suffix.lower() in PILLOW_SUFFIXES:
-            with Image.open(p) as img:
-                return _text_record(dict(getattr(img, "text", None) or {}))
-        return read_provenance(p) if p.suffix.lower() in SLIDE_SUFFIXES else None
-    except (OSError, ValueError):
-        return None
+    return read_record(p) if p.suffix.lower() in PILLOW_SUFFIXES + SLIDE_SUFFIXES or p.is_dir() else None
 
 
 def _open_lazy(p: Path) -> tuple[str, tuple[int, int], Reader | None, dict[str, Any] | None]:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 #: Provenance keys that may differ between a run and its resumption (everything else must match).
 RESUME_VOLATILE_KEYS = frozenset({"created", "complete"})
-CHANNEL_COLORS = ("FF0000", "00FF00", "0000FF")
+OMERO_CHANNEL_HEX = ("FF0000", "00FF00", "0000FF")
 #: The record a store holds from its first moment (the full provenance replaces it when creation is done).
 OWNERSHIP_MARK = {"generator": GENERATOR, "synthetic": True, "complete": False}
 _CACHE: dict[tuple[str, str], Any] = {}  # per-process open zarr arrays, keyed by (store path, array path)
@@ -223,7 +223,7 @@ def _ngff_attrs(shape_yx: tuple[int, int], levels: int, mpp: float | None, chann
         "channels": [
             {"label": label, "color": color, "active": True, "coefficient": 1.0, "family": "linear",
              "inverted": False, "window": {"min": 0, "max": 255, "start": 0, "end": 255}}
-            for label, color in zip(channel_names, CHANNEL_COLORS, strict=False)
+            for label, color in zip(channel_names, OMERO_CHANNEL_HEX, strict=False)
         ],
         "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
     }

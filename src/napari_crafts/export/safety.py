@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..provenance import PROVENANCE_KEY, package_version, record_from_ome_xml
+from ..provenance import UNREADABLE, package_version, read_record
 
 GENERATOR = "napari-crafts"
 #: The file that marks a folder as written by napari-crafts (models, training sets, demo output, …).
@@ -316,11 +316,7 @@ def _read_json(path: Path, limit: int = 64 * 2**20) -> Any:
 
 
 def _zarr_is_ours(folder: Path) -> bool:
-    attrs = _read_json(folder / ".zattrs")
-    if attrs is None:  # zarr v3: attributes inside zarr.json
-        meta = _read_json(folder / "zarr.json")
-        attrs = meta.get("attributes") if isinstance(meta, dict) else None
-    return isinstance(attrs, dict) and isinstance(attrs.get(PROVENANCE_KEY), dict)
+    return read_record(folder) is not None
 
 
 def _marker_is_ours(marker: Path) -> bool:
@@ -331,28 +327,13 @@ def _marker_is_ours(marker: Path) -> bool:
 def _tiff_is_ours(path: Path) -> bool:
     """An OME MapAnnotation in our namespace whose key ``napari_crafts`` holds a JSON object (parsed, not searched
     for as text: a description that merely mentions the namespace is not ours)."""
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            xml = tif.ome_metadata or ""
-    except Exception:  # noqa: BLE001 - any unreadable TIFF is simply not recognised as ours
-        return False
-    return bool(xml) and record_from_ome_xml(xml) is not None
+    return read_record(path) is not None
 
 
 def _png_is_ours(path: Path) -> bool:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            text = dict(getattr(im, "text", {}) or {})
-    except Exception:  # noqa: BLE001 - a damaged PNG is simply not recognised as ours
-        return False
-    try:
-        return isinstance(json.loads(text.get(PROVENANCE_KEY, "null")), dict)
-    except ValueError:
-        return False
+    """A text chunk ``napari_crafts`` that holds a JSON object."""
+    record = read_record(path)
+    return record is not None and record != UNREADABLE
 
 
 def _json_is_ours(path: Path) -> bool:

@@ -427,9 +427,9 @@ def _validate_vae(stage: Stage, val: TileArrays, out: Path, settings: TrainSetti
     from PIL import Image
 
     from ..evaluation.metrics import pixel_metrics
-    from .validation import pick_tiles
+    from .validation import spread_indices
 
-    idx = pick_tiles(len(val), max(settings.validation_tiles, 1))
+    idx = spread_indices(len(val), max(settings.validation_tiles, 1))
     vae = stage.p.vae
     was_training = vae.training
     vae.eval()

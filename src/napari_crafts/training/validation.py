@@ -19,7 +19,7 @@ from ..model.threads import pinned
 from .data import TileArrays
 
 
-def pick_tiles(n: int, count: int) -> list[int]:
+def spread_indices(n: int, count: int) -> list[int]:
     """``count`` indices spread evenly over ``n`` tiles (the same every time)."""
     count = min(count, n)
     return sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)}) if count else []
@@ -57,7 +57,7 @@ def validate_folder(model: Path, val: TileArrays, *, modes: list[str], out: Path
     from ..provenance import synthetic_header
 
     engine = Engine(model, device="cpu")
-    idx = pick_tiles(len(val), tiles)
+    idx = spread_indices(len(val), tiles)
     real = val.he[idx]
     out.mkdir(parents=True, exist_ok=True)
     rows = []
