@@ -58,3 +58,14 @@ def test_the_docks_boxes_are_the_declared_ones(qtbot: Any) -> None:
             lo = s.lo + s.step if s.low_open else s.lo  # type: ignore[operator]
             assert (box.min, box.max) == (lo, min(s.hi, 2**31 - 1)), name  # type: ignore[type-var]
     assert controls.settings() == GenerationSettings(prompt=controls.settings().prompt)  # the declared defaults
+
+
+def test_choosing_the_few_step_student_in_a_dock_sets_its_steps(qtbot: Any) -> None:
+    from napari_crafts._widgets._controls import GenerationControls
+    from napari_crafts.model.engine import LCM_DEFAULT_STEPS
+
+    controls = GenerationControls()
+    assert controls._steps.value == 50
+    controls._scheduler.value = "lcm"
+    assert controls._steps.value == LCM_DEFAULT_STEPS and controls.settings().scheduler == "lcm"
+    assert controls.approximate_text.startswith("Settings are approximate (fast mode): the model's few-step student")

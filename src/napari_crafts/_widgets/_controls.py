@@ -324,6 +324,14 @@ class GenerationControls(Container):
         self._exact_button.changed.connect(self.back_to_exact)
         for box in (self._scheduler, self._cfg_cutoff, self._cache_interval):
             box.changed.connect(self._show_approximate)
+        self._scheduler.changed.connect(self._on_scheduler)
+
+    def _on_scheduler(self, name: str) -> None:
+        """The few-step student takes its own steps (4 by default, at most 50): choosing it sets them."""
+        from ..model.engine import FEW_STEP_SCHEDULER, LCM_DEFAULT_STEPS
+
+        if name == FEW_STEP_SCHEDULER:
+            self._steps.value = LCM_DEFAULT_STEPS
 
     def show_advanced(self, show: bool = True) -> None:
         self.advanced_shown = show
@@ -370,7 +378,7 @@ class GenerationControls(Container):
         if current.exact and not settings.exact:
             self._before_fast = current
         self._prompt.value = settings.prompt
-        self._steps.value, self._scheduler.value = settings.steps, settings.scheduler
+        self._scheduler.value, self._steps.value = settings.scheduler, settings.steps  # lcm sets its steps first
         self._cfg_cutoff.value, self._cache_interval.value = settings.cfg_cutoff, settings.cache_interval
         self._tile.value, self._overlap.value = settings.tile_size, settings.overlap
         self._show_approximate()
