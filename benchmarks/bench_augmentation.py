@@ -143,7 +143,12 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=Path, required=True, help="a pairs set of CMU-1 (napari-crafts pairs)")
-    parser.add_argument("--work", type=Path, required=True, help="a new folder for the label tiles and synth set")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        required=True,
+        help="a folder for the label tiles and synth set (one already there is reused)",
+    )
     parser.add_argument("--model", default="demo")
     parser.add_argument("--real", type=int, default=16, help="real train tiles (the 'few pairs')")
     parser.add_argument("--count", type=int, default=2, help="synthetic images per real mask")
@@ -161,39 +166,41 @@ def main() -> None:
     pick = with_nuclei[np.linspace(0, len(with_nuclei) - 1, args.real).round().astype(int)]
     real_he, real_nuclei = he[pick], nuclei[pick]
     mpp = json.loads((args.pairs / "dataset.json").read_text())["mpp"]
-    tiles = args.work / "label_tiles"
-    tiles.mkdir(parents=True)
-    for i, mask in zip(pick, real_nuclei, strict=True):
-        tifffile.imwrite(
-            tiles / f"t{i:04d}.tif",
-            control_to_labels(np.repeat(mask[..., None] * 255, 3, -1)),
-            resolution=(1e4 / mpp, 1e4 / mpp),
-            resolutionunit="CENTIMETER",
-        )
     synth = args.work / "synth"
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "napari-crafts"),
-            "synth",
-            str(synth),
-            "--model",
-            args.model,
-            "--labels",
-            str(tiles),
-            "--count",
-            str(args.count),
-            "--augment",
-            "--steps",
-            str(args.synth_steps),
-            "--tile-size",
-            str(he.shape[1]),
-            "--tissue",
-            "all",
-        ],
-        check=True,
-    )
-    synth_s = time.perf_counter() - start
+    synth_s = 0.0
+    if not (synth / "dataset.json").is_file():  # an earlier run's set (same --real) is reused: other seeds
+        tiles = args.work / "label_tiles"
+        tiles.mkdir(parents=True)
+        for i, mask in zip(pick, real_nuclei, strict=True):
+            tifffile.imwrite(
+                tiles / f"t{i:04d}.tif",
+                control_to_labels(np.repeat(mask[..., None] * 255, 3, -1)),
+                resolution=(1e4 / mpp, 1e4 / mpp),
+                resolutionunit="CENTIMETER",
+            )
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "napari-crafts"),
+                "synth",
+                str(synth),
+                "--model",
+                args.model,
+                "--labels",
+                str(tiles),
+                "--count",
+                str(args.count),
+                "--augment",
+                "--steps",
+                str(args.synth_steps),
+                "--tile-size",
+                str(he.shape[1]),
+                "--tissue",
+                "all",
+            ],
+            check=True,
+        )
+        synth_s = time.perf_counter() - start
     s_he, s_nuclei = [], []
     from PIL import Image
 
