@@ -33,6 +33,8 @@ from .plan import Item, SynthError, SynthPlan, read_mask
 
 #: H&E look checks ``--reject-below`` may name (``evaluation.metrics.he_checks``).
 CHECKS = ("H_ratio", "red_gt_green")
+#: zlib level of the dataset PNGs: 1 writes a 256² tile in ~6 ms instead of ~17 ms (level 6), 4 % larger.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,8 @@ def _make(
         _save_mask(out / item.mask_name, labels, item.mask.mpp if item.mask else None)
     png = out / item.file_name
     png.parent.mkdir(parents=True, exist_ok=True)
-    save_png(png, result.rgb, result.provenance, mpp=source.mpp if source is not None else engine.mpp)
+    mpp = source.mpp if source is not None else engine.mpp
+    save_png(png, result.rgb, result.provenance, mpp=mpp, compress_level=PNG_COMPRESS_LEVEL)
     return {**record, "kept": True}
 
 
