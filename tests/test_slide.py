@@ -409,3 +409,24 @@ def test_reader_declines_unsupported(tmp_path):
     assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "a.tif")]) is None
     assert napari_get_reader(str(tmp_path / "a.tif")) is not None
     assert napari_get_reader(str(tmp_path / "x.zarr")) is not None
+
+
+def test_a_labels_file_is_recognised_without_the_default_dask_scheduler(tmp_path) -> None:  # noqa: ANN001
+    """Inside a dask worker the default scheduler is the cluster's, which cannot run the recognition's read: it
+    reads in its own thread (synth's and generate's workers open label tiles by path)."""
+    import dask
+    import tifffile
+
+    from napari_crafts.io.slide import open_slide
+
+    labels = np.zeros((96, 96), np.uint16)
+    labels[10:30, 10:30], labels[50:70, 40:60] = 1, 2
+    path = tmp_path / "tile_0001.tif"  # a name that says nothing about labels
+    tifffile.imwrite(path, labels)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the default dask scheduler was used")
+
+    with dask.config.set(scheduler=refuse):
+        slide = open_slide(path)
+    assert slide.kind == "labels"

@@ -471,7 +471,8 @@ def _is_flat(arr: da.Array, *, empty: bool = True) -> bool:
     """:func:`looks_like_labels` by its pixels alone: one (Y, X) plane (``empty``: what an all-zero window is)."""
     h, w = arr.shape
     y0, x0 = max(0, (h - LABELS_SAMPLE) // 2), max(0, (w - LABELS_SAMPLE) // 2)
-    win = np.asarray(arr[y0 : y0 + LABELS_SAMPLE, x0 : x0 + LABELS_SAMPLE])
+    # read here, in this thread: inside a dask worker the default scheduler is the cluster's, which cannot take it
+    win = np.asarray(arr[y0 : y0 + LABELS_SAMPLE, x0 : x0 + LABELS_SAMPLE].compute(scheduler="synchronous"))
     equal = touching = 0
     for a, b in ((win[:, 1:], win[:, :-1]), (win[1:], win[:-1])):
         fg = (a != 0) | (b != 0)
