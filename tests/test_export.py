@@ -381,3 +381,18 @@ def test_records_hold_no_nan_so_they_stay_valid_json(tmp_path: Path) -> None:
     attrs = (store / "zarr.json") if (store / "zarr.json").exists() else (store / ".zattrs")
     json.loads(attrs.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the stored record"))
     assert read_provenance(store)["score"] is None
+
+
+def test_the_one_atomic_write_leaves_a_file_whole_or_as_it_was(tmp_path) -> None:  # noqa: ANN001
+    from napari_crafts._files import atomic_file
+
+    target = tmp_path / "table.csv"
+    target.write_text("before")
+    with pytest.raises(OSError), atomic_file(target) as partial:
+        partial.write_text("half")
+        raise OSError("disk full")
+    assert target.read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    with atomic_file(target, unique=True) as partial:
+        assert partial.name.startswith(".table.csv.") and partial.name.endswith(".partial")
+        partial.write_text("after")
+    assert target.read_text() == "after" and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]

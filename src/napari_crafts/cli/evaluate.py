@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_file
 from ..evaluation import metrics as M
 from ..evaluation import plip as P
 from ..evaluation.plip_eval import MAX_EMBED_TILES, EvalProgress, load_scorer
@@ -112,8 +112,7 @@ def write_marked_results(rows: dict[str, Any], *, csv_path: Path | None = None, 
     for kind, path in (("csv", csv_path), ("json", json_path)):
         if path is None:
             continue
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
+        with atomic_file(path, unique=True) as tmp:
             M.write_results(rows, **{f"{kind}_path": tmp})
             if kind == "csv":
                 with open(tmp, newline="", encoding="utf-8") as fh:
@@ -128,6 +127,3 @@ def write_marked_results(rows: dict[str, Any], *, csv_path: Path | None = None, 
                 marked = {row: {**fields, GENERATOR_FIELD: tag} for row, fields in data.items()}
                 tmp.write_text(json.dumps(marked, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
                                encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)

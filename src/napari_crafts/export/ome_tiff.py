@@ -18,6 +18,7 @@ import tifffile
 import zarr
 from numcodecs import Blosc
 
+from .._files import atomic_file
 from ..io.windows import WindowedArray
 from ..provenance import OME_NAMESPACE, PROVENANCE_KEY, json_record
 from .ome_zarr import open_ome_zarr
@@ -116,8 +117,7 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], level0: Any, *, mpp: floa
         per_cm = 1e4 / (float(mpp) * 2**lv)
         return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
 
-    partial = target.with_name(target.name + ".partial")
-    try:
+    with atomic_file(target) as partial:
         with tempfile.TemporaryDirectory(prefix=".napari_crafts_tiff_", dir=target.resolve().parent) as tmp:
             pyramid = [level0, *(reduced or [])]
             for lv in range(len(pyramid), n):
@@ -129,9 +129,6 @@ def write_pyramidal_tiff(path: str | os.PathLike[str], level0: Any, *, mpp: floa
                         tif.write(_tiles(arr, tile), shape=shape, subifds=n - 1, metadata=meta, **res(0), **opts)
                     else:
                         tif.write(_tiles(arr, tile), shape=shape, subfiletype=1, **res(lv), **opts)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def ome_zarr_to_tiff(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, tile: int = 512,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_file
 from ..provenance import PROVENANCE_KEY, json_record, package_version
 
 
@@ -31,8 +32,7 @@ def save_png(path: str | os.PathLike[str], rgb: np.ndarray, record: dict[str, An
     info.add_itxt("Description", str(record.get("warning", "SYNTHETIC IMAGE")))
     info.add_itxt(PROVENANCE_KEY, json.dumps(json_record(record)))
     dpi = {"dpi": (25400.0 / mpp,) * 2} if mpp else {}
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(partial, format="PNG", pnginfo=info,
-                                                                compress_level=compress_level, **dpi)
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(partial, format="PNG", pnginfo=info,
+                                                                    compress_level=compress_level, **dpi)
     return path

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from .._files import atomic_file
 from .tiny import TINY_MODEL_ID
 
 #: Model name that means "the trained demo model bundled with napari-crafts".
@@ -111,10 +111,8 @@ def remember_model(ref: str) -> None:
     refs = [ref] + [r for r in recent_models() if r != ref]
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".recent-", dir=root)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"models": refs[:RECENT_LIMIT]}, fh, indent=1)
-    os.replace(tmp, root / RECENT_FILE)  # atomic: a reader never sees half a file
+    with atomic_file(root / RECENT_FILE, unique=True) as tmp:  # a reader never sees half a file
+        tmp.write_text(json.dumps({"models": refs[:RECENT_LIMIT]}, indent=1))
 
 
 def known_models() -> list[ModelEntry]:

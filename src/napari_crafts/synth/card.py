@@ -15,13 +15,13 @@ Every PNG carries its provenance record and the watermark (``napari-crafts check
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._files import atomic_file
 from ..provenance import synthetic_header
 from .plan import SynthPlan
 
@@ -63,9 +63,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        partial.write_text(text, encoding="utf-8")
 
 
 def records(out: Path, plan: SynthPlan) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_file
 from ..generation.region import GenerationError, GenerationSettings, Region, generate_region
 from ..generation.sources import LabelsSource
 from .card import CONTENTS, ITEMS, STATE, finish_dataset, write_json
@@ -389,15 +390,14 @@ def _save_mask(path: Path, labels: np.ndarray, mpp: float | None) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if int(labels.max()) < 2**16 else np.uint32
-    partial = path.with_name(path.name + ".partial")
     resolution = (1e4 / mpp, 1e4 / mpp) if mpp else None
-    tifffile.imwrite(
-        partial,
-        labels.astype(dtype),
-        photometric="minisblack",
-        metadata=None,
-        software="napari-crafts synth",
-        resolution=resolution,
-        resolutionunit="CENTIMETER" if mpp else None,
-    )
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        tifffile.imwrite(
+            partial,
+            labels.astype(dtype),
+            photometric="minisblack",
+            metadata=None,
+            software="napari-crafts synth",
+            resolution=resolution,
+            resolutionunit="CENTIMETER" if mpp else None,
+        )

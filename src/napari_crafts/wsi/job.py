@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .._files import atomic_file
 from .._plural import plural
 from ..export import PROGRESS_GROUP, OmeZarrWriter, create_ome_zarr, is_complete, ome_zarr_to_tiff
 from ..export.safety import (
@@ -704,9 +705,8 @@ class _Job:
         mask = scan_empty(self.source, plan, self._run_scan_tasks)
         held = int((~mask).sum())
         self.say(f"{held:,} of {plural(len(grid), 'tile')} {'holds' if held == 1 else 'hold'} {what}")
-        tmp = cache.with_name(cache.name + ".tmp.npy")
-        np.save(tmp, mask)
-        os.replace(tmp, cache)  # a kill never leaves half a mask
+        with atomic_file(cache) as tmp, open(tmp, "wb") as fh:  # a kill never leaves half a mask
+            np.save(fh, mask)
         return mask if mask.all() else np.zeros_like(mask)  # everything is tissue: every tile is generated
 
     def _source_is_empty(self, plan: Plan) -> bool:
