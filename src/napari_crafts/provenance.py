@@ -91,9 +91,9 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if p.is_symlink() or not p.exists():
         return None
     if p.is_dir():
-        attrs = _json_file(p / ".zattrs")
+        attrs = read_json_file(p / ".zattrs")
         if attrs is None:  # zarr v3: the attributes inside zarr.json
-            meta = _json_file(p / "zarr.json")
+            meta = read_json_file(p / "zarr.json")
             attrs = meta.get("attributes") if isinstance(meta, dict) else None
         record = attrs.get(PROVENANCE_KEY) if isinstance(attrs, dict) else None
         return dict(record) if isinstance(record, dict) else None
@@ -123,7 +123,8 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
-def _json_file(path: Path, limit: int = 64 * 2**20) -> Any:
+def read_json_file(path: Path, limit: int = 64 * 2**20) -> Any:
+    """A small JSON file's content (None when missing, larger than ``limit`` bytes or not JSON)."""
     try:
         if path.stat().st_size > limit:
             return None

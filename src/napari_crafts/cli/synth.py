@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .._plural import plural
-from ..generation.region import GenerationSettings
 from ..model.card import CRAFTS_MASK_PROMPT
-from ..model.engine import SCHEDULERS
 from ._errors import UsageError, bounded_int, positive_float, run_command
+from ._settings import add_settings
 
+#: The generation settings ``synth`` takes on its command line (their flags: ``generation.settings``).
+SYNTH_SETTINGS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "tile_size", "overlap",
+                  "batch_size")
 EXAMPLE = (
     "examples: napari-crafts synth tcga-set --model demo --prompts presets --count 100\n"
     "          napari-crafts synth pairs-set --model demo --labels tiles/ --count 4 --augment"
@@ -26,7 +28,6 @@ EXAMPLE = (
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The ``napari-crafts synth`` arguments."""
-    d = GenerationSettings()
     parser.epilog = EXAMPLE
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("out", metavar="OUT", help="dataset folder to write (must not exist; see --resume)")
@@ -86,22 +87,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="CHECK=VALUE",
         help="drop images whose H&E check is below VALUE: H_ratio (pairs) or red_gt_green; repeat for both",
     )
-    parser.add_argument(
-        "--prompt", default=None, help="labels: the text prompt (default: the model's, else the CRAFTS prompt)"
+    add_settings(
+        parser, *SYNTH_SETTINGS, prompt=None, steps=None, tile_size=256, overlap=32,
+        notes={"steps": "Default: 50; lcm: 4.",
+               "prompt": "Labels: default the model's, else the CRAFTS prompt; prompts: the file's or the presets'.",
+               "seed": "Image k of the dataset gets seed + k."},
     )
-    parser.add_argument("--negative-prompt", default=d.negative_prompt)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image k gets seed + k")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps (default {d.steps})")
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=d.guidance_scale,
-        help=f"classifier-free guidance scale (default {d.guidance_scale})",
-    )
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
-    parser.add_argument("--tile-size", type=int, default=256, help="model tile side in px (default 256)")
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in model px (default 32)")
-    parser.add_argument("--batch", type=int, default=d.batch_size, help="tiles per model call (0 = auto)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best here)")
     parser.add_argument(
         "--workers",
@@ -167,7 +158,7 @@ def _synth(args: argparse.Namespace) -> int:
     from ..model.description import ModelDescription
     from ..synth import plan_classes, plan_pairs
     from ..synth.run import check_dataset_output, dataset_state, start_dataset, synthesize
-    from ._settings import settings_from_args
+    from ._settings import settings_of
 
     if args.count < 1:
         raise UsageError(f"--count {args.count}: give at least 1 image per class (or per mask).")
@@ -185,17 +176,7 @@ def _synth(args: argparse.Namespace) -> int:
         plan = plan_classes(args.prompts, count=args.count, seed=args.seed, size=args.size)
     description = ModelDescription.open(args.model, allow_pickle=args.allow_pickle)
     prompt = args.prompt if args.prompt is not None else (description.card.prompt or CRAFTS_MASK_PROMPT)
-    settings = settings_from_args(
-        prompt=prompt,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        scheduler=args.scheduler,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch,
-    )
+    settings = settings_of(args, *SYNTH_SETTINGS[1:], prompt=prompt)
     if kind == "pairs":
         from ..generation.region import check_scale
 

@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..provenance import UNREADABLE, package_version, read_record
+from ..provenance import UNREADABLE, package_version, read_json_file, read_record
 
 GENERATOR = "napari-crafts"
 #: The file that marks a folder as written by napari-crafts (models, training sets, demo output, …).
@@ -211,7 +211,7 @@ def foreign_files(path: str | os.PathLike[str], *, kind: str = "folder") -> list
     if kind == "ome-zarr":
         patterns: list[str] = list(OME_ZARR_CONTENTS)
     elif kind == "folder":
-        marker = _read_json(root / FOLDER_MARKER)
+        marker = read_json_file(root / FOLDER_MARKER)
         patterns = [str(c) for c in marker.get("contents", [])] if isinstance(marker, dict) else []
     else:
         return []
@@ -306,21 +306,12 @@ def _is_record(value: Any) -> bool:
     return isinstance(value, dict) and value.get("generator") == GENERATOR
 
 
-def _read_json(path: Path, limit: int = 64 * 2**20) -> Any:
-    try:
-        if path.stat().st_size > limit:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-
-
 def _zarr_is_ours(folder: Path) -> bool:
     return read_record(folder) is not None
 
 
 def _marker_is_ours(marker: Path) -> bool:
-    data = _read_json(marker)
+    data = read_json_file(marker)
     return isinstance(data, dict) and data.get(GENERATOR_FIELD) == GENERATOR
 
 
@@ -337,7 +328,7 @@ def _png_is_ours(path: Path) -> bool:
 
 
 def _json_is_ours(path: Path) -> bool:
-    data = _read_json(path)
+    data = read_json_file(path)
     if _is_record(data) or (isinstance(data, dict) and _marker_is_value(data.get(GENERATOR_FIELD))):
         return True
     return (isinstance(data, dict) and bool(data)
