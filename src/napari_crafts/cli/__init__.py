@@ -125,13 +125,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from ..export.safety import check_output, mark_folder, remove_output
+    from ..export.safety import check_output, claim_folder
     from ..model.card import MODEL_FOLDER_CONTENTS
     from ..model.tiny import build_tiny_model
 
     path = check_output(args.path, kind="folder", overwrite=args.overwrite)
-    remove_output(path, kind="folder")  # only an earlier output of ours (checked again)
-    mark_folder(path, "tiny random model (napari-crafts tiny-model)", MODEL_FOLDER_CONTENTS)
+    claim_folder(path, "tiny random model (napari-crafts tiny-model)", MODEL_FOLDER_CONTENTS)
     print(build_tiny_model(path, seed=args.seed))
     return 0
 

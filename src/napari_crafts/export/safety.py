@@ -188,6 +188,15 @@ def check_removable(path: str | os.PathLike[str], *, kind: str) -> None:
                           "deleting it; move them out, or choose another path.")
 
 
+def claim_folder(path: str | os.PathLike[str], what: str, contents: Iterable[str]) -> Path:
+    """Claim the folder a command writes, after ``check_output`` allowed it: an earlier output of ours there is
+    replaced (checked again: only ours, holding nothing else), and the new folder is marked first
+    (``mark_folder``). Every command that writes a folder (pairs, train, synth, tiny-model) claims it so."""
+    remove_output(path, kind="folder")
+    mark_folder(path, what, contents)
+    return Path(path)
+
+
 def mark_folder(path: str | os.PathLike[str], what: str, contents: Iterable[str]) -> None:
     """Mark a folder we create as ours (write it first, so a run cut short still leaves a recognisable folder).
 

@@ -132,13 +132,11 @@ def check_dataset_output(
 
 def start_dataset(out: Path, state: dict[str, Any], *, overwrite: bool = False, resume: bool = False) -> str:
     """Claim ``out`` (after :func:`check_dataset_output`) and write the run's state; returns its ``created``."""
-    from ..export.safety import mark_folder, remove_output
+    from ..export.safety import claim_folder
 
     if resume and (before := _read(out / STATE / "state.json")) is not None:
         return str(before["created"])
-    if overwrite:
-        remove_output(out, kind="folder")  # only ours, holding nothing else (checked again)
-    mark_folder(out, "synthetic dataset (napari-crafts synth)", CONTENTS)
+    claim_folder(out, "synthetic dataset (napari-crafts synth)", CONTENTS)  # with --overwrite: only ours, replaced
     created = created_time()
     write_json(out / STATE / "state.json", {**state, "created": created})
     return created

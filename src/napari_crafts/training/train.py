@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..export.safety import OutputError, check_output, is_disk_full, mark_folder, remove_output
+from ..export.safety import OutputError, check_output, claim_folder, is_disk_full, remove_output
 from ..model.card import CRAFTS_MASK_PROMPT, MODEL_CARD_FILE
 from .checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import CONTROL_KEYS, PairsSplit, TileArrays, load_arrays, open_pairs
@@ -103,8 +103,7 @@ def train(dataset: str | Path, out: str | Path, *, settings: TrainSettings, base
             raise TrainingError(f"Cannot resume {out}: it was not written by napari-crafts train.")
     else:  # the output rule (export.safety): never over an input; replace only a model folder this command made
         check_output(out, kind="folder", inputs=inputs, overwrite=overwrite, advice="pass --resume to continue it")
-        remove_output(out, kind="folder")
-        mark_folder(out, f"model folder ({TRAINED_BY_VALUE})", TRAIN_FOLDER_CONTENTS)
+        claim_folder(out, f"model folder ({TRAINED_BY_VALUE})", TRAIN_FOLDER_CONTENTS)
     try:
         return _train(dataset, out, settings=settings, base=base, config=config, resume=resume, manifest=manifest,
                       progress=progress, allow_pickle=allow_pickle, name=name, stop_after=stop_after)
