@@ -173,8 +173,8 @@ def run_job(
         engine = load_engine(model, mode=mode, controlnet=settings.controlnet)
     yield Stage(f"model loaded ({engine.device}); preparing the first tile…")
 
-    def start(s: GenerationSettings) -> tuple[Plan, Generator[Any, None, RegionResult]]:
-        plan = plan_region(source, job.region, engine, s)
+    def start(s: GenerationSettings, plan: Plan | None = None) -> tuple[Plan, Generator[Any, None, RegionResult]]:
+        plan = plan or plan_region(source, job.region, engine, s)
         if source is None:
             return plan, prompt_images(engine, s, job.images, job.region.height, job.region.width,
                                        watermark=job.watermark)
@@ -204,7 +204,7 @@ def run_job(
         return (yield from work)
     work.close()
     yield Restart(chosen)
-    return (yield from start(chosen)[1])
+    return (yield from start(chosen, fast_plan if chosen == fast else None)[1])  # the fast plan is made already
 
 
 def prompt_images(
